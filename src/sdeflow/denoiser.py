@@ -1,0 +1,151 @@
+r"""One wrapper for every network parameterisation.
+
+A network ``net(x, t, **cond)`` predicts one of four equivalent targets of
+:math:`x_t = s(t)\,x_0 + \sigma(t)\,\varepsilon`:
+
+* ``"x0"``:    the denoiser :math:`\hat x_0 = D(x_t, t) \approx E[x_0 \mid x_t]`;
+* ``"eps"``:   :math:`\hat\varepsilon = (x_t - s\hat x_0)/\sigma` (Ho et al. 2020);
+* ``"v"``:     :math:`v = \alpha\,\varepsilon - \bar\sigma\,x_0` with
+  :math:`\alpha = s/r,\ \bar\sigma = \sigma/r,\ r = \sqrt{s^2+\sigma^2}` (Salimans & Ho 2022;
+  for VP r = 1 and this is their v);
+* ``"score"``: :math:`\nabla_x \log p_t(x) = -\hat\varepsilon/\sigma = (s\hat x_0 - x)/\sigma^2`
+  (Tweedie).
+
+:class:`Denoiser` converts any of them into all the others, so samplers, losses and likelihoods
+only talk to it. With ``precondition="edm"`` the network is wrapped as in Karras et al. 2022
+(Table 1), with noise level :math:`\tilde\sigma = \sigma/s` and :math:`\tilde x = x/s`:
+
+.. math:: D(x,t) = c_{skip}\tilde x + c_{out} F(c_{in}\tilde x,\ c_{noise}),\quad
+    c_{skip} = \frac{\sigma_d^2}{\tilde\sigma^2+\sigma_d^2},\ c_{out} = \frac{\tilde\sigma\sigma_d}
+    {\sqrt{\tilde\sigma^2+\sigma_d^2}},\ c_{in} = \frac{1}{\sqrt{\tilde\sigma^2+\sigma_d^2}},\
+    c_{noise} = \tfrac14\log\tilde\sigma.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .sde import SDE, bcast
+
+__all__ = ["Denoiser", "Prediction", "PREDICTIONS"]
+
+PREDICTIONS = ("x0", "eps", "v", "score")
+
+
+class Prediction(NamedTuple):
+    """All four targets at one (x, t)."""
+
+    x0: Tensor
+    eps: Tensor
+    v: Tensor
+    score: Tensor
+
+
+class Denoiser(nn.Module):
+    """Wrap ``net(x, t, **cond)`` predicting ``prediction`` under ``sde``.
+
+    Args:
+        net: callable (usually an ``nn.Module``); ``t`` is the SDE's continuous time, shape (B,).
+        sde: the forward SDE the net was trained for.
+        prediction: one of ``"x0"``, ``"eps"``, ``"v"``, ``"score"``.
+        precondition: ``None`` (call the net on (x, t) as is) or ``"edm"`` (EDM's c_skip, c_out,
+            c_in, c_noise around an F-network; then ``prediction`` must be ``"x0"``).
+        sigma_data: σ_d of EDM preconditioning.
+        check_finite: raise if the network returns NaN/inf (one host sync per call).
+
+    ``nfe`` counts network evaluations since construction (samplers report differences of it).
+    """
+
+    def __init__(self, net: Callable[..., Tensor], sde: SDE, prediction: str = "x0",
+                 precondition: str | None = None, sigma_data: float = 0.5,
+                 check_finite: bool = True):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choices: {list(PREDICTIONS)}")
+        if precondition not in (None, "edm"):
+            raise ValueError(f"unknown precondition {precondition!r}; choices: [None, 'edm']")
+        if precondition == "edm" and prediction != "x0":
+            raise ValueError("precondition='edm' wraps an F-network into a denoiser: "
+                             "use prediction='x0'")
+        if not callable(net):
+            raise TypeError("net must be callable as net(x, t, **cond)")
+        self.net = net
+        self.sde = sde
+        self.prediction = prediction
+        self.precondition = precondition
+        self.sigma_data = float(sigma_data)
+        self.check_finite = check_finite
+        self.nfe = 0
+
+    def _time(self, x: Tensor, t) -> Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        return t
+
+    def raw(self, x: Tensor, t, **cond) -> Tensor:
+        """The network's output in its own parameterisation (after preconditioning: x̂0)."""
+        t = self._time(x, t)
+        self.nfe += 1
+        if self.precondition == "edm":
+            s, nu = bcast(self.sde.s(t), x), self.sde.noise_level(t)
+            sd2 = self.sigma_data**2
+            nu_b = bcast(nu, x)
+            c_in = (nu_b**2 + sd2).rsqrt()
+            c_skip = sd2 / (nu_b**2 + sd2)
+            c_out = nu_b * self.sigma_data * c_in
+            xt = x / s
+            out = c_skip * xt + c_out * self.net(c_in * xt, 0.25 * nu.log(), **cond)
+        else:
+            out = self.net(x, t, **cond)
+        if out.shape != x.shape:
+            raise ValueError(f"network returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+        if self.check_finite and not torch.isfinite(out).all():
+            raise FloatingPointError(
+                f"network returned non-finite values at t in [{t.min().item():g}, {t.max().item():g}]")
+        return out
+
+    def predict(self, x: Tensor, t, **cond) -> Prediction:
+        """All of x̂0, ε̂, v̂ and the score at (x, t), from one network evaluation."""
+        t = self._time(x, t)
+        out = self.raw(x, t, **cond)
+        s, sig = bcast(self.sde.s(t), x), bcast(self.sde.sigma(t), x)
+        r = (s**2 + sig**2).sqrt()
+        if self.prediction == "x0":
+            x0 = out
+            eps = (x - s * x0) / sig
+        elif self.prediction == "eps":
+            eps = out
+            x0 = (x - sig * eps) / s
+        elif self.prediction == "score":
+            eps = -sig * out
+            x0 = (x - sig * eps) / s
+        else:  # v
+            x0 = (s * x - sig * r * out) / r**2
+            eps = (sig * x + s * r * out) / r**2
+        v = out if self.prediction == "v" else (s * eps - sig * x0) / r
+        score = -eps / sig
+        return Prediction(x0, eps, v, score)
+
+    def x0(self, x: Tensor, t, **cond) -> Tensor:
+        """Denoised estimate x̂0(x, t)."""
+        return self.predict(x, t, **cond).x0
+
+    def eps(self, x: Tensor, t, **cond) -> Tensor:
+        """Noise estimate ε̂(x, t)."""
+        return self.predict(x, t, **cond).eps
+
+    def v(self, x: Tensor, t, **cond) -> Tensor:
+        """Velocity estimate v̂(x, t)."""
+        return self.predict(x, t, **cond).v
+
+    def score(self, x: Tensor, t, **cond) -> Tensor:
+        """Score estimate ∇ log p_t(x)."""
+        return self.predict(x, t, **cond).score
+
+    def forward(self, x: Tensor, t, **cond) -> Tensor:
+        return self.x0(x, t, **cond)

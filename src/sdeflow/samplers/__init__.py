@@ -1,0 +1,6 @@
+"""Samplers: every solver registers itself here by importing its module."""
+from . import ddim, pc, rk  # noqa: F401  (registration side effects)
+from .api import sample
+from .registry import get_solver, list_solvers, register_solver
+
+__all__ = ["sample", "list_solvers", "get_solver", "register_solver"]

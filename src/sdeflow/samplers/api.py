@@ -1,0 +1,94 @@
+"""``sdeflow.sample``: one entry point for every registered sampler."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from ..schedules import get_timesteps
+from .registry import Context, get_solver
+
+__all__ = ["sample"]
+
+
+def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: str = "heun",
+           steps: int | None = None, schedule: str | None = None, t_start: float | None = None,
+           t_end: float | None = None, denoise: bool = True, generator: torch.Generator | None = None,
+           seed: int | None = None, dtype=None, device=None, cond: dict | None = None,
+           callback: Callable[[Tensor, Tensor], None] | None = None, progress: bool = False,
+           return_stats: bool = False, schedule_opts: dict | None = None, **solver_opts):
+    """Draw samples by integrating a reverse-time process of ``model.sde`` from t_start to t_end.
+
+    Args:
+        model: a :class:`~sdeflow.Denoiser`.
+        x_T: starting point at ``t_start``; if None, drawn from the SDE's prior with ``shape``.
+        solver: a name from :func:`sdeflow.list_solvers` (``kind="ode"`` or ``"sde"``).
+        steps: number of grid intervals (default: the solver's own; unused by adaptive solvers).
+        schedule: a name from :func:`sdeflow.list_schedules` (default: the SDE's).
+        t_start, t_end: integration interval, default [T → t_min].
+        denoise: finish with x̂0(x, t_end) (one extra NFE), as score_sde and EDM do.
+        generator / seed: randomness for x_T and stochastic solvers (``seed`` makes a generator).
+        cond: keyword conditioning passed to the network.
+        callback: called as ``callback(t, x)`` after each step (e.g. to record trajectories).
+        progress: show a progress bar.
+        return_stats: also return a dict with ``nfe``, ``seconds``, ``steps``, ``solver``,
+            ``schedule`` and solver-specific entries (accepted/rejected steps of adaptive ones).
+        **solver_opts: solver options, e.g. ``rtol``, ``atol``, ``eta``, ``snr``, ``gamma``,
+            ``predictor``, ``corrector``, ``n_corrector_steps``.
+
+    Returns:
+        The samples (same dtype/device as ``x_T``), or ``(samples, stats)``.
+    """
+    if not isinstance(model, Denoiser):
+        raise TypeError("model must be an sdeflow.Denoiser (wrap your network with Denoiser(net, sde, "
+                        "prediction=...))")
+    info = get_solver(solver)
+    sde = model.sde
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("give either seed or generator, not both")
+        generator = torch.Generator(device=device or "cpu").manual_seed(int(seed))
+    if x_T is None:
+        if shape is None:
+            raise ValueError("give x_T or shape")
+        x_T = sde.prior_sample(tuple(shape), generator=generator,
+                               dtype=dtype or torch.get_default_dtype(), device=device)
+    else:
+        if shape is not None and tuple(shape) != tuple(x_T.shape):
+            raise ValueError(f"shape {tuple(shape)} disagrees with x_T.shape {tuple(x_T.shape)}")
+        if not torch.is_tensor(x_T) or not x_T.is_floating_point():
+            raise TypeError("x_T must be a floating-point tensor")
+        if x_T.ndim < 2:
+            raise ValueError(f"x_T must have a batch dimension: shape (B, ...), got {tuple(x_T.shape)}")
+        if not torch.isfinite(x_T).all():
+            raise ValueError("x_T contains non-finite values")
+    if info.adaptive:
+        if steps is not None:
+            raise ValueError(f"solver {solver!r} is adaptive: set rtol/atol, not steps")
+        steps = 1
+    steps = info.default_steps if steps is None else steps
+    ts = get_timesteps(sde, steps, schedule, t_start=t_start, t_end=t_end, dtype=x_T.dtype,
+                       device=x_T.device, **(schedule_opts or {}))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=None if info.adaptive else steps, desc=f"sampling ({solver})",
+                   leave=False)
+    ctx = Context(generator=generator, cond=cond or {}, callback=callback, progress=bar)
+    nfe0, t0 = model.nfe, time.perf_counter()
+    try:
+        x = info.fn(model, x_T, ts, ctx, **solver_opts)
+        if denoise:
+            x = model.x0(x, ts[-1], **ctx.cond)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not return_stats:
+        return x
+    stats = dict(solver=solver, schedule=schedule or sde.default_schedule, steps=None
+                 if info.adaptive else steps, nfe=model.nfe - nfe0,
+                 seconds=time.perf_counter() - t0, **ctx.stats)
+    return x, stats
