@@ -1,0 +1,67 @@
+"""Pictures people would rather look at than read: scatter panels and PF-ODE trajectories."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def scatter_panels(panels: dict, path, title: str | None = None, lim: float | None = None) -> Path:
+    """One square scatter plot per (name → (N, 2) array) side by side, same axes; saved as PNG."""
+    plt = _plt()
+    arrays = {k: np.asarray(v, dtype=float) for k, v in panels.items()}
+    if lim is None:
+        lim = 1.05 * max(np.quantile(np.abs(a), 0.995) for a in arrays.values())
+    fig, axes = plt.subplots(1, len(arrays), figsize=(3.2 * len(arrays), 3.4), squeeze=False)
+    for ax, (name, a) in zip(axes[0], arrays.items()):
+        ax.scatter(a[:, 0], a[:, 1], s=1.5, alpha=0.5, lw=0)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def trajectories(ts, xs, path, n_paths: int = 200, title: str = "PF-ODE trajectories") -> Path:
+    """Plot paths x(t) of 2-D samples: left, coordinate 1 against the noise level; right, the
+    paths in the plane from prior (light) to data (dark)."""
+    plt = _plt()
+    ts = np.asarray(ts, dtype=float)
+    xs = np.asarray(xs, dtype=float)[:, :n_paths]  # (steps+1, N, 2)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
+    for i in range(xs.shape[1]):
+        a1.plot(ts, xs[:, i, 0], lw=0.5, alpha=0.5)
+        a2.plot(xs[:, i, 0], xs[:, i, 1], lw=0.4, alpha=0.4, color="gray")
+    a2.scatter(xs[-1, :, 0], xs[-1, :, 1], s=4, color="k", zorder=3, label="x(t_min)")
+    a1.set_xscale("log")
+    a1.invert_xaxis()
+    a1.set_xlabel("t (log scale, integration runs right)")
+    a1.set_ylabel("x₁(t)")
+    lim = 1.1 * np.abs(xs[-1]).max()
+    a2.set_xlim(-lim, lim)
+    a2.set_ylim(-lim, lim)
+    a2.set_aspect("equal")
+    a2.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

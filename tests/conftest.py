@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+import sdeflow
+from sdeflow.oracle import GaussianMixture
+
+# One representative of every SDE, with a schedule each is usually sampled with.
+SDES = {
+    "ve": (lambda: sdeflow.VESDE(sigma_min=0.01, sigma_max=20.0), "uniform"),
+    "vp": (lambda: sdeflow.VPSDE(), "uniform"),
+    "vp_cosine": (lambda: sdeflow.VPSDE(schedule="cosine"), "uniform"),
+    "subvp": (lambda: sdeflow.SubVPSDE(), "uniform"),
+    "edm": (lambda: sdeflow.EDMSDE(), "karras"),
+}
+
+
+@pytest.fixture(params=sorted(SDES))
+def sde_case(request):
+    make, schedule = SDES[request.param]
+    return request.param, make(), schedule
+
+
+@pytest.fixture(scope="session")
+def mixture2d():
+    """A 3-component anisotropic 2-D mixture with unequal weights."""
+    return GaussianMixture.random(2, k=3, seed=1)
+
+
+@pytest.fixture(scope="session")
+def ring():
+    return GaussianMixture.ring(k=8, radius=2.0, std=0.25)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
