@@ -174,7 +174,11 @@ def cmd_demo(a) -> int:
 
 def _add_list(sub):
     p = sub.add_parser("list", help="list solvers, schedules, SDEs, losses, data sets",
-                       description="Print the names every registry accepts.")
+                       description="Print the names every registry accepts: solvers (by kind, "
+                                   "with what they are), time-step schedules, SDEs, training "
+                                   "losses and toy data sets. Use them with --solver, --schedule, "
+                                   "--sde, --loss and --data, or in Python as sdeflow.sample("
+                                   "model, solver=..., schedule=...).")
     p.set_defaults(func=cmd_list)
 
 
