@@ -165,7 +165,9 @@ def cmd_demo(a) -> int:
         xs.append(x_T.clone())
         sample(model, x_T, solver="heun", steps=40, denoise=False,
                callback=lambda t, x: (ts.append(float(t)), xs.append(x.clone())))
-    p2 = trajectories(ts, torch.stack(xs), out / "trajectories.png")
+    tt = torch.tensor(ts, dtype=torch.float64)
+    scale = (model.sde.s(tt) ** 2 + model.sde.sigma(tt) ** 2).sqrt()
+    p2 = trajectories(ts, torch.stack(xs), out / "trajectories.png", scale=scale)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     print(f"wrote {p1}, {p2} and {out / 'metrics.json'}")

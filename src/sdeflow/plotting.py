@@ -38,21 +38,23 @@ def scatter_panels(panels: dict, path, title: str | None = None, lim: float | No
     return path
 
 
-def trajectories(ts, xs, path, n_paths: int = 200, title: str = "PF-ODE trajectories") -> Path:
-    """Plot paths x(t) of 2-D samples: left, coordinate 1 against the noise level; right, the
-    paths in the plane from prior (light) to data (dark)."""
+def trajectories(ts, xs, path, scale=None, n_paths: int = 200,
+                 title: str = "PF-ODE trajectories") -> Path:
+    """Plot paths x(t) of 2-D samples: left, coordinate 1 (divided by ``scale(t)``, e.g.
+    √(s²+σ²), so that every time is on one axis) against t; right, the paths in the plane."""
     plt = _plt()
     ts = np.asarray(ts, dtype=float)
     xs = np.asarray(xs, dtype=float)[:, :n_paths]  # (steps+1, N, 2)
+    sc = np.ones_like(ts) if scale is None else np.asarray(scale, dtype=float)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
     for i in range(xs.shape[1]):
-        a1.plot(ts, xs[:, i, 0], lw=0.5, alpha=0.5)
+        a1.plot(ts, xs[:, i, 0] / sc, lw=0.5, alpha=0.5)
         a2.plot(xs[:, i, 0], xs[:, i, 1], lw=0.4, alpha=0.4, color="gray")
     a2.scatter(xs[-1, :, 0], xs[-1, :, 1], s=4, color="k", zorder=3, label="x(t_min)")
     a1.set_xscale("log")
     a1.invert_xaxis()
     a1.set_xlabel("t (log scale, integration runs right)")
-    a1.set_ylabel("x₁(t)")
+    a1.set_ylabel("x₁(t)" if scale is None else "x₁(t) / √(s(t)² + σ(t)²)")
     lim = 1.1 * np.abs(xs[-1]).max()
     a2.set_xlim(-lim, lim)
     a2.set_ylim(-lim, lim)

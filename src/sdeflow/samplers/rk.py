@@ -91,7 +91,7 @@ def _rms(e: Tensor) -> Tensor:
 
 def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5, *,
                 rtol: float = 1e-5, atol: float = 1e-5, h0: float | None = None,
-                safety: float = 0.9, max_steps: int = 100_000,
+                safety: float = 0.9, max_factor: float = 10.0, max_steps: int = 100_000,
                 ctx: Context | None = None) -> Tensor:
     r"""Integrate from t0 to t1 with an embedded pair and per-sample step control.
 
@@ -133,6 +133,7 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
     accepted = torch.zeros(B, dtype=torch.long, device=dev)
     rejected = torch.zeros_like(accepted)
     active = torch.ones(B, dtype=torch.bool, device=dev)
+    just_rejected = torch.zeros_like(active)
     for _ in range(max_steps):
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
@@ -144,8 +145,10 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
         err_vec = bcast(direction * hi, xi) * sum(d * k for d, k in zip(db, ks) if d != 0.0)
         err = _rms(err_vec / scale(xi, x_new))
         ok = err <= 1.0
-        factor = (safety * err.clamp_min(1e-10) ** expo).clamp(0.2, 10.0)
-        factor = torch.where(ok, factor, factor.clamp(max=1.0))
+        factor = (safety * err.clamp_min(1e-10) ** expo).clamp(0.2, max_factor)
+        # no growth on a rejection, nor on the step right after one (as scipy's RK45)
+        factor = torch.where(ok & ~just_rejected[idx], factor, factor.clamp(max=1.0))
+        just_rejected[idx] = ~ok
         acc = idx[ok]
         x[acc] = x_new[ok]
         t[acc] = torch.where(hi[ok] >= remaining[ok], torch.full_like(hi[ok], float(t1)),
