@@ -1,5 +1,6 @@
 """sdeflow: continuous-time score-based diffusion models (SDEs, one Denoiser, every sampler)."""
 from .denoiser import Denoiser
+from .likelihood import bits_per_dim, decode, encode, interpolate, log_likelihood
 from .samplers import list_solvers, sample
 from .schedules import get_timesteps, list_schedules
 from .sde import EDMSDE, SDE, SubVPSDE, VESDE, VPSDE, get_sde, list_sdes
@@ -7,4 +8,5 @@ from .sde import EDMSDE, SDE, SubVPSDE, VESDE, VPSDE, get_sde, list_sdes
 __version__ = "0.1.0"
 
 __all__ = ["Denoiser", "sample", "list_solvers", "list_schedules", "get_timesteps", "SDE",
-           "VESDE", "VPSDE", "SubVPSDE", "EDMSDE", "get_sde", "list_sdes"]
+           "VESDE", "VPSDE", "SubVPSDE", "EDMSDE", "get_sde", "list_sdes", "log_likelihood",
+           "bits_per_dim", "encode", "decode", "interpolate"]

@@ -20,9 +20,12 @@ from ..reverse import pf_ode_drift
 from ..sde import bcast
 from .registry import Context, register_solver
 
-__all__ = ["Tableau", "TABLEAUX", "rk_fixed", "rk_adaptive"]
+__all__ = ["Tableau", "TABLEAUX", "rk_fixed", "rk_adaptive", "select_rows"]
 
-Field = Callable[[Tensor, Tensor], Tensor]  # F(t of shape (B,), x) -> dx/dt
+# F(t of shape (B,), x, rows) -> dx/dt. ``rows`` indexes the batch rows that x holds (the
+# adaptive solver evaluates only unfinished samples), or is None for the whole batch: per-sample
+# data such as conditioning or Hutchinson probes must be sliced with it.
+Field = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,14 @@ DOPRI5 = Tableau(
 TABLEAUX = {tab.name: tab for tab in (EULER, HEUN, RK4, DOPRI5)}
 
 
-def _stages(F: Field, tab: Tableau, t: Tensor, x: Tensor, h: Tensor, k1: Tensor | None):
+def _stages(F: Field, tab: Tableau, t: Tensor, x: Tensor, h: Tensor, k1: Tensor | None,
+            rows: Tensor | None = None):
     """All stages of one step (per-sample h of shape (B,)); returns (x_new, stages)."""
     hb = bcast(h, x)
-    ks = [F(t, x) if k1 is None else k1]
+    ks = [F(t, x, rows) if k1 is None else k1]
     for c_i, a_i in zip(tab.c[1:], tab.a[1:]):
         dx = sum(a * k for a, k in zip(a_i, ks) if a != 0.0)
-        ks.append(F(t + c_i * h, x + hb * dx))
+        ks.append(F(t + c_i * h, x + hb * dx, rows))
     x_new = x + hb * sum(b * k for b, k in zip(tab.b, ks) if b != 0.0)
     return x_new, ks
 
@@ -79,7 +83,7 @@ def rk_fixed(F: Field, x: Tensor, ts: Tensor, tab: Tableau, ctx: Context | None 
     interval. NFE = (#stages) × (len(ts) − 1)."""
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
     for t, t_next in zip(ts[:-1], ts[1:]):
-        x, _ = _stages(F, tab, t * ones, x, (t_next - t) * ones, None)
+        x, _ = _stages(F, tab, t * ones, x, (t_next - t) * ones, None, None)
         if ctx is not None:
             ctx.step_done(t_next, x)
     return x
@@ -116,12 +120,12 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
     def scale(*xs):
         return atol + rtol * torch.stack([v.abs() for v in xs]).amax(0)
 
-    k1 = F(t, x)
+    k1 = F(t, x, None)
     if h0 is None:  # Hairer, Nørsett & Wanner, algorithm of §II.4
         d0, d1 = _rms(x / scale(x)), _rms(k1 / scale(x))
         h_a = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
         x_try = x + bcast(direction * h_a, x) * k1
-        d2 = _rms((F(t + direction * h_a, x_try) - k1) / scale(x)) / h_a
+        d2 = _rms((F(t + direction * h_a, x_try, None) - k1) / scale(x)) / h_a
         dmax = torch.maximum(d1, d2)
         h_b = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h_a, 1e-6), h_a * 1e-3),
                           (0.01 / dmax) ** (1.0 / tab.order))
@@ -141,7 +145,8 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
         ti, xi, hi = t[idx], x[idx], h[idx]
         remaining = (t1 - ti) * direction
         hi = torch.minimum(hi, remaining)
-        x_new, ks = _stages(F, tab, ti, xi, direction * hi, k1[idx] if tab.fsal else None)
+        x_new, ks = _stages(F, tab, ti, xi, direction * hi, k1[idx] if tab.fsal else None,
+                            None if idx.numel() == B else idx)
         err_vec = bcast(direction * hi, xi) * sum(d * k for d, k in zip(db, ks) if d != 0.0)
         err = _rms(err_vec / scale(xi, x_new))
         ok = err <= 1.0
@@ -172,7 +177,16 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
 
 
 def _pf_field(model, ctx: Context) -> Field:
-    return lambda t, x: pf_ode_drift(model, x, t, **ctx.cond)
+    def field(t, x, rows):
+        return pf_ode_drift(model, x, t, **select_rows(ctx.cond, rows))
+    return field
+
+
+def select_rows(cond: dict, rows: Tensor | None) -> dict:
+    """Per-sample conditioning restricted to ``rows`` (tensors with a batch dim are sliced)."""
+    if rows is None:
+        return cond
+    return {k: v[rows] if torch.is_tensor(v) and v.ndim > 0 else v for k, v in cond.items()}
 
 
 def _fixed_solver(tab: Tableau, description: str):
