@@ -24,7 +24,9 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) benchmarks/oracle.py --out docs/oracle_results.jsonl
+	$(PY) -m pip install -q --no-deps k-diffusion
+	$(PY) benchmarks/oracle.py --markdown --out docs/oracle_results.jsonl
+	$(PY) benchmarks/likelihood.py --markdown --out docs/likelihood_results.jsonl
 
 clean:
 	rm -rf $(VENV) outputs runs .pytest_cache

@@ -67,3 +67,26 @@ def trajectories(ts, xs, path, scale=None, n_paths: int = 200,
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def interpolation_path(data, path, linear, out, title: str = "PF-ODE latent interpolation") -> Path:
+    """Data (grey), the decoded slerp path between two encodings (coloured by position) and the
+    straight line between the same endpoints in data space (dashed), for 2-D data."""
+    plt = _plt()
+    data, path, linear = (np.asarray(a, dtype=float) for a in (data, path, linear))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(data[:, 0], data[:, 1], s=1, color="0.75", lw=0, label="data")
+    ax.plot(linear[:, 0], linear[:, 1], "--", color="0.3", lw=1, label="straight line in x")
+    ax.plot(path[:, 0], path[:, 1], "-", color="C1", lw=1)
+    sc = ax.scatter(path[:, 0], path[:, 1], c=np.linspace(0, 1, len(path)), cmap="viridis", s=25,
+                    zorder=3, label="decode(slerp(encode(a), encode(b)))")
+    fig.colorbar(sc, ax=ax, fraction=0.046, label="interpolation weight")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower left", fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
