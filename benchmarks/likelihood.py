@@ -12,9 +12,6 @@ Prints JSON lines; ``--markdown`` adds a table. Usage:
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 
 import torch
@@ -23,10 +20,8 @@ import sdeflow
 from sdeflow.likelihood import log_likelihood
 from sdeflow.oracle import GaussianMixture
 
-try:
-    from anchors import k_diffusion_sampling
-except ImportError:  # run from the repository root
-    from benchmarks.anchors import k_diffusion_sampling
+from anchors import k_diffusion_sampling
+from common import run_benchmark
 
 TOLS = [1e-3, 1e-4, 1e-5]
 
@@ -40,6 +35,7 @@ def problems():
 
 def run(emit):
     kd = k_diffusion_sampling()
+    emit(dict(meta=True, k_diffusion=kd is not None))
     sde = sdeflow.EDMSDE()
     for name, gm, n in problems():
         model = gm.denoiser(sde)
@@ -91,29 +87,7 @@ def markdown(rows):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out")
-    ap.add_argument("--markdown", action="store_true")
-    ap.add_argument("--from-jsonl", help="only re-render the markdown of an earlier run")
-    a = ap.parse_args()
-    if a.from_jsonl:
-        with open(a.from_jsonl) as fh:
-            print(markdown([r for r in map(json.loads, fh) if not r.get("meta")]))
-        return
-    rows, fh = [], open(a.out, "w") if a.out else None
-
-    def emit(r):
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-        if fh:
-            fh.write(json.dumps(r) + "\n")
-    emit(dict(meta=True, machine=platform.machine(), threads=torch.get_num_threads(),
-              torch=torch.__version__, k_diffusion=k_diffusion_sampling() is not None))
-    run(emit)
-    if fh:
-        fh.close()
-    if a.markdown:
-        print(markdown([r for r in rows if not r.get("meta")]))
+    run_benchmark(__doc__, lambda emit, args: run(emit), markdown)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,10 @@ Usage: python benchmarks/oracle.py [--out results.jsonl] [--markdown] [--quick]
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 
 import torch
+from common import run_benchmark
 
 import sdeflow
 from sdeflow.oracle import GaussianMixture
@@ -121,34 +119,14 @@ def markdown(rows):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", help="also append the JSON lines to this file")
-    ap.add_argument("--n", type=int, default=256, help="batch size (samples per problem)")
-    ap.add_argument("--markdown", action="store_true", help="print a markdown table at the end")
-    ap.add_argument("--quick", action="store_true", help="2-D problems only")
-    ap.add_argument("--from-jsonl", help="only re-render the markdown of an earlier run's JSON lines")
-    a = ap.parse_args()
-    if a.from_jsonl:
-        with open(a.from_jsonl) as fh:
-            print(markdown([r for r in map(json.loads, fh) if not r.get("meta")]))
-        return
-    rows = []
-    fh = open(a.out, "w") if a.out else None
+    def add(ap):
+        ap.add_argument("--n", type=int, default=256, help="batch size (samples per problem)")
+        ap.add_argument("--quick", action="store_true", help="2-D problems only")
 
-    def emit(row):
-        rows.append(row)
-        line = json.dumps(row)
-        print(line, flush=True)
-        if fh:
-            fh.write(line + "\n")
-    emit(dict(meta=True, machine=platform.processor() or platform.machine(),
-              threads=torch.get_num_threads(), torch=torch.__version__))
-    for name, gm, sde, schedule in problems(a.quick):
-        run_problem(name, gm, sde, schedule, a.n, emit)
-    if fh:
-        fh.close()
-    if a.markdown:
-        print(markdown([r for r in rows if not r.get("meta")]))
+    def body(emit, a):
+        for name, gm, sde, schedule in problems(a.quick):
+            run_problem(name, gm, sde, schedule, a.n, emit)
+    run_benchmark(__doc__, body, markdown, add)
 
 
 if __name__ == "__main__":

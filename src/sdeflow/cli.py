@@ -135,7 +135,7 @@ def _add_demo(sub):
 
 def cmd_demo(a) -> int:
     from .data import TOY_MIXTURE
-    from .metrics import sliced_wasserstein
+    from .metrics import mmd2, sliced_wasserstein
     from .plotting import scatter_panels, trajectories
     from .samplers import sample
     from .train import TrainConfig, load_denoiser, train
@@ -153,10 +153,11 @@ def cmd_demo(a) -> int:
                            return_stats=True, **opts)
         sw = sliced_wasserstein(x, data)
         metrics[solver] = dict(nfe=st["nfe"], seconds=round(st["seconds"], 3),
-                               sliced_wasserstein=round(sw, 4))
+                               sliced_wasserstein=round(sw, 4), mmd2=float(f"{mmd2(x, data):.3g}"))
         panels[f"{solver} (NFE {st['nfe']}, SW {sw:.3f})"] = x
     true = TOY_MIXTURE.sample(a.num, generator=torch.Generator().manual_seed(a.seed + 2))
-    metrics["noise_floor_true_vs_true"] = round(sliced_wasserstein(true, data), 4)
+    metrics["noise_floor_true_vs_true"] = dict(sliced_wasserstein=round(sliced_wasserstein(true, data), 4),
+                                               mmd2=float(f"{mmd2(true, data):.3g}"))
     p1 = scatter_panels(panels, out / "samples.png", title="trained toy model: data vs samplers")
     ts, xs = [], []
     with torch.no_grad():

@@ -13,6 +13,16 @@ def _plt():
     return plt
 
 
+def _save(fig, path) -> Path:
+    plt = _plt()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def scatter_panels(panels: dict, path, title: str | None = None, lim: float | None = None) -> Path:
     """One square scatter plot per (name → (N, 2) array) side by side, same axes; saved as PNG."""
     plt = _plt()
@@ -30,12 +40,7 @@ def scatter_panels(panels: dict, path, title: str | None = None, lim: float | No
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def trajectories(ts, xs, path, scale=None, n_paths: int = 200,
@@ -61,12 +66,7 @@ def trajectories(ts, xs, path, scale=None, n_paths: int = 200,
     a2.set_aspect("equal")
     a2.legend(loc="upper right", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def interpolation_path(data, path, linear, out, title: str = "PF-ODE latent interpolation") -> Path:
@@ -84,9 +84,4 @@ def interpolation_path(data, path, linear, out, title: str = "PF-ODE latent inte
     ax.set_aspect("equal")
     ax.legend(loc="lower left", fontsize=7)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
