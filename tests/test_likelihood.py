@@ -31,8 +31,7 @@ def test_exact_divergence_matches_log_density_2d(ring, sde_name):
     assert (lp - _exact(ring, sde, x, sde.t_min)).abs().mean() < 0.01
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "edm", pytest.param("ve", marks=pytest.mark.slow),
-                                      pytest.param("subvp", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp", "edm"])
 def test_exact_divergence_matches_log_density_64d(sde_name):
     """64-D anisotropic mixture: mean |error| ≤ 0.01 nats (measured 1.2e-3 – 1.6e-3) when the
     ODE's end is scored under the true p_T. With the default Gaussian prior the finite-T

@@ -50,7 +50,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     if seed is not None:
         if generator is not None:
             raise ValueError("give either seed or generator, not both")
-        generator = torch.Generator(device=device or "cpu").manual_seed(int(seed))
+        gen_device = x_T.device if x_T is not None else (device or "cpu")
+        generator = torch.Generator(device=gen_device).manual_seed(int(seed))
     if x_T is None:
         if shape is None:
             raise ValueError("give x_T or shape")
