@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
-from .sde import SDE, bcast
+from .sde import SDE
 
 __all__ = ["dsm_loss", "ssm_loss", "loss_fn", "list_losses", "sample_t", "WEIGHTINGS"]
 

@@ -6,7 +6,6 @@ it is given.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .embeddings import FourierEmbedding, SinusoidalEmbedding
