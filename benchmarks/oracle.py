@@ -21,7 +21,8 @@ from sdeflow.oracle import GaussianMixture
 from sdeflow.reverse import pf_ode_drift
 
 FIXED = {"euler": (1, [4, 8, 16, 32, 64, 128]), "ddim": (1, [4, 8, 16, 32, 64, 128]),
-         "heun": (2, [3, 5, 10, 20, 40, 80]), "rk4": (4, [2, 3, 5, 10, 20, 40])}
+         "heun": (2, [3, 5, 10, 20, 40, 80]), "rk4": (4, [2, 3, 5, 10, 20, 40]),
+         "dpmpp_2m": (2, [5, 10, 20, 40, 80, 160]), "dpmpp_3m": (3, [5, 10, 20, 40, 80, 160])}
 TOLS = [1e-3, 1e-4, 1e-5, 1e-6, 1e-8]
 
 
@@ -49,12 +50,13 @@ def run_problem(name, gm, sde, schedule, n, emit):
                                    denoise=False, return_stats=True)
             emit(dict(problem=name, impl="sdeflow", solver=solver, schedule=schedule, steps=steps,
                       nfe=st["nfe"], rmse=rmse(x, ref), seconds=st["seconds"]))
-    for tol in TOLS:
-        x, st = sdeflow.sample(model, x_T, solver="rk45", rtol=tol, atol=tol, denoise=False,
-                               return_stats=True)
-        emit(dict(problem=name, impl="sdeflow", solver="rk45", tol=tol, nfe=st["nfe"],
-                  rmse=rmse(x, ref), seconds=st["seconds"],
-                  rejected_mean=st["rejected_mean"]))
+    for solver in ("rk45", "rk45_logsnr"):
+        for tol in TOLS:
+            x, st = sdeflow.sample(model, x_T, solver=solver, rtol=tol, atol=tol, denoise=False,
+                                   return_stats=True)
+            emit(dict(problem=name, impl="sdeflow", solver=solver, tol=tol, nfe=st["nfe"],
+                      rmse=rmse(x, ref), seconds=st["seconds"],
+                      rejected_mean=st["rejected_mean"]))
     t0, t1 = float(sde.T), float(sde.t_min)
     try:
         from torchdiffeq import odeint
@@ -100,21 +102,23 @@ def markdown(rows):
             cells = [f"{r['nfe']} → {r['rmse']:.1e}" + (f" (tol {r['tol']:.0e})" if "tol" in r else "")
                      for r in sub if (r["impl"], r["solver"]) == key]
             lines.append(f"| {key[0]} {key[1]} | " + ", ".join(cells) + " |")
-    lines += ["\n**Adaptive solvers at equal tolerance** (ratio = sdeflow rk45 / anchor; error < 1 "
+    lines += ["\n**Adaptive solvers at equal tolerance** (ratio = sdeflow / anchor; error < 1 "
               "and NFE < 1 favour sdeflow)\n",
-              "| problem | tol | err/scipy | NFE/scipy | err/torchdiffeq | NFE/torchdiffeq |",
-              "|---|---|---|---|---|---|"]
+              "| problem | sdeflow solver | tol | err/scipy | NFE/scipy | err/torchdiffeq | NFE/torchdiffeq |",
+              "|---|---|---|---|---|---|---|"]
     for problem in dict.fromkeys(r["problem"] for r in rows):
         for tol in TOLS:
-            g = {r["impl"]: r for r in rows if r["problem"] == problem and r.get("tol") == tol}
-            if "sdeflow" not in g:
-                continue
-            cells = []
-            for anchor in ("scipy", "torchdiffeq"):
-                a = g.get(anchor)
-                cells += (["–", "–"] if a is None else
-                          [f"{g['sdeflow']['rmse'] / a['rmse']:.2f}", f"{g['sdeflow']['nfe'] / a['nfe']:.2f}"])
-            lines.append(f"| {problem} | {tol:.0e} | " + " | ".join(cells) + " |")
+            g = {(r["impl"], r["solver"]): r for r in rows
+                 if r["problem"] == problem and r.get("tol") == tol}
+            for ours in ("rk45", "rk45_logsnr"):
+                if ("sdeflow", ours) not in g:
+                    continue
+                cells = []
+                for anchor in (("scipy", "RK45"), ("torchdiffeq", "dopri5")):
+                    a, o = g.get(anchor), g[("sdeflow", ours)]
+                    cells += (["–", "–"] if a is None else
+                              [f"{o['rmse'] / a['rmse']:.2f}", f"{o['nfe'] / a['nfe']:.2f}"])
+                lines.append(f"| {problem} | {ours} | {tol:.0e} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

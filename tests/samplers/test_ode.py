@@ -32,23 +32,25 @@ def test_fixed_step_solver_converges_at_its_order(references, solver):
             f"{solver} on {name}: errors {errs}, observed orders {observed}"
 
 
-def test_rk45_meets_its_tolerance(references):
+@pytest.mark.parametrize("solver", ["rk45", "rk45_logsnr"])
+def test_rk45_meets_its_tolerance(references, solver):
     """Global max error ≤ 10·tol (measured ≤ 8·tol) and it shrinks with tol."""
     for name, (model, x_T, schedule, ref) in references.items():
         errs = []
         for tol in (1e-6, 1e-8):
-            x = sdeflow.sample(model, x_T, solver="rk45", rtol=tol, atol=tol, denoise=False)
+            x = sdeflow.sample(model, x_T, solver=solver, rtol=tol, atol=tol, denoise=False)
             errs.append((x - ref).abs().max().item())
-            assert errs[-1] < 10 * tol, f"rk45 on {name} at tol {tol}: error {errs[-1]:.2e}"
+            assert errs[-1] < 10 * tol, f"{solver} on {name} at tol {tol}: error {errs[-1]:.2e}"
         assert errs[1] < errs[0] / 10
 
 
-def test_rk45_result_does_not_depend_on_the_batch(mixture2d):
+@pytest.mark.parametrize("solver", ["rk45", "rk45_logsnr"])
+def test_rk45_result_does_not_depend_on_the_batch(mixture2d, solver):
     """Per-sample step control: a sample integrated alone equals itself inside a batch."""
     model = mixture2d.denoiser(sdeflow.EDMSDE())
     x_T = model.sde.prior_sample((16, 2), generator=gen(7), dtype=torch.float64)
-    together = sdeflow.sample(model, x_T, solver="rk45", rtol=1e-5, atol=1e-5)
-    alone = torch.cat([sdeflow.sample(model, x_T[i:i + 1], solver="rk45", rtol=1e-5, atol=1e-5)
+    together = sdeflow.sample(model, x_T, solver=solver, rtol=1e-5, atol=1e-5)
+    alone = torch.cat([sdeflow.sample(model, x_T[i:i + 1], solver=solver, rtol=1e-5, atol=1e-5)
                        for i in range(0, 16, 5)])
     torch.testing.assert_close(together[0:16:5], alone, rtol=0, atol=1e-12)
 
@@ -75,7 +77,7 @@ def test_float64_in_float64_out_and_nfe(mixture2d, solver):
     model = mixture2d.denoiser(sdeflow.VPSDE())
     x_T = torch.randn(4, 2, dtype=torch.float64)
     x, stats = sdeflow.sample(model, x_T, solver=solver, return_stats=True,
-                              **({} if solver == "rk45" else {"steps": 10}))
+                              **({} if solver.startswith("rk45") else {"steps": 10}))
     assert x.dtype == torch.float64 and x.shape == x_T.shape and torch.isfinite(x).all()
     per_step = {"euler": 1, "ddim": 1, "heun": 2, "rk4": 4, "dpmpp_2m": 1, "dpmpp_3m": 1}
     if solver in per_step:
