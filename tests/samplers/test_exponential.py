@@ -6,7 +6,7 @@ import torch
 
 import sdeflow
 from sdeflow.metrics import mmd2
-from sdeflow.samplers.exponential import dpmpp_multistep
+from sdeflow.samplers.exponential import dpm_solver_singlestep, dpmpp_multistep
 from sdeflow.samplers.registry import Context
 
 from ..conftest import gen
@@ -85,3 +85,24 @@ def test_nfe_and_errors(problems):
         dpmpp_multistep(model, x_T, sdeflow.get_timesteps(model.sde, 3), Context(), order=4)
     with pytest.raises(ValueError, match="order <= 2"):
         dpmpp_multistep(model, x_T, sdeflow.get_timesteps(model.sde, 3), Context(), order=3, eta=1.0)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_solver_singlestep_converges_at_its_order(problems, order):
+    """Single-step DPM-Solver-2/3 on the uniform log-SNR grid: observed order within ±0.3
+    (no start-up effect: every step is self-contained)."""
+    steps = [10, 20, 40, 80]
+    for name, (model, x_T, ref) in problems.items():
+        errs = [(sdeflow.sample(model, x_T, solver=f"dpm_solver_{order}", steps=n,
+                                schedule="logsnr", denoise=False) - ref).abs().max().item()
+                for n in steps]
+        observed = _orders(errs, steps)[1:]
+        assert all(abs(p - order) < 0.3 for p in observed), (name, errs, observed)
+
+
+def test_dpm_solver_1_is_ddim(problems):
+    model, x_T, _ = problems["subvp"]
+    ts = sdeflow.get_timesteps(model.sde, 9, "logsnr")
+    a = dpm_solver_singlestep(model, x_T, ts, Context(), order=1)
+    b = sdeflow.sample(model, x_T, solver="ddim", steps=9, schedule="logsnr", denoise=False)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .registry import Context, register_solver
 
-__all__ = ["dpmpp_multistep"]
+__all__ = ["dpmpp_multistep", "dpm_solver_singlestep"]
 
 
 def dpmpp_multistep(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2,
@@ -109,3 +109,59 @@ sample_dpmpp_3m = _register("dpmpp_3m", 3, "ode", "DPM-Solver++(3M): 3rd-order m
                  description="SDE-DPM-Solver++(2M): stochastic multistep in log-SNR, eta=1")
 def sample_dpmpp_2m_sde(model, x, ts, ctx: Context, eta: float = 1.0, **opts):
     return dpmpp_multistep(model, x, ts, ctx, order=2, eta=eta, **opts)
+
+
+def dpm_solver_singlestep(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2) -> Tensor:
+    r"""DPM-Solver (Lu et al. 2022, NeurIPS; Algorithms 1–2) with noise prediction ε̂, one step
+    of ``order`` NFE per interval. With h = λ_t − λ_s and intermediate log-SNRs λ_s + r_k h:
+
+    * order 1: x_t = (s_t/s_s)x − σ_t(e^h − 1)ε̂_s (= DDIM);
+    * order 2 (r₁ = ½): u = (s_{1}/s_s)x − σ_{1}(e^{r₁h} − 1)ε̂_s,
+      x_t = (s_t/s_s)x − σ_t(e^h − 1)ε̂_s − σ_t/(2r₁)(e^h − 1)(ε̂(u) − ε̂_s);
+    * order 3 (r₁ = ⅓, r₂ = ⅔): u₁ as above, D₁ = ε̂(u₁) − ε̂_s,
+      u₂ = (s_{2}/s_s)x − σ_{2}(e^{r₂h} − 1)ε̂_s − σ_{2}(r₂/r₁)((e^{r₂h} − 1)/(r₂h) − 1)D₁,
+      D₂ = ε̂(u₂) − ε̂_s, x_t = (s_t/s_s)x − σ_t(e^h − 1)ε̂_s − (σ_t/r₂)((e^h − 1)/h − 1)D₂.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    sde = model.sde
+    lam = sde.log_snr(ts)
+    ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+
+    for i in range(len(ts) - 1):
+        h = lam[i + 1] - lam[i]
+        e0 = model.eps(x, ts[i] * ones, **ctx.cond)
+        s0, s_t, sig_t = sde.s(ts[i]), sde.s(ts[i + 1]), sde.sigma(ts[i + 1])
+        base = s_t / s0 * x - sig_t * torch.expm1(h) * e0
+        if order == 1:
+            x = base
+        elif order == 2:
+            r1 = 0.5
+            t1 = sde.t_from_log_snr(lam[i] + r1 * h)
+            u = sde.s(t1) / s0 * x - sde.sigma(t1) * torch.expm1(r1 * h) * e0
+            e1 = model.eps(u, t1 * ones, **ctx.cond)
+            x = base - sig_t / (2 * r1) * torch.expm1(h) * (e1 - e0)
+        else:
+            r1, r2 = 1 / 3, 2 / 3
+            t1, t2 = sde.t_from_log_snr(lam[i] + r1 * h), sde.t_from_log_snr(lam[i] + r2 * h)
+            u1 = sde.s(t1) / s0 * x - sde.sigma(t1) * torch.expm1(r1 * h) * e0
+            d1 = model.eps(u1, t1 * ones, **ctx.cond) - e0
+            u2 = (sde.s(t2) / s0 * x - sde.sigma(t2) * torch.expm1(r2 * h) * e0
+                  - sde.sigma(t2) * (r2 / r1) * (torch.expm1(r2 * h) / (r2 * h) - 1) * d1)
+            d2 = model.eps(u2, t2 * ones, **ctx.cond) - e0
+            x = base - sig_t / r2 * (torch.expm1(h) / h - 1) * d2
+        ctx.step_done(ts[i + 1], x)
+    return x
+
+
+def _register_singlestep(order: int):
+    @register_solver(f"dpm_solver_{order}", kind="ode", order=order, default_steps=20 // order,
+                     description=f"DPM-Solver-{order}: single-step exponential integrator in "
+                                 f"log-SNR with noise prediction, {order} NFE/step")
+    def solve(model, x, ts, ctx: Context):
+        return dpm_solver_singlestep(model, x, ts, ctx, order=order)
+    return solve
+
+
+sample_dpm_solver_2 = _register_singlestep(2)
+sample_dpm_solver_3 = _register_singlestep(3)
