@@ -24,9 +24,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) -m pip install -q --no-deps k-diffusion
+	$(PY) -m pip install -q --no-deps k-diffusion torchsde
 	$(PY) benchmarks/oracle.py --markdown --out docs/oracle_results.jsonl
 	$(PY) benchmarks/likelihood.py --markdown --out docs/likelihood_results.jsonl
+	$(PY) benchmarks/solvers.py --markdown --out docs/solvers_results.jsonl
 
 clean:
 	rm -rf $(VENV) outputs runs .pytest_cache
