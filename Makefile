@@ -24,7 +24,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) -m pip install -q --no-deps k-diffusion torchsde
+	$(PY) -m pip install -q --no-deps k-diffusion  # its sampling module only; torchsde comes with [bench]
 	$(PY) benchmarks/oracle.py --markdown --out docs/oracle_results.jsonl
 	$(PY) benchmarks/likelihood.py --markdown --out docs/likelihood_results.jsonl
 	$(PY) benchmarks/solvers.py --markdown --out docs/solvers_results.jsonl
