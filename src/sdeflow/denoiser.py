@@ -29,9 +29,19 @@ from torch import Tensor, nn
 
 from .sde import SDE, bcast
 
-__all__ = ["Denoiser", "Prediction", "PREDICTIONS"]
+__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "check_batch"]
 
 PREDICTIONS = ("x0", "eps", "v", "score")
+
+
+def check_batch(x, name: str = "x") -> None:
+    """Raise a clear error unless ``x`` is a finite floating-point tensor of shape (B, ...)."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have a batch dimension: shape (B, ...), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains non-finite values")
 
 
 class Prediction(NamedTuple):

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, check_batch
 from .reverse import pf_ode_drift
 from .samplers.registry import Context, get_solver
 from .samplers.rk import DOPRI5, TABLEAUX, rk_adaptive, rk_fixed, select_rows
@@ -73,12 +73,7 @@ def _draw_probes(x: Tensor, n: int, kind: str, generator) -> Tensor:
 def _check_data(model: Denoiser, x: Tensor) -> None:
     if not isinstance(model, Denoiser):
         raise TypeError("model must be an sdeflow.Denoiser")
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError("x must be a floating-point tensor")
-    if x.ndim < 2:
-        raise ValueError(f"x must have a batch dimension: shape (B, ...), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains non-finite values")
+    check_batch(x)
 
 
 def _integrate(F: Callable, y: Tensor, model: Denoiser, t0: float, t1: float, solver: str,

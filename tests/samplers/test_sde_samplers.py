@@ -90,6 +90,10 @@ def test_pc_nfe_and_option_errors(ring):
         sdeflow.sample(model, shape=(4, 2), solver="annealed_langevin", step_lr=1.0)
     with pytest.raises(ValueError, match="gamma"):
         sdeflow.sample(model, shape=(4, 2), solver="euler_maruyama", gamma=-1.0)
+    with pytest.raises(ValueError, match="S_churn"):
+        sdeflow.sample(model, shape=(4, 2), solver="edm_stochastic", S_churn=-1.0)
+    with pytest.raises(ValueError, match="rtol"):
+        sdeflow.sample(model, shape=(4, 2), solver="adaptive_sde", rtol=0.0)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "edm"])

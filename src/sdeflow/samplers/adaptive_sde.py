@@ -26,7 +26,7 @@ from torch import Tensor
 from ..reverse import drift_from_score, noise_scale
 from ..sde import bcast
 from .registry import Context, register_solver
-from .rk import _rms, select_rows
+from .rk import report_step_counts, rms, select_rows
 
 __all__ = ["sample_adaptive_sde"]
 
@@ -65,7 +65,7 @@ def sample_adaptive_sde(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float 
         x2 = xi - hb * b(x1, ti - hi, rows) + bcast(noise_scale(model, ti - hi), xi) * sq * z
         xh = 0.5 * (x1 + x2)
         delta = torch.maximum(torch.full_like(x1, atol), rtol * torch.maximum(x1.abs(), x_prev[idx].abs()))
-        err = _rms((x1 - xh) / delta)
+        err = rms((x1 - xh) / delta)
         ok = err <= 1.0
         acc = idx[ok]
         x[acc], x_prev[acc] = xh[ok], x1[ok]
@@ -78,7 +78,5 @@ def sample_adaptive_sde(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float 
             ctx.step_done(t, x, advance=0)
     else:
         raise RuntimeError(f"adaptive SDE solver did not reach t={t_end} in {max_steps} steps")
-    acc_f, rej_f = accepted.double(), rejected.double()
-    ctx.stats.update(accepted_mean=acc_f.mean().item(), accepted_max=int(accepted.max()),
-                     rejected_mean=rej_f.mean().item(), rejected_max=int(rejected.max()))
+    report_step_counts(ctx, accepted, rejected)
     return x

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, check_batch
 from ..schedules import get_timesteps
 from .registry import Context, get_solver
 
@@ -58,14 +58,9 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         x_T = sde.prior_sample(tuple(shape), generator=generator,
                                dtype=dtype or torch.get_default_dtype(), device=device)
     else:
+        check_batch(x_T, "x_T")
         if shape is not None and tuple(shape) != tuple(x_T.shape):
             raise ValueError(f"shape {tuple(shape)} disagrees with x_T.shape {tuple(x_T.shape)}")
-        if not torch.is_tensor(x_T) or not x_T.is_floating_point():
-            raise TypeError("x_T must be a floating-point tensor")
-        if x_T.ndim < 2:
-            raise ValueError(f"x_T must have a batch dimension: shape (B, ...), got {tuple(x_T.shape)}")
-        if not torch.isfinite(x_T).all():
-            raise ValueError("x_T contains non-finite values")
     if info.adaptive:
         if steps is not None:
             raise ValueError(f"solver {solver!r} is adaptive: set rtol/atol, not steps")

@@ -20,7 +20,8 @@ from ..reverse import pf_ode_drift
 from ..sde import bcast
 from .registry import Context, register_solver
 
-__all__ = ["Tableau", "TABLEAUX", "rk_fixed", "rk_adaptive", "select_rows"]
+__all__ = ["Tableau", "TABLEAUX", "rk_fixed", "rk_adaptive", "select_rows", "report_step_counts",
+           "rms"]
 
 # F(t of shape (B,), x, rows) -> dx/dt. ``rows`` indexes the batch rows that x holds (the
 # adaptive solver evaluates only unfinished samples), or is None for the whole batch: per-sample
@@ -89,7 +90,8 @@ def rk_fixed(F: Field, x: Tensor, ts: Tensor, tab: Tableau, ctx: Context | None 
     return x
 
 
-def _rms(e: Tensor) -> Tensor:
+def rms(e: Tensor) -> Tensor:
+    """Per-sample root-mean-square over all but the batch dimension."""
     return e.reshape(e.shape[0], -1).pow(2).mean(1).sqrt()
 
 
@@ -122,10 +124,10 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
 
     k1 = F(t, x, None)
     if h0 is None:  # Hairer, Nørsett & Wanner, algorithm of §II.4
-        d0, d1 = _rms(x / scale(x)), _rms(k1 / scale(x))
+        d0, d1 = rms(x / scale(x)), rms(k1 / scale(x))
         h_a = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
         x_try = x + bcast(direction * h_a, x) * k1
-        d2 = _rms((F(t + direction * h_a, x_try, None) - k1) / scale(x)) / h_a
+        d2 = rms((F(t + direction * h_a, x_try, None) - k1) / scale(x)) / h_a
         dmax = torch.maximum(d1, d2)
         h_b = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h_a, 1e-6), h_a * 1e-3),
                           (0.01 / dmax) ** (1.0 / tab.order))
@@ -148,7 +150,7 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
         x_new, ks = _stages(F, tab, ti, xi, direction * hi, k1[idx] if tab.fsal else None,
                             None if idx.numel() == B else idx)
         err_vec = bcast(direction * hi, xi) * sum(d * k for d, k in zip(db, ks) if d != 0.0)
-        err = _rms(err_vec / scale(xi, x_new))
+        err = rms(err_vec / scale(xi, x_new))
         ok = err <= 1.0
         factor = (safety * err.clamp_min(1e-10) ** expo).clamp(0.2, max_factor)
         # no growth on a rejection, nor on the step right after one (as scipy's RK45)
@@ -170,10 +172,14 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
         raise RuntimeError(f"adaptive solver did not reach t={t1} in {max_steps} steps "
                            f"(rtol={rtol}, atol={atol}); loosen the tolerances")
     if ctx is not None:
-        acc_f, rej_f = accepted.double(), rejected.double()
-        ctx.stats.update(accepted_mean=acc_f.mean().item(), accepted_max=int(accepted.max()),
-                         rejected_mean=rej_f.mean().item(), rejected_max=int(rejected.max()))
+        report_step_counts(ctx, accepted, rejected)
     return x
+
+
+def report_step_counts(ctx: Context, accepted: Tensor, rejected: Tensor) -> None:
+    """Per-sample accepted/rejected step counts of an adaptive solver → ``ctx.stats``."""
+    ctx.stats.update(accepted_mean=accepted.double().mean().item(), accepted_max=int(accepted.max()),
+                     rejected_mean=rejected.double().mean().item(), rejected_max=int(rejected.max()))
 
 
 def _pf_field(model, ctx: Context) -> Field:
