@@ -36,18 +36,19 @@ def sample_edm_stochastic(model, x: Tensor, ts: Tensor, ctx: Context, S_churn: f
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
     gamma_max = min(S_churn / n, math.sqrt(2) - 1)
 
-    def slope(xt: Tensor, level: Tensor) -> Tensor:
-        t = sde.t_from_noise_level(level)
+    def slope(xt: Tensor, level: Tensor, t: Tensor) -> Tensor:
         return (xt - model.x0(sde.s(t) * xt, t * ones, **ctx.cond)) / level
 
     xt = x / sde.s(ts[0])
     for i in range(n):
         gamma = gamma_max if S_tmin <= float(nu[i]) <= S_tmax else 0.0
         nu_hat = torch.minimum(nu[i] * (1 + gamma), nu_cap)
+        t_hat = ts[i]
         if nu_hat > nu[i]:
             xt = xt + (nu_hat**2 - nu[i] ** 2).sqrt() * S_noise * ctx.randn_like(xt)
-        d = slope(xt, nu_hat)
+            t_hat = sde.t_from_noise_level(nu_hat)  # the only time not on the grid
+        d = slope(xt, nu_hat, t_hat)
         x_next = xt + (nu[i + 1] - nu_hat) * d
-        xt = xt + (nu[i + 1] - nu_hat) * 0.5 * (d + slope(x_next, nu[i + 1]))
+        xt = xt + (nu[i + 1] - nu_hat) * 0.5 * (d + slope(x_next, nu[i + 1], ts[i + 1]))
         ctx.step_done(ts[i + 1], sde.s(ts[i + 1]) * xt)
     return sde.s(ts[-1]) * xt
