@@ -33,3 +33,8 @@ def ring():
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
+
+
+# A U-Net small enough to train a few steps in a test (8 channels, two levels, attention at 4×4).
+TINY_UNET = dict(channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], head_dim=8)
+TINY_DIT = dict(patch_size=2, hidden=32, depth=2, heads=2)

@@ -41,7 +41,7 @@ def test_trained_model_samples_the_mixture(tmp_path):
 
 
 def _small(**kw):
-    return TrainConfig(steps=40, batch_size=64, ckpt_every=20, log_every=1,
+    return TrainConfig(steps=40, batch_size=64, ckpt_every=20, log_every=1, tensorboard=False,
                        model_kwargs=dict(hidden=32, depth=1), **kw)
 
 
@@ -57,9 +57,12 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a, b)
     for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
         assert torch.equal(a, b)
-    la = (tmp_path / "a" / "loss.csv").read_text().splitlines()
-    lb = (tmp_path / "b" / "loss.csv").read_text().splitlines()
-    assert la == lb
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
+def _losses(run):
+    """(step, loss, lr) rows of a run's loss.csv (throughput differs between runs)."""
+    return [r.split(",")[:3] for r in (run / "loss.csv").read_text().splitlines()]
 
 
 def test_resume_refuses_a_different_config(tmp_path):

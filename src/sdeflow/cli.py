@@ -22,48 +22,97 @@ def _json_dict(text: str) -> dict:
 
 
 def _add_train(sub):
-    from .train import TrainConfig
+    from .train import PRECISIONS, TrainConfig
     d = TrainConfig()
-    p = sub.add_parser("train", help="train a score model on 2-D toy data",
+    p = sub.add_parser("train", help="train a score model on toy data or images",
                        description="Train a score model by denoising score matching and save "
-                                   "checkpoints (safetensors + JSON config) to --out.",
+                                   "checkpoints (safetensors + JSON config) to --out. 2-D toy data "
+                                   "train an MLP; image data (--data digits, the embedded 8×8 "
+                                   "digits, or folder/torchvision/hf with --data-kwargs) train a "
+                                   "U-Net or DiT. Multi-GPU: torchrun --nproc_per_node=N -m "
+                                   "sdeflow.cli train ... (--batch-size is the global batch).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from .data import list_toy
+    from .data import list_data
     from .losses import list_losses
+    from .models import list_models
+    from .samplers import list_solvers
     from .sde import list_sdes
-    p.add_argument("--data", default=d.data, choices=list_toy(), help="toy distribution")
+    p.add_argument("--data", default=d.data, choices=list_data(), help="data set")
+    p.add_argument("--data-kwargs", type=_json_dict, default={},
+                   help="data arguments as JSON, e.g. '{\"root\": \"imgs\", \"resolution\": 32}'")
+    p.add_argument("--model", default=None, choices=list_models(),
+                   help="network (default: mlp for toy data, unet for images)")
+    p.add_argument("--model-kwargs", type=_json_dict, default={},
+                   help="network arguments as JSON, e.g. '{\"channels\": 32}'")
+    p.add_argument("--hidden", type=int, default=None, help="MLP width (default 128)")
+    p.add_argument("--depth", type=int, default=None, help="MLP residual blocks (default 3)")
     p.add_argument("--sde", default=d.sde, choices=list_sdes(), help="forward SDE")
     p.add_argument("--sde-kwargs", type=_json_dict, default={}, help="SDE arguments as JSON")
     p.add_argument("--prediction", default=d.prediction, choices=["x0", "eps", "v", "score"])
     p.add_argument("--precondition", default=d.precondition, choices=["edm", "none"],
                    help="EDM preconditioning of the network ('none' feeds t as is)")
+    p.add_argument("--sigma-data", type=float, default=None,
+                   help="σ_data of EDM preconditioning (default 1.0 for toy data, 0.5 for images)")
     p.add_argument("--loss", default=d.loss, choices=list_losses(), help="training objective")
+    p.add_argument("--class-cond", action="store_true", help="condition on the data's labels")
+    p.add_argument("--p-uncond", type=float, default=d.p_uncond,
+                   help="label dropout for classifier-free guidance (needs --class-cond)")
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
     p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warm-up steps")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    p.add_argument("--hidden", type=int, default=d.model_kwargs["hidden"], help="MLP width")
-    p.add_argument("--depth", type=int, default=d.model_kwargs["depth"], help="MLP residual blocks")
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
+                   help="autocast precision (bf16/fp16 for GPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--keep", type=int, default=d.keep, help="checkpoints kept")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--sample-every", type=int, default=d.sample_every,
+                   help="save an EMA sample grid every N steps (0: never)")
+    p.add_argument("--sample-solver", default=d.sample_solver, choices=list_solvers())
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
+    p.add_argument("--no-tensorboard", action="store_true", help="log to loss.csv only")
     p.add_argument("--out", default="runs/toy", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.set_defaults(func=cmd_train)
 
 
 def _config_from_args(a):
+    from .data import list_toy
     from .train import TrainConfig
-    return TrainConfig(data=a.data, sde=a.sde, sde_kwargs=a.sde_kwargs, prediction=a.prediction,
+    toy = a.data in list_toy()
+    model = a.model or ("mlp" if toy else "unet")
+    kw = dict(a.model_kwargs)
+    for name in ("hidden", "depth"):
+        if getattr(a, name) is not None:
+            if model != "mlp":
+                raise ValueError(f"--{name} is an MLP option; use --model-kwargs for {model}")
+            kw[name] = getattr(a, name)
+    sigma_data = a.sigma_data if a.sigma_data is not None else (1.0 if toy else 0.5)
+    return TrainConfig(data=a.data, data_kwargs=a.data_kwargs, sde=a.sde, sde_kwargs=a.sde_kwargs,
+                       prediction=a.prediction, sigma_data=sigma_data,
                        precondition=None if a.precondition == "none" else a.precondition,
-                       loss=a.loss, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                       ema_decay=a.ema_decay, seed=a.seed, ckpt_every=a.ckpt_every,
-                       model_kwargs=dict(hidden=a.hidden, depth=a.depth)).validate()
+                       loss=a.loss, model=model, model_kwargs=kw, class_cond=a.class_cond,
+                       p_uncond=a.p_uncond, hflip=a.hflip, steps=a.steps,
+                       batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                       warmup=a.warmup, grad_clip=a.grad_clip, ema_decay=a.ema_decay,
+                       precision=a.precision, compile=a.compile, seed=a.seed,
+                       ckpt_every=a.ckpt_every, keep=a.keep, log_every=a.log_every,
+                       sample_every=a.sample_every, sample_solver=a.sample_solver,
+                       sample_steps=a.sample_steps, tensorboard=not a.no_tensorboard).validate()
 
 
 def cmd_train(a) -> int:
     from .train import train
     st = train(_config_from_args(a), a.out, resume=a.resume)
-    print(f"trained {st.step} steps; checkpoint in {Path(a.out) / (Path(a.out) / 'latest').read_text()}")
+    if st.dist.is_main:
+        print(f"trained {st.step} steps; checkpoint in "
+              f"{Path(a.out) / (Path(a.out) / 'latest').read_text()}")
     return 0
 
 
@@ -83,10 +132,12 @@ def _add_sampling_args(p):
 def _add_sample(sub):
     p = sub.add_parser("sample", help="sample a trained checkpoint",
                        description="Load a checkpoint (run directory or ckpt folder), draw samples "
-                                   "with any registered solver, save them (.npy) and a scatter plot.",
+                                   "with any registered solver, save them (.npy) and a scatter plot (2-D) or an image grid.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="run directory or ckpt-* folder")
     p.add_argument("-n", "--num", type=int, default=2000, help="number of samples")
+    p.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="class label for a class-conditional model")
     _add_sampling_args(p)
     p.add_argument("--out", default="outputs/samples", help="output prefix (.npy, .png, .json)")
     p.set_defaults(func=cmd_sample)
@@ -95,23 +146,36 @@ def _add_sample(sub):
 def cmd_sample(a) -> int:
     import numpy as np
 
-    from .data import toy_sample
+    from .data import get_data, list_toy
     from .metrics import sliced_wasserstein
-    from .plotting import scatter_panels
+    from .plotting import save_image_grid, scatter_panels
     from .samplers import sample
     from .train import load_denoiser
-    model, cfg = load_denoiser(a.checkpoint)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, cfg = load_denoiser(a.checkpoint, device=device)
+    cond = {}
+    if a.class_label is not None:
+        if not cfg.class_cond:
+            raise ValueError("--class needs a class-conditional model (trained with --class-cond)")
+        if not 0 <= a.class_label < cfg.num_classes:
+            raise ValueError(f"--class must lie in [0, {cfg.num_classes})")
+        cond["class_labels"] = torch.full((a.num,), a.class_label, device=device)
     with torch.no_grad():
-        x, stats = sample(model, shape=(a.num, 2), solver=a.solver, steps=a.steps,
+        x, stats = sample(model, shape=(a.num, *cfg.shape), solver=a.solver, steps=a.steps,
                           schedule=a.schedule, denoise=not a.no_denoise, seed=a.seed,
-                          progress=True, return_stats=True, **a.solver_opts)
+                          device=device, cond=cond, progress=True, return_stats=True,
+                          **a.solver_opts)
+    x = x.cpu()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out.with_suffix(".npy"), x.numpy())
-    data = toy_sample(cfg.data, a.num, torch.Generator().manual_seed(a.seed + 1))
-    stats["sliced_wasserstein_to_data"] = sliced_wasserstein(x, data)
-    scatter_panels({f"data ({cfg.data})": data, f"{a.solver}, NFE={stats['nfe']}": x},
-                   out.with_suffix(".png"))
+    if cfg.data in list_toy():
+        data = get_data(cfg.data).draw(a.num, torch.Generator().manual_seed(a.seed + 1))[0]
+        stats["sliced_wasserstein_to_data"] = sliced_wasserstein(x, data)
+        scatter_panels({f"data ({cfg.data})": data, f"{a.solver}, NFE={stats['nfe']}": x},
+                       out.with_suffix(".png"))
+    else:
+        save_image_grid(x[:100].clamp(-1, 1), out.with_suffix(".png"), nrow=10)
     (out.with_suffix(".json")).write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats))
     print(f"wrote {out.with_suffix('.npy')}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
@@ -119,59 +183,87 @@ def cmd_sample(a) -> int:
 
 
 def _add_demo(sub):
-    p = sub.add_parser("demo", help="train the toy model and plot SDE, PC and ODE samples",
-                       description="Train the default toy model, then sample it with an SDE "
-                                   "(Euler–Maruyama), a predictor–corrector and an ODE (Heun) "
-                                   "sampler; write scatter plots, PF-ODE trajectories and a "
-                                   "metrics JSON to --out.",
+    p = sub.add_parser("demo", help="train toy and digits models, plot SDE, PC and ODE samples",
+                       description="Part 1 (toy): train the MLP on the 8-Gaussian ring, sample it "
+                                   "with an SDE (Euler–Maruyama), a predictor–corrector and an ODE "
+                                   "(Heun) sampler; scatter plots, PF-ODE trajectories, metrics. "
+                                   "Part 2 (digits): train the default U-Net on the embedded 8×8 "
+                                   "digits for a few minutes on CPU, sample it with SDE, PC and ODE "
+                                   "samplers; image grids and the digits metric (FDD vs its noise "
+                                   "floor). Everything goes to --out.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--part", default="all", choices=["all", "toy", "digits"])
     p.add_argument("--out", default="outputs", help="where pictures and metrics go")
-    p.add_argument("--run", default="runs/demo", help="run directory for the checkpoint")
-    p.add_argument("--steps", type=int, default=3000, help="training steps")
-    p.add_argument("--num", type=int, default=4000, help="samples per sampler")
+    p.add_argument("--run", default="runs/demo", help="run directory of the toy checkpoint")
+    p.add_argument("--digits-run", default="runs/digits", help="run directory of the U-Net")
+    p.add_argument("--steps", type=int, default=3000, help="toy training steps")
+    p.add_argument("--digits-steps", type=int, default=4000, help="U-Net training steps")
+    p.add_argument("--num", type=int, default=4000, help="toy samples per sampler")
+    p.add_argument("--digits-num", type=int, default=1437,
+                   help="digit samples per sampler (1437 = the train split, the floor's size)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(a) -> int:
-    from .data import TOY_MIXTURE
-    from .metrics import mmd2, sliced_wasserstein
-    from .plotting import scatter_panels, trajectories
-    from .samplers import sample
-    from .train import TrainConfig, load_denoiser, train
+    from .demo import digits_demo, toy_demo
+    out = Path(a.out)
+    if a.part in ("all", "toy"):
+        m = toy_demo(out, Path(a.run), a.steps, a.num, a.seed)
+        print(json.dumps(m, indent=2))
+        print(f"wrote {out / 'samples.png'}, {out / 'trajectories.png'}, {out / 'metrics.json'}")
+    if a.part in ("all", "digits"):
+        digits_demo(out, Path(a.digits_run), a.digits_steps, a.digits_num, a.seed)
+        print((out / "digits_metrics.md").read_text())
+        print(f"wrote {out / 'digits_samples.png'}, {out / 'digits_metrics.json'}, "
+              f"{out / 'digits_metrics.md'}")
+    return 0
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="sample a checkpoint and score it: metrics JSON + grid",
+                       description="Draw --num samples from a checkpoint with any solver and score "
+                                   "them against the model's data: MMD²/sliced Wasserstein for toy "
+                                   "data; for the digits, the Fréchet distance in a digit "
+                                   "classifier's feature space (FDD) beside its train-vs-test noise "
+                                   "floor, classifier confidence and class balance; FID/KID for "
+                                   "image data when --inception-weights is given. Writes "
+                                   "OUT/metrics.json and OUT/samples.png.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="run directory or ckpt-* folder")
+    p.add_argument("-n", "--num", type=int, default=1437, help="number of samples")
+    _add_sampling_args(p)
+    p.add_argument("--batch", type=int, default=500, help="samples per batch")
+    p.add_argument("--inception-weights", default=None,
+                   help="path to pt_inception-2015-12-05 weights, for FID/KID (offline)")
+    p.add_argument("--out", default="outputs/eval", help="output folder")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluate import draw_samples, evaluate_samples
+    from .plotting import save_image_grid, scatter_panels
+    from .train import load_denoiser
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, cfg = load_denoiser(a.checkpoint, device=device)
+    labels = None
+    if cfg.class_cond:
+        labels = torch.arange(a.num) % cfg.num_classes
+    x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
+                         progress=True, solver=a.solver, steps=a.steps, schedule=a.schedule,
+                         denoise=not a.no_denoise, **a.solver_opts)
+    report = dict(checkpoint=str(a.checkpoint), data=cfg.data, solver=a.solver, steps=a.steps,
+                  **st, **evaluate_samples(x, cfg, labels=labels,
+                                           inception_weights=a.inception_weights, seed=a.seed))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    train(TrainConfig(steps=a.steps, seed=a.seed, ckpt_every=a.steps), a.run)
-    model, cfg = load_denoiser(a.run)
-    data = TOY_MIXTURE.sample(a.num, generator=torch.Generator().manual_seed(a.seed + 1)).float()
-    panels, metrics = {"data (8-Gaussian ring)": data}, {}
-    runs = [("euler_maruyama", dict(steps=500)), ("pc", dict(steps=250, snr=0.05)),
-            ("heun", dict(steps=25))]
-    for solver, opts in runs:
-        with torch.no_grad():
-            x, st = sample(model, shape=(a.num, 2), solver=solver, seed=a.seed, progress=True,
-                           return_stats=True, **opts)
-        sw = sliced_wasserstein(x, data)
-        metrics[solver] = dict(nfe=st["nfe"], seconds=round(st["seconds"], 3),
-                               sliced_wasserstein=round(sw, 4), mmd2=float(f"{mmd2(x, data):.3g}"))
-        panels[f"{solver} (NFE {st['nfe']}, SW {sw:.3f})"] = x
-    true = TOY_MIXTURE.sample(a.num, generator=torch.Generator().manual_seed(a.seed + 2))
-    metrics["noise_floor_true_vs_true"] = dict(sliced_wasserstein=round(sliced_wasserstein(true, data), 4),
-                                               mmd2=float(f"{mmd2(true, data):.3g}"))
-    p1 = scatter_panels(panels, out / "samples.png", title="trained toy model: data vs samplers")
-    ts, xs = [], []
-    with torch.no_grad():
-        x_T = model.sde.prior_sample((300, 2), generator=torch.Generator().manual_seed(a.seed))
-        ts.append(model.sde.T)
-        xs.append(x_T.clone())
-        sample(model, x_T, solver="heun", steps=40, denoise=False,
-               callback=lambda t, x: (ts.append(float(t)), xs.append(x.clone())))
-    tt = torch.tensor(ts, dtype=torch.float64)
-    scale = (model.sde.s(tt) ** 2 + model.sde.sigma(tt) ** 2).sqrt()
-    p2 = trajectories(ts, torch.stack(xs), out / "trajectories.png", scale=scale)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics, indent=2))
-    print(f"wrote {p1}, {p2} and {out / 'metrics.json'}")
+    if len(cfg.shape) == 3:
+        save_image_grid(x[:100].clamp(-1, 1), out / "samples.png", nrow=10)
+    else:
+        scatter_panels({f"{a.solver}, NFE {st['nfe']}": x}, out / "samples.png")
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {out / 'metrics.json'} and {out / 'samples.png'}")
     return 0
 
 
@@ -209,14 +301,17 @@ def cmd_likelihood(a) -> int:
 
     import numpy as np
 
-    from .data import TOY_MIXTURE, toy_sample
+    from .data import TOY_MIXTURE, list_toy, toy_sample
     from .likelihood import bits_per_dim, log_likelihood
     from .train import load_denoiser
     model, cfg = load_denoiser(a.checkpoint)
     if a.data_file:
         x = torch.from_numpy(np.load(a.data_file)).to(torch.float32)
-    else:
+    elif cfg.data in list_toy():
         x = toy_sample(cfg.data, a.num, torch.Generator().manual_seed(a.seed)).to(torch.float32)
+    else:
+        raise ValueError(f"the model was trained on {cfg.data!r}: give the images to score as "
+                         f"--data-file (a .npy array (N, C, H, W))")
     opts = dict(divergence=a.divergence, n_probes=a.n_probes, solver=a.solver, steps=a.steps)
     if a.solver == "rk45":
         opts.update(rtol=a.rtol, atol=a.atol)
@@ -281,15 +376,16 @@ def _add_list(sub):
     p = sub.add_parser("list", help="list solvers, schedules, SDEs, losses, data sets",
                        description="Print the names every registry accepts: solvers (by kind, "
                                    "with what they are), time-step schedules, SDEs, training "
-                                   "losses and toy data sets. Use them with --solver, --schedule, "
+                                   "losses, data sets and networks. Use them with --solver, --schedule, "
                                    "--sde, --loss and --data, or in Python as sdeflow.sample("
                                    "model, solver=..., schedule=...).")
     p.set_defaults(func=cmd_list)
 
 
 def cmd_list(a) -> int:
-    from .data import list_toy
+    from .data import list_data
     from .losses import list_losses
+    from .models import list_models
     from .samplers import get_solver, list_solvers
     from .schedules import list_schedules
     from .sde import list_sdes
@@ -301,17 +397,20 @@ def cmd_list(a) -> int:
     print("schedules:", ", ".join(list_schedules()))
     print("SDEs:", ", ".join(list_sdes()))
     print("losses:", ", ".join(list_losses()))
-    print("toy data:", ", ".join(list_toy()))
+    print("data:", ", ".join(list_data()))
+    print("models:", ", ".join(list_models()))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sdeflow", description="Continuous-time score-based diffusion models: train, "
-        "sample with any SDE/ODE/PC solver, score exact likelihoods, interpolate, and plot. Run 'sdeflow COMMAND --help' for details.")
+        "sample with any SDE/ODE/PC solver, evaluate, score exact likelihoods, interpolate, "
+        "and plot. Run 'sdeflow COMMAND --help' for details.")
     p.add_argument("--version", action="version", version=f"sdeflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_sample, _add_demo, _add_likelihood, _add_interpolate, _add_list):
+    for add in (_add_train, _add_sample, _add_evaluate, _add_demo, _add_likelihood,
+                _add_interpolate, _add_list):
         add(sub)
     return p
 

@@ -34,7 +34,7 @@ from torch import Tensor
 from .denoiser import Denoiser
 from .sde import SDE
 
-__all__ = ["dsm_loss", "ssm_loss", "loss_fn", "list_losses", "sample_t", "WEIGHTINGS"]
+__all__ = ["dsm_loss", "ssm_loss", "loss_fn", "list_losses", "sample_t", "draw_noise", "WEIGHTINGS"]
 
 
 def _snr(sde: SDE, t: Tensor) -> Tensor:
@@ -62,19 +62,29 @@ def sample_t(sde: SDE, n: int, *, lognormal: bool = False, p_mean: float = -1.2,
     return (sde.t_min + (sde.T - sde.t_min) * u).to(dtype=dtype, device=device)
 
 
-def _perturb(model: Denoiser, x0: Tensor, generator, lognormal: bool):
-    t = sample_t(model.sde, x0.shape[0], lognormal=lognormal, generator=generator,
-                 dtype=x0.dtype, device=x0.device)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+def draw_noise(sde: SDE, x0: Tensor, loss: str = "dsm", generator=None) -> tuple[Tensor, Tensor]:
+    """(t, ε) for a batch like ``x0``: the randomness of one training step of ``loss``, drawn on
+    the CPU generator so that runs are reproducible on any device (and a distributed run can
+    draw the global batch's noise on every rank and keep its own slice)."""
+    t = sample_t(sde, x0.shape[0], lognormal=loss == "edm", generator=generator, dtype=x0.dtype)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    return t.to(x0.device), eps.to(x0.device)
+
+
+def _perturb(model: Denoiser, x0: Tensor, generator, loss: str, noise):
+    t, eps = draw_noise(model.sde, x0, loss, generator) if noise is None else noise
+    if t.shape != (x0.shape[0],) or eps.shape != x0.shape:
+        raise ValueError("noise must be (t of shape (B,), eps shaped like x0)")
     return t, model.sde.marginal(x0, t, eps)
 
 
 def dsm_loss(model: Denoiser, x0: Tensor, weighting: str = "dsm", *, generator=None,
-             cond: dict | None = None) -> Tensor:
-    """Denoising score matching with a named weighting (see the module table); scalar mean."""
+             cond: dict | None = None, noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Denoising score matching with a named weighting (see the module table); scalar mean.
+    ``noise`` = (t, ε) fixes the randomness (default: drawn by :func:`draw_noise`)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choices: {sorted(WEIGHTINGS)}")
-    t, xt = _perturb(model, x0, generator, lognormal=weighting == "edm")
+    t, xt = _perturb(model, x0, generator, weighting, noise)
     x0_hat = model.x0(xt, t, **(cond or {}))
     w = WEIGHTINGS[weighting](model.sde, t, sigma_data=model.sigma_data)
     per_sample = (x0_hat - x0).pow(2).reshape(x0.shape[0], -1).mean(1)
@@ -82,13 +92,13 @@ def dsm_loss(model: Denoiser, x0: Tensor, weighting: str = "dsm", *, generator=N
 
 
 def ssm_loss(model: Denoiser, x0: Tensor, *, n_projections: int = 1, generator=None,
-             cond: dict | None = None) -> Tensor:
+             cond: dict | None = None, noise: tuple[Tensor, Tensor] | None = None) -> Tensor:
     r"""Sliced score matching (SSM-VR) on x_t ~ p_t, weighted by σ(t)²:
 
     .. math:: \sigma^2\,E_v\big[\tfrac12\|s_\theta(x_t)\|^2 + v^\top\nabla_x(v^\top s_\theta(x_t))\big],
               \quad v \sim \mathcal N(0, I).
     """
-    t, xt = _perturb(model, x0, generator, lognormal=False)
+    t, xt = _perturb(model, x0, generator, "ssm", noise)
     xt = xt.detach().requires_grad_(True)
     score = model.score(xt, t, **(cond or {}))
     total = 0.5 * score.pow(2).reshape(x0.shape[0], -1).sum(1)
@@ -106,7 +116,7 @@ def list_losses() -> list[str]:
 
 
 def loss_fn(name: str) -> Callable[..., Tensor]:
-    """``fn(model, x0, generator=None, cond=None) -> scalar`` for a named objective."""
+    """``fn(model, x0, generator=None, cond=None, noise=None) -> scalar`` for a named objective."""
     if name == "ssm":
         return ssm_loss
     if name not in WEIGHTINGS:

@@ -85,3 +85,50 @@ def interpolation_path(data, path, linear, out, title: str = "PF-ODE latent inte
     ax.legend(loc="lower left", fontsize=7)
     ax.set_title(title, fontsize=10)
     return _save(fig, out)
+
+
+def image_grid(images, nrow: int | None = None, pad: int = 1, min_size: int = 32) -> np.ndarray:
+    """Tile images (N, C, H, W) in [−1, 1] into one uint8 array (rows·H, cols·W, C), each image
+    enlarged by an integer factor (nearest) to at least ``min_size`` pixels so 8×8 digits are
+    visible."""
+    x = np.asarray(images.detach().float().cpu() if hasattr(images, "detach") else images,
+                   dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {x.shape}")
+    n, c, h, w = x.shape
+    k = max(1, -(-min_size // max(h, w)))
+    x = np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).repeat(k, 2).repeat(k, 3)
+    h, w = h * k, w * k
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
+    rows = -(-n // nrow)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+             pad + q * (w + pad):pad + q * (w + pad) + w] = x[i].transpose(1, 2, 0)
+    return grid
+
+
+def save_image_grid(images, path, nrow: int | None = None, **kw) -> Path:
+    """Save :func:`image_grid` of ``images`` as a PNG."""
+    from PIL import Image
+
+    grid = image_grid(images, nrow, **kw)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    return path
+
+
+def labelled_grids(panels: dict, path, nrow: int | None = None, title: str | None = None) -> Path:
+    """Several image grids side by side, each titled (e.g. one per sampler or NFE)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (name, imgs) in zip(axes[0], panels.items()):
+        g = image_grid(imgs, nrow)
+        ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .sde import SDE
 
-__all__ = ["get_timesteps", "list_schedules", "register_schedule"]
+__all__ = ["get_timesteps", "list_schedules", "register_schedule", "check_timesteps"]
 
 _SCHEDULES: dict[str, Callable[..., Tensor]] = {}
 
@@ -88,3 +88,15 @@ def get_timesteps(sde: SDE, steps: int, schedule: str | None = None, *,
     if not (ts[1:] < ts[:-1]).all():
         raise ValueError(f"schedule {schedule!r} produced non-decreasing times for {steps} steps")
     return ts.to(dtype=dtype, device=device)
+
+
+def check_timesteps(sde: SDE, ts) -> Tensor:
+    """Validate explicit times: 1-D, ≥ 2 entries, finite, strictly decreasing, inside [0, T]."""
+    ts = torch.as_tensor(ts, dtype=torch.float64).detach().cpu()
+    if ts.ndim != 1 or len(ts) < 2:
+        raise ValueError(f"timesteps must be a 1-D sequence of at least 2 times, got shape {tuple(ts.shape)}")
+    if not torch.isfinite(ts).all() or not (ts[1:] < ts[:-1]).all():
+        raise ValueError("timesteps must be finite and strictly decreasing")
+    if ts[-1] < 0 or ts[0] > sde.T * (1 + 1e-12):
+        raise ValueError(f"timesteps must lie in [0, T={sde.T}], got [{ts[-1].item():g}, {ts[0].item():g}]")
+    return ts

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser, check_batch
-from ..schedules import get_timesteps
+from ..schedules import check_timesteps, get_timesteps
 from .registry import Context, get_solver
 
 __all__ = ["sample"]
@@ -19,7 +19,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
            t_end: float | None = None, denoise: bool = True, generator: torch.Generator | None = None,
            seed: int | None = None, dtype=None, device=None, cond: dict | None = None,
            callback: Callable[[Tensor, Tensor], None] | None = None, progress: bool = False,
-           return_stats: bool = False, schedule_opts: dict | None = None, **solver_opts):
+           return_stats: bool = False, schedule_opts: dict | None = None,
+           timesteps=None, **solver_opts):
     """Draw samples by integrating a reverse-time process of ``model.sde`` from t_start to t_end.
 
     Args:
@@ -33,6 +34,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         generator / seed: randomness for x_T and stochastic solvers (``seed`` makes a generator).
         cond: keyword conditioning passed to the network.
         callback: called as ``callback(t, x)`` after each step (e.g. to record trajectories).
+        timesteps: explicit decreasing times t_0 > … > t_n (e.g. a tuned schedule or a
+            pretrained model's discrete steps) instead of ``steps``/``schedule``.
         progress: show a progress bar.
         return_stats: also return a dict with ``nfe``, ``seconds``, ``steps``, ``solver``,
             ``schedule`` and solver-specific entries (accepted/rejected steps of adaptive ones).
@@ -65,9 +68,16 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         if steps is not None:
             raise ValueError(f"solver {solver!r} is adaptive: set rtol/atol, not steps")
         steps = 1
-    steps = info.default_steps if steps is None else steps
-    ts = get_timesteps(sde, steps, schedule, t_start=t_start, t_end=t_end, dtype=x_T.dtype,
-                       device=x_T.device, **(schedule_opts or {}))
+    if timesteps is not None:
+        if info.adaptive or steps not in (None, len(timesteps) - 1) or schedule is not None:
+            raise ValueError("timesteps replaces steps/schedule (and adaptive solvers take none)")
+        ts = check_timesteps(sde, timesteps).to(dtype=x_T.dtype, device=x_T.device)
+        steps = len(ts) - 1
+        schedule = "custom"
+    else:
+        steps = info.default_steps if steps is None else steps
+        ts = get_timesteps(sde, steps, schedule, t_start=t_start, t_end=t_end, dtype=x_T.dtype,
+                           device=x_T.device, **(schedule_opts or {}))
     bar = None
     if progress:
         from tqdm.auto import tqdm

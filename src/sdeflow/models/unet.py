@@ -1,0 +1,174 @@
+r"""U-Net of the DDPM++ / NCSN++ family (Ho et al. 2020; Song et al. 2021, appendix H;
+Karras et al. 2022 for the layout as used in EDM).
+
+Each resolution has ``num_res_blocks`` residual blocks
+
+.. math:: h = x + \mathrm{Conv}(\mathrm{Drop}(\mathrm{SiLU}(\mathrm{GN}(h_1)(1 + a) + b))),\quad
+          h_1 = \mathrm{Conv}(\mathrm{SiLU}(\mathrm{GN}(x))),\quad (a, b) = \mathrm{Linear}(e),
+
+(adaptive GroupNorm scale/shift from the conditioning vector e = time (+ class) embedding; the
+residual sum is scaled by 1/√2 as in DDPM++), self-attention at the resolutions in
+``attn_resolutions``, strided-conv downsampling and nearest upsampling, and skip connections
+from every encoder block to the decoder. Output convolutions start at zero, so a fresh network
+predicts 0 (with EDM preconditioning: D(x) = c_skip x).
+
+``cond_channels`` > 0 concatenates a conditioning image ``x_cond`` to the input (SR3/Palette).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .conditioning import ConditionEmbedding, norm_groups
+
+__all__ = ["UNet", "ResBlock", "AttentionBlock"]
+
+
+def _zero(m: nn.Module) -> nn.Module:
+    for p in m.parameters():
+        nn.init.zeros_(p)
+    return m
+
+
+class ResBlock(nn.Module):
+    """Residual block with adaptive GroupNorm conditioning (see module docstring)."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(norm_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.affine = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(norm_groups(cout), cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.affine(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(torch.addcmul(shift, self.norm2(h), scale + 1))
+        h = self.conv2(self.drop(h))
+        return (self.skip(x) + h) * (1 / math.sqrt(2))
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H·W positions (scaled dot-product attention)."""
+
+    def __init__(self, channels: int, head_dim: int = 64):
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.norm = nn.GroupNorm(norm_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
+                                             v.transpose(-1, -2))
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return (x + self.proj(out)) * (1 / math.sqrt(2))
+
+
+class _Level(nn.Module):
+    def __init__(self, blocks, attns):
+        super().__init__()
+        self.blocks, self.attns = nn.ModuleList(blocks), nn.ModuleList(attns)
+
+
+class UNet(nn.Module):
+    """x (B, C, H, W), c (B,) → (B, C_out, H, W).
+
+    Args:
+        in_channels, out_channels: image channels (out defaults to in).
+        resolution: input height = width (must be divisible by 2^(len(channel_mult) − 1)).
+        channels: base width; level i has ``channels * channel_mult[i]``.
+        num_res_blocks: residual blocks per level (the decoder has one more, as DDPM).
+        attn_resolutions: resolutions with self-attention after each block.
+        dropout: dropout inside residual blocks.
+        embedding: ``"fourier"`` (NCSN++) or ``"sinusoidal"`` (DDPM) features of c.
+        num_classes: > 0 adds a class-label embedding (index num_classes = unconditional).
+        cond_channels: channels of a conditioning image concatenated to x (SR3/Palette).
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int | None = None, resolution: int = 8,
+                 channels: int = 64, channel_mult=(1, 2), num_res_blocks: int = 2,
+                 attn_resolutions=(4,), dropout: float = 0.0, embedding: str = "fourier",
+                 embedding_scale: float | None = None, num_classes: int = 0,
+                 cond_channels: int = 0, head_dim: int = 64):
+        super().__init__()
+        levels = len(channel_mult)
+        if resolution % 2 ** (levels - 1):
+            raise ValueError(f"resolution {resolution} is not divisible by 2^{levels - 1} "
+                             f"(channel_mult has {levels} levels)")
+        out_channels = out_channels or in_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.cond_channels, self.resolution = cond_channels, resolution
+        emb_dim = 4 * channels
+        self.cond = ConditionEmbedding(channels, emb_dim, num_classes, embedding, embedding_scale)
+        self.inp = nn.Conv2d(in_channels + cond_channels, channels, 3, padding=1)
+        attn = set(attn_resolutions)
+
+        widths, skips, res, c = [], [channels], resolution, channels
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        for i, m in enumerate(channel_mult):
+            blocks, attns = [], []
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock(c, channels * m, emb_dim, dropout))
+                c = channels * m
+                attns.append(AttentionBlock(c, head_dim) if res in attn else nn.Identity())
+                skips.append(c)
+            self.down.append(_Level(blocks, attns))
+            last = i == levels - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1))
+            if not last:
+                skips.append(c)
+                res //= 2
+            widths.append(c)
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), AttentionBlock(c, head_dim),
+                                  ResBlock(c, c, emb_dim, dropout)])
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, m in reversed(list(enumerate(channel_mult))):
+            blocks, attns = [], []
+            for _ in range(num_res_blocks + 1):
+                blocks.append(ResBlock(c + skips.pop(), channels * m, emb_dim, dropout))
+                c = channels * m
+                attns.append(AttentionBlock(c, head_dim) if res in attn else nn.Identity())
+            self.up.append(_Level(blocks, attns))
+            self.upsample.append(nn.Identity() if i == 0 else nn.Conv2d(c, c, 3, padding=1))
+            if i:
+                res *= 2
+        self.out_norm = nn.GroupNorm(norm_groups(c), c)
+        self.out = _zero(nn.Conv2d(c, out_channels, 3, padding=1))
+
+    def forward(self, x: Tensor, c: Tensor, class_labels: Tensor | None = None,
+                x_cond: Tensor | None = None) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if self.cond_channels:
+            if x_cond is None or x_cond.shape != (x.shape[0], self.cond_channels, *x.shape[2:]):
+                raise ValueError(f"this U-Net needs x_cond of shape "
+                                 f"(B, {self.cond_channels}, {x.shape[2]}, {x.shape[3]})")
+            x = torch.cat([x, x_cond.to(x.dtype)], dim=1)
+        elif x_cond is not None:
+            raise ValueError("x_cond given to a U-Net built with cond_channels=0")
+        emb = F.silu(self.cond(c, class_labels, dtype=x.dtype))
+        h = self.inp(x)
+        hs = [h]
+        for level, down in zip(self.down, self.downsample):
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(h, emb))
+                hs.append(h)
+            if not isinstance(down, nn.Identity):
+                h = down(h)
+                hs.append(h)
+        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        for level, up in zip(self.up, self.upsample):
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(torch.cat([h, hs.pop()], dim=1), emb))
+            if not isinstance(up, nn.Identity):
+                h = up(F.interpolate(h, scale_factor=2, mode="nearest"))
+        return self.out(F.silu(self.out_norm(h)))
