@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/oracle.py --markdown --out docs/oracle_results.jsonl
 	$(PY) benchmarks/likelihood.py --markdown --out docs/likelihood_results.jsonl
 	$(PY) benchmarks/solvers.py --markdown --out docs/solvers_results.jsonl
+	cd benchmarks && ../$(PY) train_throughput.py --markdown --out ../docs/throughput_results.jsonl
 
 clean:
 	rm -rf $(VENV) outputs runs .pytest_cache

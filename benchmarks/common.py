@@ -32,6 +32,7 @@ def run_benchmark(doc: str, body, markdown, extra_args=None) -> None:
         print(line, flush=True)
         if fh:
             fh.write(line + "\n")
+            fh.flush()  # a run killed at its time limit keeps the rows it finished
     emit(dict(meta=True, machine=platform.machine(), threads=torch.get_num_threads(),
               torch=torch.__version__))
     try:

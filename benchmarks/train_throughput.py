@@ -85,11 +85,12 @@ def _time(fn, iters, device):
     return (time.perf_counter() - t0) / iters
 
 
-def measure(net, shape, batch, device, precision, compile_, iters):
-    net = net.to(device)
-    run = torch.compile(net) if compile_ else net
+def measure(net, shape, batch, device, precision, compile_, iters, channels_last=False):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(device, memory_format=fmt)
+    run = torch.compile(net, dynamic=False) if compile_ else net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x = torch.randn(batch, *shape, device=device)
+    x = torch.randn(batch, *shape, device=device).contiguous(memory_format=fmt)
     c = torch.rand(batch, device=device)
     dtype = dict(fp32=None, bf16=torch.bfloat16)[precision]
 
@@ -113,10 +114,12 @@ def measure(net, shape, batch, device, precision, compile_, iters):
 
 def body(emit, a):
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    configs = a.configs or (["digits", "cifar"] if device.type == "cuda" else ["digits", "cifar"])
+    configs = a.configs or (["cifar"] if device.type == "cuda" else ["digits", "cifar"])
     settings = [("fp32", False)]
     if device.type == "cuda":
         settings += [("bf16", False), ("bf16", True)]
+    if a.settings:
+        settings = [(s.split("+")[0], s.endswith("+compile")) for s in a.settings]
     for name in configs:
         cfg = CONFIGS[name]
         shape, batch = cfg["shape"], cfg["batch"] if device.type == "cuda" or name == "digits" else 16
@@ -127,10 +130,11 @@ def body(emit, a):
             res = {}
             for label, net in (("sdeflow", ours), ("diffusers", theirs)):
                 iters = a.iters if device.type == "cuda" else (20 if name == "digits" else 3)
-                res[label] = measure(net, shape, batch, device, precision, compile_, iters)
+                res[label] = measure(net, shape, batch, device, precision, compile_, iters,
+                                     a.channels_last)
                 res[label + "_params"] = _params(net)
             emit(dict(config=name, device=torch.cuda.get_device_name(device) if device.type == "cuda"
-                      else "cpu", precision=precision, compile=compile_, batch=batch,
+                      else "cpu", precision=precision, compile=compile_, channels_last=a.channels_last, batch=batch,
                       params_sdeflow=res["sdeflow_params"], params_diffusers=res["diffusers_params"],
                       train_img_s_sdeflow=round(res["sdeflow"][0], 1),
                       train_img_s_diffusers=round(res["diffusers"][0], 1),
@@ -141,10 +145,11 @@ def body(emit, a):
 
 
 def markdown(rows):
-    out = ["| config | device | precision | compile | batch | params ours / diffusers | train img/s ours / diffusers (ratio) | forward img/s ours / diffusers (ratio) |",
-           "|---|---|---|---|---:|---|---|---|"]
+    out = ["| config | device | precision | compile | channels last | batch | params ours / diffusers | train img/s ours / diffusers (ratio) | forward img/s ours / diffusers (ratio) |",
+           "|---|---|---|---|---|---:|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['config']} | {r['device']} | {r['precision']} | {r['compile']} | {r['batch']} "
+        out.append(f"| {r['config']} | {r['device']} | {r['precision']} | {r['compile']} "
+                   f"| {r.get('channels_last', False)} | {r['batch']} "
                    f"| {r['params_sdeflow'] / 1e6:.2f} M / {r['params_diffusers'] / 1e6:.2f} M "
                    f"| {r['train_img_s_sdeflow']:.0f} / {r['train_img_s_diffusers']:.0f} (**{r['train_ratio']:.2f}×**) "
                    f"| {r['sample_img_s_sdeflow']:.0f} / {r['sample_img_s_diffusers']:.0f} (**{r['sample_ratio']:.2f}×**) |")
@@ -154,7 +159,10 @@ def markdown(rows):
 def extra(ap):
     ap.add_argument("--device", default=None)
     ap.add_argument("--configs", nargs="*", choices=sorted(CONFIGS))
-    ap.add_argument("--iters", type=int, default=30, help="timed iterations on a GPU")
+    ap.add_argument("--iters", type=int, default=20, help="timed iterations on a GPU")
+    ap.add_argument("--settings", nargs="*", help="e.g. fp32 bf16 bf16+compile")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="channels-last memory format for both models and their inputs")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,24 @@ def test_bad_input_gets_a_clear_error(model, kwargs, error, match):
 def test_model_must_be_a_denoiser():
     with pytest.raises(TypeError, match="Denoiser"):
         sdeflow.sample(lambda x, t: x, shape=(2, 2))
+
+
+def test_explicit_timesteps_replace_the_schedule():
+    """sample(timesteps=ts) integrates on exactly that grid (same as the named schedule that
+    produced it) and refuses grids that are not strictly decreasing inside [0, T]."""
+    import sdeflow
+    from sdeflow.oracle import GaussianMixture
+    from sdeflow.schedules import get_timesteps
+    sde = sdeflow.EDMSDE()
+    gm = GaussianMixture.ring()
+    model = sdeflow.Denoiser(lambda x, t: gm.x0(x, sde.s(t), sde.sigma(t)), sde)
+    x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = get_timesteps(sde, 7, "karras")
+    a, st = sdeflow.sample(model, x_T, solver="heun", timesteps=ts, return_stats=True)
+    b = sdeflow.sample(model, x_T, solver="heun", steps=7, schedule="karras")
+    assert torch.equal(a, b) and st["steps"] == 7 and st["schedule"] == "custom"
+    for bad in ([1.0], [0.5, 0.7], [float(sde.T) * 2, 1.0], [[1.0, 0.5]]):
+        with pytest.raises(ValueError, match="timesteps"):
+            sdeflow.sample(model, x_T, solver="heun", timesteps=torch.tensor(bad, dtype=torch.float64))
+    with pytest.raises(ValueError, match="replaces"):
+        sdeflow.sample(model, x_T, solver="heun", timesteps=ts, steps=3)

@@ -197,7 +197,7 @@ def _add_demo(sub):
     p.add_argument("--run", default="runs/demo", help="run directory of the toy checkpoint")
     p.add_argument("--digits-run", default="runs/digits", help="run directory of the U-Net")
     p.add_argument("--steps", type=int, default=3000, help="toy training steps")
-    p.add_argument("--digits-steps", type=int, default=4000, help="U-Net training steps")
+    p.add_argument("--digits-steps", type=int, default=3000, help="U-Net training steps")
     p.add_argument("--num", type=int, default=4000, help="toy samples per sampler")
     p.add_argument("--digits-num", type=int, default=1437,
                    help="digit samples per sampler (1437 = the train split, the floor's size)")

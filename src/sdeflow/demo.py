@@ -24,7 +24,7 @@ DIGITS_UNET = dict(channels=32, channel_mult=[1, 2], num_res_blocks=1, attn_reso
 def digits_config(**overrides) -> TrainConfig:
     """EDM SDE, loss and preconditioning with the default U-Net on the digits train split."""
     kw = dict(data="digits", model="unet", model_kwargs=dict(DIGITS_UNET), sigma_data=0.5,
-              batch_size=64, lr=1e-3, ema_decay=0.999, steps=4000, ckpt_every=1000,
+              batch_size=64, lr=1e-3, ema_decay=0.999, steps=3000, ckpt_every=1000,
               sample_every=1000)
     kw.update(overrides)
     return TrainConfig(**kw).validate()
@@ -70,13 +70,13 @@ def toy_demo(out: Path, run: Path, steps: int = 3000, num: int = 4000, seed: int
 
 
 #: the digits demo's samplers: (label, solver, options)
-DIGITS_SAMPLERS = [("SDE: Euler–Maruyama", "euler_maruyama", dict(steps=250)),
-                   ("PC: reverse diffusion + Langevin", "pc", dict(steps=100, snr=0.1)),
+DIGITS_SAMPLERS = [("SDE: Euler–Maruyama", "euler_maruyama", dict(steps=100)),
+                   ("PC: reverse diffusion + Langevin", "pc", dict(steps=50, snr=0.1)),
                    ("ODE: Heun", "heun", dict(steps=18)),
                    ("ODE: DPM-Solver++(2M)", "dpmpp_2m", dict(steps=10))]
 
 
-def digits_demo(out: Path, run: Path, steps: int = 4000, num: int = 1437, seed: int = 0,
+def digits_demo(out: Path, run: Path, steps: int = 3000, num: int = 1437, seed: int = 0,
                 resume: bool = True) -> dict:
     from .evaluate import draw_samples, evaluate_samples
     from .plotting import labelled_grids

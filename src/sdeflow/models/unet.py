@@ -55,22 +55,25 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over the H·W positions (scaled dot-product attention)."""
+    """Multi-head self-attention over the H·W positions (scaled dot-product attention).
+
+    Works on (B, H·W, C) tokens so that q, k, v reach the fused attention kernels with unit
+    stride in the head dimension; with channels-last activations the token view is free."""
 
     def __init__(self, channels: int, head_dim: int = 64):
         super().__init__()
         self.heads = max(1, channels // head_dim)
         self.norm = nn.GroupNorm(norm_groups(channels), channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = _zero(nn.Linear(channels, channels))
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
-                                             v.transpose(-1, -2))
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return (x + self.proj(out)) * (1 / math.sqrt(2))
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = self.qkv(tokens).unflatten(2, (3, self.heads, c // self.heads)).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)  # (B, HW, C)
+        out = self.proj(out).transpose(1, 2).unflatten(2, (h, w))
+        return (x + out) * (1 / math.sqrt(2))
 
 
 class _Level(nn.Module):
