@@ -127,7 +127,7 @@ def test_every_loss_and_prediction_trains(tmp_path, loss, prediction, preconditi
         assert torch.isfinite(sdeflow.sample(model, shape=(8, 2), solver="euler", steps=5)).all()
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "demo", "likelihood",
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "tune-steps", "demo", "likelihood",
                                      "interpolate", "list"])
 def test_cli_help(command):
     r = subprocess.run([sys.executable, "-m", "sdeflow.cli", command, "--help"],

@@ -125,8 +125,21 @@ def _add_sampling_args(p):
                    help="time-step schedule (default: the SDE's)")
     p.add_argument("--solver-opts", type=_json_dict, default={},
                    help="solver options as JSON, e.g. '{\"rtol\": 1e-4}' or '{\"snr\": 0.1}'")
+    p.add_argument("--timesteps-file", default=None,
+                   help="a tuned schedule (JSON from `sdeflow tune-steps`) instead of --steps/--schedule")
     p.add_argument("--no-denoise", action="store_true", help="skip the final denoising step")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _grid_args(a, model) -> dict:
+    """solver/steps/schedule from the arguments, or the solver and grid of --timesteps-file."""
+    if not getattr(a, "timesteps_file", None):
+        return dict(solver=a.solver, steps=a.steps, schedule=a.schedule)
+    from .tuning import TunedSchedule
+    tuned = TunedSchedule.load(a.timesteps_file)
+    if a.steps is not None or a.schedule is not None:
+        raise ValueError("--timesteps-file replaces --steps and --schedule")
+    return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **tuned.solver_opts)
 
 
 def _add_sample(sub):
@@ -161,10 +174,9 @@ def cmd_sample(a) -> int:
             raise ValueError(f"--class must lie in [0, {cfg.num_classes})")
         cond["class_labels"] = torch.full((a.num,), a.class_label, device=device)
     with torch.no_grad():
-        x, stats = sample(model, shape=(a.num, *cfg.shape), solver=a.solver, steps=a.steps,
-                          schedule=a.schedule, denoise=not a.no_denoise, seed=a.seed,
+        x, stats = sample(model, shape=(a.num, *cfg.shape), denoise=not a.no_denoise, seed=a.seed,
                           device=device, cond=cond, progress=True, return_stats=True,
-                          **a.solver_opts)
+                          **_grid_args(a, model), **a.solver_opts)
     x = x.cpu()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,10 +261,12 @@ def cmd_evaluate(a) -> int:
     labels = None
     if cfg.class_cond:
         labels = torch.arange(a.num) % cfg.num_classes
+    grid = _grid_args(a, model)
     x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
-                         progress=True, solver=a.solver, steps=a.steps, schedule=a.schedule,
-                         denoise=not a.no_denoise, **a.solver_opts)
-    report = dict(checkpoint=str(a.checkpoint), data=cfg.data, solver=a.solver, steps=a.steps,
+                         progress=True, denoise=not a.no_denoise, **grid, **a.solver_opts)
+    steps = len(grid["timesteps"]) - 1 if "timesteps" in grid else a.steps
+    report = dict(checkpoint=str(a.checkpoint), data=cfg.data, solver=grid["solver"], steps=steps,
+                  timesteps_file=a.timesteps_file,
                   **st, **evaluate_samples(x, cfg, labels=labels,
                                            inception_weights=a.inception_weights, seed=a.seed))
     out = Path(a.out)
@@ -260,7 +274,7 @@ def cmd_evaluate(a) -> int:
     if len(cfg.shape) == 3:
         save_image_grid(x[:100].clamp(-1, 1), out / "samples.png", nrow=10)
     else:
-        scatter_panels({f"{a.solver}, NFE {st['nfe']}": x}, out / "samples.png")
+        scatter_panels({f"{grid['solver']}, NFE {st['nfe']}": x}, out / "samples.png")
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"wrote {out / 'metrics.json'} and {out / 'samples.png'}")
@@ -372,6 +386,45 @@ def cmd_interpolate(a) -> int:
     return 0
 
 
+def _add_tune_steps(sub):
+    from .samplers import list_solvers
+    p = sub.add_parser("tune-steps", help="optimise a solver's time steps for a trained model",
+                       description="Tune the time grid of a fixed-step ODE solver for a checkpoint "
+                                   "and a step budget: the grid is moved (in log-SNR) to minimise "
+                                   "the RMS distance of the solver's samples to an adaptive RK45 "
+                                   "reference on --n-calib calibration noise draws, validated on "
+                                   "as many separate draws; evaluation noise (sample/evaluate "
+                                   "--seed) is a third, separate set. Writes a JSON schedule for "
+                                   "`sdeflow sample/evaluate --timesteps-file`.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="run directory or ckpt-* folder")
+    p.add_argument("--solver", default="dpmpp_2m",
+                   choices=[s for s in list_solvers("ode") if s not in ("rk45", "rk45_logsnr")])
+    p.add_argument("--steps", type=int, default=9, help="grid intervals (NFE ≈ steps × NFE/step + 1)")
+    p.add_argument("--n-calib", type=int, default=128, help="calibration (and validation) draws")
+    p.add_argument("--calib-seed", type=int, default=1000,
+                   help="seed of the calibration draws (validation uses calib-seed + 1)")
+    p.add_argument("--max-evals", type=int, default=400, help="solver runs the search may spend")
+    p.add_argument("--out", default="outputs/tuned_schedule.json")
+    p.set_defaults(func=cmd_tune_steps)
+
+
+def cmd_tune_steps(a) -> int:
+    from .tuning import tune_timesteps
+    from .train import load_denoiser
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, cfg = load_denoiser(a.checkpoint, device=device)
+    shape = (a.n_calib, *cfg.shape)
+    draws = [model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(a.calib_seed + k))
+             .to(device) for k in (0, 1)]
+    res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=a.solver, steps=a.steps,
+                         max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True)
+    res.save(a.out)
+    print(json.dumps({k: v for k, v in res.__dict__.items() if k != "timesteps"}, indent=2))
+    print(f"wrote {a.out}")
+    return 0
+
+
 def _add_list(sub):
     p = sub.add_parser("list", help="list solvers, schedules, SDEs, losses, data sets",
                        description="Print the names every registry accepts: solvers (by kind, "
@@ -409,8 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and plot. Run 'sdeflow COMMAND --help' for details.")
     p.add_argument("--version", action="version", version=f"sdeflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_sample, _add_evaluate, _add_demo, _add_likelihood,
-                _add_interpolate, _add_list):
+    for add in (_add_train, _add_sample, _add_evaluate, _add_tune_steps, _add_demo,
+                _add_likelihood, _add_interpolate, _add_list):
         add(sub)
     return p
 

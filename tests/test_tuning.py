@@ -1,0 +1,79 @@
+"""Tuned time steps: on the exact 2-D ring denoiser, a tuned 4-step DPM-Solver++(2M) grid
+has a much smaller error than the best named schedule on noise it was never tuned on; tuned
+grids save, load and drive `sdeflow sample`; bad requests are refused."""
+import json
+
+import pytest
+import torch
+
+import sdeflow
+from sdeflow.cli import main
+from sdeflow.oracle import GaussianMixture
+from sdeflow.tuning import TunedSchedule, theta_from_timesteps, timesteps_from_theta, tune_timesteps
+
+from .conftest import gen
+
+
+@pytest.fixture(scope="module")
+def ring_edm():
+    sde = sdeflow.EDMSDE()
+    return GaussianMixture.ring().denoiser(sde), sde
+
+
+def test_theta_parameterisation_round_trips(ring_edm):
+    _, sde = ring_edm
+    ts = sdeflow.schedules.get_timesteps(sde, 6, "karras")
+    back = timesteps_from_theta(sde, theta_from_timesteps(sde, ts), sde.T, sde.t_min)
+    torch.testing.assert_close(back, ts, rtol=1e-9, atol=1e-12)
+    # any θ gives a valid grid with exact endpoints
+    wild = timesteps_from_theta(sde, torch.tensor([5.0, -3.0, 0.0, 9.0]), sde.T, sde.t_min)
+    assert wild[0] == sde.T and wild[-1] == sde.t_min and (wild[1:] < wild[:-1]).all()
+
+
+def test_tuned_grid_beats_named_schedules_on_held_out_noise(ring_edm, tmp_path):
+    """Calibration: 64 draws (seed 1000); validation 64 (seed 1001); evaluation: 256 draws
+    (seed 0) used nowhere in tuning. Measured: best named schedule (logsnr) RMSE 0.158 →
+    tuned 0.050 (3.2×); asserted ≥ 2×."""
+    model, sde = ring_edm
+    draw = lambda n, s: sde.prior_sample((n, 2), generator=gen(s), dtype=torch.float64)  # noqa: E731
+    res = tune_timesteps(model, draw(64, 1000), x_heldout=draw(64, 1001), solver="dpmpp_2m",
+                         steps=4, calibration_seed=1000)
+    assert res.calibration_loss < res.start_loss and not res.kept_start
+    x_eval = draw(256, 0)
+    ref = sdeflow.sample(model, x_eval, solver="rk45", rtol=1e-8, atol=1e-8)
+
+    def err(**kw):
+        return (sdeflow.sample(model, x_eval, solver="dpmpp_2m", **kw) - ref).pow(2).mean().sqrt().item()
+    named = min(err(steps=4, schedule=s) for s in ("karras", "logsnr", "uniform", "quadratic"))
+    path = res.save(tmp_path / "tuned.json")
+    loaded = TunedSchedule.load(path)
+    assert loaded == res
+    tuned = err(timesteps=loaded.tensor(sde))
+    assert tuned < named / 2, (tuned, named)
+
+
+def test_tuning_refuses_sde_and_adaptive_solvers_and_wrong_sde(ring_edm, tmp_path):
+    model, sde = ring_edm
+    x = sde.prior_sample((8, 2), generator=gen(0), dtype=torch.float64)
+    for solver in ("euler_maruyama", "rk45"):
+        with pytest.raises(ValueError, match="fixed-step ODE"):
+            tune_timesteps(model, x, solver=solver)
+    res = tune_timesteps(model, x, solver="euler", steps=3, max_evals=10)
+    with pytest.raises(ValueError, match="tuned for SDE"):
+        res.tensor(sdeflow.VPSDE())
+
+
+def test_tune_steps_cli_and_sampling_with_the_file(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "200", "--hidden", "32", "--depth", "1", "--out", str(run),
+                 "--no-tensorboard"]) == 0
+    out = tmp_path / "tuned.json"
+    assert main(["tune-steps", str(run), "--solver", "dpmpp_2m", "--steps", "4",
+                 "--n-calib", "64", "--max-evals", "40", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["solver"] == "dpmpp_2m" and len(rep["timesteps"]) == 5
+    assert rep["calibration_seed"] == 1000 and rep["calibration_loss"] <= rep["start_loss"]
+    s = tmp_path / "s"
+    assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(out), "--out", str(s)]) == 0
+    assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 5
+    assert main(["sample", str(run), "--timesteps-file", str(out), "--steps", "3"]) == 2
