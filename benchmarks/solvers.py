@@ -10,6 +10,18 @@ Error: RMS over coordinates.
 
 k-diffusion's samplers: sample_dpmpp_2m, sample_heun, sample_lms (Karras grids, σ → 0 last
 step), sample_dpm_fast, sample_dpm_adaptive (rtol=atol from 0.2 to 0.01).
+
+diffusers' schedulers, driven by the same exact denoiser: EDMDPMSolverMultistepScheduler in
+(x̃, σ̃) (Karras σ, ρ = 7, orders 2 and 3); DPMSolverMultistepScheduler (DPM-Solver++ 2M/3M),
+UniPCMultistepScheduler (bh2, orders 2/3) and DEISMultistepScheduler (order 3) on 1000 discrete
+VP levels built for the problem (``trained_betas``): for the VP SDE its ᾱ at t-uniform times
+from t_min to T (DDPM's training grid), for EDM σ̃ log-uniform from σ_min to σ_max with
+ᾱ = 1/(1 + σ̃²) — the same ODE, since every SDE's PF-ODE is one ODE in (x/s, σ/s). Each ends
+with σ = 0 (its last model output is the answer); NFE = number of model calls.
+
+sdeflow ``<solver>/tuned``: the grid of ``sdeflow.tuning.tune_timesteps`` for that budget,
+calibrated on 128 prior draws (seed 1000) and validated on 128 more (seed 1001); the error is
+measured on the benchmark's draws (seed 0), which tuning never sees.
 Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl]
 """
 from __future__ import annotations
@@ -24,8 +36,9 @@ import sdeflow
 from sdeflow.oracle import GaussianMixture
 
 NFES = [5, 6, 8, 10, 12, 15, 20]
-OURS = [("dpmpp_2m", 1), ("dpmpp_3m", 1), ("unipc", 1), ("deis", 1), ("dpm_solver_2", 2),
-        ("dpm_solver_3", 3), ("heun", 2), ("ddim", 1)]
+OURS = [("dpmpp_2m", 1), ("dpmpp_3m", 1), ("unipc", 1), ("deis", 1), ("ipndm", 1),
+        ("dpm_solver_2", 2), ("dpm_solver_3", 3), ("heun", 2), ("ddim", 1)]
+TUNED = ["dpmpp_2m", "unipc", "ipndm"]
 
 
 def problems():
@@ -57,6 +70,8 @@ def run(emit, n: int = 256):
                                            schedule=schedule, return_stats=True)
                     emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/{schedule}",
                               nfe=st["nfe"], rmse=err(x)))
+        run_tuned(emit, name, model, sde, gm.dim, x_T, err)
+        run_diffusers(emit, name, gm, sde, x_T, err)
         if kd is None:
             continue
         s_T = sde.s(torch.tensor(sde.T, dtype=torch.float64))
@@ -88,19 +103,102 @@ def run(emit, n: int = 256):
                    atol=tol)
 
 
+def run_tuned(emit, name, model, sde, dim, x_T, err):
+    from sdeflow.tuning import tune_timesteps
+    draws = [sde.prior_sample((128, dim), generator=torch.Generator().manual_seed(1000 + k),
+                              dtype=torch.float64) for k in (0, 1)]
+    for solver in TUNED:
+        for nfe in NFES:
+            start = time.perf_counter()
+            res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=solver,
+                                 steps=nfe - 1, max_evals=200, calibration_seed=1000)
+            x, st = sdeflow.sample(model, x_T, solver=solver, timesteps=res.tensor(sde),
+                                   return_stats=True)
+            emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/tuned", nfe=st["nfe"],
+                      rmse=err(x), start_schedule=res.start_schedule, kept_start=res.kept_start,
+                      tuning_seconds=round(time.perf_counter() - start, 1)))
+
+
+def run_diffusers(emit, name, gm, sde, x_T, err):
+    try:
+        import diffusers
+    except ImportError:
+        return
+    f64 = torch.float64
+    nu_min = float(sde.noise_level(torch.tensor(sde.t_min, dtype=f64)))
+    nu_max = float(sde.noise_level(torch.tensor(sde.T, dtype=f64)))
+    s_T = sde.s(torch.tensor(sde.T, dtype=f64))
+    calls = [0]
+
+    def D(xt, nu):  # exact denoiser in (x̃, σ̃)
+        calls[0] += 1
+        nu = torch.as_tensor(nu, dtype=f64).clamp(nu_min, nu_max).reshape(-1)
+        t = sde.t_from_noise_level(nu)
+        return gm.x0(sde.s(t)[:, None] * xt, sde.s(t), sde.sigma(t)) if t.numel() > 1 else \
+            gm.x0(sde.s(t) * xt, sde.s(t), sde.sigma(t))
+
+    def emit_row(label, x):
+        emit(dict(problem=name, impl="diffusers", solver=label, nfe=calls[0], rmse=err(x)))
+
+    # EDM scheduler in (x̃, σ̃): model output F with c_skip x̃ + c_out F = D (epsilon type)
+    for order in (2, 3):
+        for nfe in NFES:
+            sch = diffusers.EDMDPMSolverMultistepScheduler(sigma_min=nu_min, sigma_max=nu_max,
+                                                           solver_order=order)
+            sch.set_timesteps(nfe)
+            x, calls[0], sd = (x_T / s_T).clone(), 0, sch.config.sigma_data
+            for i, t in enumerate(sch.timesteps):
+                sig = sch.sigmas[i].to(f64)
+                c_skip, c_out = sd**2 / (sig**2 + sd**2), sig * sd / (sig**2 + sd**2).sqrt()
+                out = (D(x, sig) - c_skip * x) / c_out
+                x = sch.step(out, t, x).prev_sample
+            emit_row(f"EDMDPMSolverMultistep(order {order})", x)
+    # discrete VP schedulers on 1000 levels made for this problem
+    if sde.name == "vp":
+        tn = torch.linspace(sde.t_min, sde.T, 1000, dtype=f64)
+        nus = sde.noise_level(tn)
+    else:
+        nus = torch.logspace(torch.tensor(nu_min).log10(), torch.tensor(nu_max).log10(), 1000,
+                             dtype=f64)
+    abar = 1 / (1 + nus**2)
+    betas = 1 - abar / torch.cat([torch.ones(1, dtype=f64), abar[:-1]])
+    kinds = [("DPMSolverMultistep(2M)", diffusers.DPMSolverMultistepScheduler, dict(solver_order=2)),
+             ("DPMSolverMultistep(3M)", diffusers.DPMSolverMultistepScheduler, dict(solver_order=3)),
+             ("UniPCMultistep(order 2)", diffusers.UniPCMultistepScheduler, dict(solver_order=2)),
+             ("UniPCMultistep(order 3)", diffusers.UniPCMultistepScheduler, dict(solver_order=3)),
+             ("DEISMultistep(order 3)", diffusers.DEISMultistepScheduler, dict(solver_order=3))]
+    for label, cls, kw in kinds:
+        for nfe in NFES:
+            sch = cls(trained_betas=betas.numpy(), timestep_spacing="linspace",
+                      final_sigmas_type="zero", **kw) if cls is not diffusers.DEISMultistepScheduler \
+                else cls(trained_betas=betas.numpy(), timestep_spacing="linspace", **kw)
+            sch.set_timesteps(nfe)
+            x_vp, calls[0] = (x_T / s_T) / (1 + nu_max**2) ** 0.5, 0
+            for t in sch.timesteps:
+                nu = nus[int(t)]
+                xt = x_vp * (1 + nu**2).sqrt()
+                eps = (xt - D(xt, nu)) / nu
+                x_vp = sch.step(eps.to(x_vp.dtype), t, x_vp).prev_sample
+            emit_row(label, x_vp)
+
+
 def markdown(rows):
-    out = ["| problem | NFE | best sdeflow (solver/schedule: error) | best k-diffusion | ratio |",
-           "|---|---|---|---|---|"]
+    out = ["| problem | NFE | best sdeflow (solver/schedule (NFE): error) | best named schedule | "
+           "best anchor (k-diffusion or diffusers) | ratio best/anchor |",
+           "|---|---|---|---|---|---|"]
     for problem in dict.fromkeys(r["problem"] for r in rows):
         sub = [r for r in rows if r["problem"] == problem]
         for nfe in NFES:
             ours = [r for r in sub if r["impl"] == "sdeflow" and r["nfe"] <= nfe]
-            theirs = [r for r in sub if r["impl"] == "k-diffusion" and r["nfe"] <= nfe]
+            named = [r for r in ours if not r["solver"].endswith("/tuned")]
+            theirs = [r for r in sub if r["impl"] != "sdeflow" and r["nfe"] <= nfe]
             if not ours or not theirs:
                 continue
             o, t = min(ours, key=lambda r: r["rmse"]), min(theirs, key=lambda r: r["rmse"])
+            n = min(named, key=lambda r: r["rmse"])
             out.append(f"| {problem} | ≤{nfe} | {o['solver']} ({o['nfe']}): {o['rmse']:.2e} | "
-                       f"{t['solver']} ({t['nfe']}): {t['rmse']:.2e} | {o['rmse'] / t['rmse']:.2f} |")
+                       f"{n['solver']}: {n['rmse']:.2e} | {t['impl']} {t['solver']} ({t['nfe']}): "
+                       f"{t['rmse']:.2e} | **{o['rmse'] / t['rmse']:.2f}** |")
     return "\n".join(out)
 
 

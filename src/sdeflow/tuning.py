@@ -115,7 +115,7 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
         raise ValueError("steps must be ≥ 1")
     sde = model.sde
     cond = cond or {}
-    ref_opts = dict(solver="rk45", rtol=1e-6, atol=1e-6, **(reference_opts or {}))
+    ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
 
     @torch.no_grad()
     def answer(x, **opts):
