@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sdeflow
+from sdeflow.samplers import get_solver
 
 from ..conftest import gen
 
@@ -77,7 +78,7 @@ def test_float64_in_float64_out_and_nfe(mixture2d, solver):
     model = mixture2d.denoiser(sdeflow.VPSDE())
     x_T = torch.randn(4, 2, dtype=torch.float64)
     x, stats = sdeflow.sample(model, x_T, solver=solver, return_stats=True,
-                              **({} if sdeflow.get_solver(solver).adaptive else {"steps": 10}))
+                              **({} if get_solver(solver).adaptive else {"steps": 10}))
     assert x.dtype == torch.float64 and x.shape == x_T.shape and torch.isfinite(x).all()
     per_step = {"euler": 1, "ddim": 1, "heun": 2, "rk4": 4, "dpmpp_2m": 1, "dpmpp_3m": 1,
                 "dpm_solver_2": 2, "dpm_solver_3": 3, "unipc": 1, "deis": 1, "ipndm": 1}
