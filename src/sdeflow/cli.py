@@ -11,6 +11,10 @@ import torch
 from . import __version__
 
 
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -161,10 +165,10 @@ def cmd_sample(a) -> int:
 
     from .data import get_data, list_toy
     from .metrics import sliced_wasserstein
-    from .plotting import save_image_grid, scatter_panels
+    from .plotting import save_samples
     from .samplers import sample
     from .train import load_denoiser
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device()
     model, cfg = load_denoiser(a.checkpoint, device=device)
     cond = {}
     if a.class_label is not None:
@@ -181,13 +185,12 @@ def cmd_sample(a) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out.with_suffix(".npy"), x.numpy())
+    reference = None
     if cfg.data in list_toy():
         data = get_data(cfg.data).draw(a.num, torch.Generator().manual_seed(a.seed + 1))[0]
         stats["sliced_wasserstein_to_data"] = sliced_wasserstein(x, data)
-        scatter_panels({f"data ({cfg.data})": data, f"{a.solver}, NFE={stats['nfe']}": x},
-                       out.with_suffix(".png"))
-    else:
-        save_image_grid(x[:100].clamp(-1, 1), out.with_suffix(".png"), nrow=10)
+        reference = {f"data ({cfg.data})": data}
+    save_samples(x, out.with_suffix(".png"), f"{stats['solver']}, NFE={stats['nfe']}", reference)
     (out.with_suffix(".json")).write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats))
     print(f"wrote {out.with_suffix('.npy')}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
@@ -254,9 +257,9 @@ def _add_evaluate(sub):
 
 def cmd_evaluate(a) -> int:
     from .evaluate import draw_samples, evaluate_samples
-    from .plotting import save_image_grid, scatter_panels
+    from .plotting import save_samples
     from .train import load_denoiser
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device()
     model, cfg = load_denoiser(a.checkpoint, device=device)
     labels = None
     if cfg.class_cond:
@@ -271,10 +274,7 @@ def cmd_evaluate(a) -> int:
                                            inception_weights=a.inception_weights, seed=a.seed))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    if len(cfg.shape) == 3:
-        save_image_grid(x[:100].clamp(-1, 1), out / "samples.png", nrow=10)
-    else:
-        scatter_panels({f"{grid['solver']}, NFE {st['nfe']}": x}, out / "samples.png")
+    save_samples(x, out / "samples.png", f"{grid['solver']}, NFE {st['nfe']}")
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"wrote {out / 'metrics.json'} and {out / 'samples.png'}")
@@ -412,7 +412,7 @@ def _add_tune_steps(sub):
 def cmd_tune_steps(a) -> int:
     from .tuning import tune_timesteps
     from .train import load_denoiser
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device()
     model, cfg = load_denoiser(a.checkpoint, device=device)
     shape = (a.n_calib, *cfg.shape)
     draws = [model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(a.calib_seed + k))

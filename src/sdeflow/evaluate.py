@@ -23,8 +23,8 @@ __all__ = ["draw_samples", "evaluate_samples"]
 @torch.no_grad()
 def draw_samples(model, cfg, n: int, *, batch: int = 500, seed: int = 0, labels=None,
                  device=None, progress: bool = False, **sampling) -> tuple[torch.Tensor, dict]:
-    """n samples (CPU) in batches, with summed NFE-per-sample and seconds; ``labels`` (n,) are
-    passed as ``class_labels`` to class-conditional models."""
+    """n samples (CPU) in batches, with the NFE each sample cost and the total seconds;
+    ``labels`` (n,) are passed as ``class_labels`` to class-conditional models."""
     device = device or next(model.parameters()).device
     xs, nfe, t0 = [], 0, time.perf_counter()
     batches = range(0, n, batch)

@@ -132,3 +132,13 @@ def labelled_grids(panels: dict, path, nrow: int | None = None, title: str | Non
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def save_samples(x, path, title: str, reference: dict | None = None, max_images: int = 100) -> Path:
+    """Samples as people look at them: images (N, C, H, W) → a grid of the first
+    ``max_images`` (clamped to [−1, 1]); points (N, 2) → a scatter plot titled ``title``, after
+    the ``reference`` panels (e.g. ``{"data": ...}``) when given."""
+    if x.ndim == 4:
+        n = min(len(x), max_images)
+        return save_image_grid(x[:n].clamp(-1, 1), path, nrow=int(np.ceil(np.sqrt(n))))
+    return scatter_panels({**(reference or {}), title: x.cpu()}, path)

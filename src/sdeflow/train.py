@@ -260,7 +260,7 @@ class TrainState:
     def preview(self, path) -> Path:
         """EMA samples with the config's sampler and a fixed seed: a grid (images) or a
         scatter plot (2-D)."""
-        from .plotting import save_image_grid, scatter_panels
+        from .plotting import save_samples
         from .samplers import sample
         cfg = self.cfg
         cond = {}
@@ -269,9 +269,7 @@ class TrainState:
         self.ema.eval()
         x = sample(self.ema, shape=(cfg.sample_num, *cfg.shape), solver=cfg.sample_solver,
                    steps=cfg.sample_steps, seed=cfg.seed, device=self.device, cond=cond)
-        if len(cfg.shape) == 3:
-            return save_image_grid(x.clamp(-1, 1), path)
-        return scatter_panels({f"step {self.step}": x.cpu()}, path)
+        return save_samples(x, path, f"step {self.step}")
 
 
 class _Log:
