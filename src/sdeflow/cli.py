@@ -41,6 +41,7 @@ def _add_train(sub):
     from .models import list_models
     from .samplers import list_solvers
     from .sde import list_sdes
+    from .tasks import list_tasks
     p.add_argument("--data", default=d.data, choices=list_data(), help="data set")
     p.add_argument("--data-kwargs", type=_json_dict, default={},
                    help="data arguments as JSON, e.g. '{\"root\": \"imgs\", \"resolution\": 32}'")
@@ -61,6 +62,10 @@ def _add_train(sub):
     p.add_argument("--class-cond", action="store_true", help="condition on the data's labels")
     p.add_argument("--p-uncond", type=float, default=d.p_uncond,
                    help="label dropout for classifier-free guidance (needs --class-cond)")
+    p.add_argument("--task", default=None, choices=list_tasks(),
+                   help="image-to-image model (SR3/Palette): sr (super-resolution) or colorize; "
+                        "the condition image is concatenated to x_t")
+    p.add_argument("--sr-factor", type=int, default=2, help="super-resolution factor (--task sr)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
@@ -102,7 +107,8 @@ def _config_from_args(a):
                        prediction=a.prediction, sigma_data=sigma_data,
                        precondition=None if a.precondition == "none" else a.precondition,
                        loss=a.loss, model=model, model_kwargs=kw, class_cond=a.class_cond,
-                       p_uncond=a.p_uncond, hflip=a.hflip, steps=a.steps,
+                       p_uncond=a.p_uncond, hflip=a.hflip, steps=a.steps, task=a.task,
+                       task_kwargs={"factor": a.sr_factor} if a.task == "sr" else {},
                        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                        warmup=a.warmup, grad_clip=a.grad_clip, ema_decay=a.ema_decay,
                        precision=a.precision, compile=a.compile, seed=a.seed,
@@ -146,6 +152,16 @@ def _grid_args(a, model) -> dict:
     return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **tuned.solver_opts)
 
 
+def add_guidance_args(p):
+    from .cli_conditional import add_guidance_args as add
+    add(p)
+
+
+def guided_model(a, model, cfg, n, device):
+    from .cli_conditional import guided_model as guide
+    return guide(a, model, cfg, n, device)
+
+
 def _add_sample(sub):
     p = sub.add_parser("sample", help="sample a trained checkpoint",
                        description="Load a checkpoint (run directory or ckpt folder), draw samples "
@@ -153,8 +169,7 @@ def _add_sample(sub):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="run directory or ckpt-* folder")
     p.add_argument("-n", "--num", type=int, default=2000, help="number of samples")
-    p.add_argument("--class", dest="class_label", type=int, default=None,
-                   help="class label for a class-conditional model")
+    add_guidance_args(p)
     _add_sampling_args(p)
     p.add_argument("--out", default="outputs/samples", help="output prefix (.npy, .png, .json)")
     p.set_defaults(func=cmd_sample)
@@ -170,13 +185,10 @@ def cmd_sample(a) -> int:
     from .train import load_denoiser
     device = _device()
     model, cfg = load_denoiser(a.checkpoint, device=device)
-    cond = {}
-    if a.class_label is not None:
-        if not cfg.class_cond:
-            raise ValueError("--class needs a class-conditional model (trained with --class-cond)")
-        if not 0 <= a.class_label < cfg.num_classes:
-            raise ValueError(f"--class must lie in [0, {cfg.num_classes})")
-        cond["class_labels"] = torch.full((a.num,), a.class_label, device=device)
+    if cfg.task is not None:
+        raise ValueError(f"this model was trained for --task {cfg.task}: use `sdeflow "
+                         f"{'sr' if cfg.task == 'sr' else 'colorize'}`")
+    model, cond = guided_model(a, model, cfg, a.num, device)
     with torch.no_grad():
         x, stats = sample(model, shape=(a.num, *cfg.shape), denoise=not a.no_denoise, seed=a.seed,
                           device=device, cond=cond, progress=True, return_stats=True,
@@ -452,6 +464,12 @@ def cmd_list(a) -> int:
     print("losses:", ", ".join(list_losses()))
     print("data:", ", ".join(list_data()))
     print("models:", ", ".join(list_models()))
+    from .inpainting import MASKS
+    from .models.classifier import list_classifiers
+    from .tasks import list_tasks
+    print("classifiers:", ", ".join(list_classifiers()))
+    print("image-to-image tasks:", ", ".join(list_tasks()))
+    print("inpainting masks:", ", ".join(MASKS))
     return 0
 
 
@@ -462,8 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and plot. Run 'sdeflow COMMAND --help' for details.")
     p.add_argument("--version", action="version", version=f"sdeflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_sample, _add_evaluate, _add_tune_steps, _add_demo,
-                _add_likelihood, _add_interpolate, _add_list):
+    from . import cli_conditional as cc
+    for add in (_add_train, _add_sample, _add_evaluate, _add_tune_steps, cc.add_train_classifier,
+                cc.add_inpaint, cc.add_colorize, cc.add_sr, _add_demo, _add_likelihood,
+                _add_interpolate, _add_list):
         add(sub)
     return p
 

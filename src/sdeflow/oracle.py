@@ -152,3 +152,47 @@ class GaussianMixture:
         else:
             raise ValueError("the oracle is exposed as prediction 'x0' or 'score'")
         return Denoiser(net, sde, prediction=prediction)
+
+    # --- conditionals (ground truth for guidance and inpainting) --------------------------------
+    def subset(self, components) -> "GaussianMixture":
+        """The mixture restricted to ``components`` (weights renormalised): p_0(x | class) when
+        a class is a group of components."""
+        idx = torch.as_tensor(components, dtype=torch.long).reshape(-1)
+        out = object.__new__(GaussianMixture)
+        w = self.weights[idx]
+        out.weights, out.means = w / w.sum(), self.means[idx]
+        out.evals, out.evecs = self.evals[idx], self.evecs[idx]
+        return out
+
+    def class_log_likelihoods(self, x: Tensor, classes, s=1.0, sigma=0.0) -> Tensor:
+        r"""log p_t(x, y) for each class y (a list of component groups), shape (B, n_classes):
+        the exact noise-conditional classifier's logits, :math:`\log p_t(y\mid x)` up to a
+        per-sample constant."""
+        logp = self._parts(x, s, sigma)[0]
+        return torch.stack([torch.logsumexp(logp[:, list(c)], dim=1) for c in classes], dim=1)
+
+    def conditional(self, known, values) -> "GaussianMixture":
+        r"""p_0(x_u | x_k = values) over the unknown coordinates u (Gaussian conditioning per
+        component, weights ∝ π_k N(values; μ_k[k], Σ_k[k,k])):
+
+        .. math:: \mu_{u|k} = \mu_u + \Sigma_{uk}\Sigma_{kk}^{-1}(v - \mu_k),\quad
+                  \Sigma_{u|k} = \Sigma_{uu} - \Sigma_{uk}\Sigma_{kk}^{-1}\Sigma_{ku}.
+        """
+        known = torch.as_tensor(known, dtype=torch.bool).reshape(-1)
+        if known.shape != (self.dim,) or known.all() or not known.any():
+            raise ValueError(f"known must be a boolean mask of {self.dim} coordinates with at least "
+                             "one known and one unknown")
+        v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        if v.shape != (int(known.sum()),):
+            raise ValueError(f"values must hold the {int(known.sum())} known coordinates")
+        S, mu = self.covs, self.means
+        k, u = known, ~known
+        Skk, Suk, Suu = S[:, k][:, :, k], S[:, u][:, :, k], S[:, u][:, :, u]
+        diff = v[None] - mu[:, k]
+        sol = torch.linalg.solve(Skk, diff[..., None])[..., 0]
+        means = mu[:, u] + torch.einsum("kij,kj->ki", Suk, sol)
+        covs = Suu - Suk @ torch.linalg.solve(Skk, Suk.transpose(1, 2))
+        _, logdet = torch.linalg.slogdet(Skk)
+        logw = (self.weights.log() - 0.5 * ((diff * sol).sum(-1) + logdet))
+        return GaussianMixture(torch.softmax(logw, 0).clamp_min(1e-300), means,
+                               covs=0.5 * (covs + covs.transpose(1, 2)))

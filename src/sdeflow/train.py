@@ -28,6 +28,7 @@ from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from .losses import draw_noise, list_losses, loss_fn
 from .models import IMAGE_MODELS, build_model, list_models
 from .sde import get_sde, list_sdes
+from .tasks import get_task, list_tasks
 
 __all__ = ["TrainConfig", "TrainState", "train", "load_denoiser", "build_denoiser"]
 
@@ -54,6 +55,8 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     class_cond: bool = False
     p_uncond: float = 0.0
+    task: str | None = None
+    task_kwargs: dict = field(default_factory=dict)
     hflip: bool = False
     steps: int = 3000
     batch_size: int = 512
@@ -98,7 +101,10 @@ class TrainConfig:
                   (self.lr > 0 and self.ckpt_every > 0 and self.log_every > 0,
                    "lr, ckpt_every and log_every must be positive"),
                   (self.keep >= 1, "keep must be at least 1"),
-                  (self.sample_every >= 0, "sample_every must be ≥ 0 (0 = no sample grids)")]
+                  (self.sample_every >= 0, "sample_every must be ≥ 0 (0 = no sample grids)"),
+                  (self.task is None or self.task in list_tasks(),
+                   f"task {self.task!r} not in {list_tasks()}"),
+                  (self.task is None or image_data, "image-to-image tasks need image data")]
         bad = [msg for ok, msg in checks if not ok]
         if bad:
             raise ValueError("invalid training config: " + "; ".join(bad))
@@ -132,7 +138,13 @@ class TrainConfig:
             kw.setdefault("resolution", shape[-1])
             if cfg.class_cond:
                 kw.setdefault("num_classes", k)
+            if cfg.task is not None:
+                kw.setdefault("cond_channels", cfg.get_task().cond_channels(shape[0]))
         return cfg
+
+    def get_task(self):
+        """The image-to-image task (:mod:`sdeflow.tasks`) or None."""
+        return None if self.task is None else get_task(self.task, **self.task_kwargs)
 
 
 def build_denoiser(cfg: TrainConfig) -> Denoiser:
@@ -175,6 +187,7 @@ class TrainState:
         self.step = 0
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.loss = loss_fn(cfg.loss)
+        self.task = self.cfg.get_task()
         net = self.model.net
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -203,6 +216,8 @@ class TrainState:
                 drop = torch.rand(cfg.batch_size, generator=g) < cfg.p_uncond
                 y = torch.where(drop, torch.full_like(y, cfg.num_classes), y)
             cond["class_labels"] = y
+        if cfg.task is not None:
+            cond["x_cond"] = self.task.condition(x0)
         t, eps = draw_noise(self.model.sde, x0, cfg.loss, g)
         return x0, cond, t, eps
 
@@ -266,6 +281,11 @@ class TrainState:
         cond = {}
         if cfg.class_cond:
             cond["class_labels"] = torch.arange(cfg.sample_num, device=self.device) % cfg.num_classes
+        if self.task is not None:  # condition on the first images of the data set
+            x0 = self.data.x[:cfg.sample_num] if hasattr(self.data, "x") else \
+                self.data.draw(cfg.sample_num, torch.Generator().manual_seed(cfg.seed))[0]
+            cond["x_cond"] = self.task.condition(x0).to(self.device)
+            cfg = dataclasses.replace(cfg, sample_num=len(x0))
         self.ema.eval()
         x = sample(self.ema, shape=(cfg.sample_num, *cfg.shape), solver=cfg.sample_solver,
                    steps=cfg.sample_steps, seed=cfg.seed, device=self.device, cond=cond)

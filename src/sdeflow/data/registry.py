@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import images
+from . import images, rgb
 from .toy import list_toy, toy_sample
 
 __all__ = ["get_data", "list_data", "ToyData"]
@@ -25,7 +25,8 @@ class ToyData:
         return toy_sample(self.name, n, generator).to(torch.float32), None
 
 
-_IMAGES = {"digits": images.digits, "folder": images.image_folder,
+_IMAGES = {"digits": images.digits, "color_digits": rgb.color_digits, "photos": rgb.photos,
+           "folder": images.image_folder,
            "torchvision": images.torchvision_data, "hf": images.hf_data}
 
 

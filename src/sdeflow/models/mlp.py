@@ -14,10 +14,11 @@ __all__ = ["MLP"]
 
 
 class MLP(nn.Module):
-    """x (B, D), c (B,) → (B, D): residual SiLU blocks, the time embedding added to each block."""
+    """x (B, D), c (B,) → (B, D) (or (B, out_dim)): residual SiLU blocks, the time embedding
+    added to each block."""
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64,
-                 embedding: str = "fourier"):
+                 embedding: str = "fourier", out_dim: int | None = None):
         super().__init__()
         if embedding not in ("fourier", "sinusoidal"):
             raise ValueError(f"unknown embedding {embedding!r}; choices: ['fourier', 'sinusoidal']")
@@ -28,7 +29,7 @@ class MLP(nn.Module):
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
             for _ in range(depth))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim or dim))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         e = self.emb_mlp(self.emb(c).to(x.dtype))

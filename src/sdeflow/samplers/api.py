@@ -20,7 +20,7 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
            seed: int | None = None, dtype=None, device=None, cond: dict | None = None,
            callback: Callable[[Tensor, Tensor], None] | None = None, progress: bool = False,
            return_stats: bool = False, schedule_opts: dict | None = None,
-           timesteps=None, **solver_opts):
+           timesteps=None, constraint=None, **solver_opts):
     """Draw samples by integrating a reverse-time process of ``model.sde`` from t_start to t_end.
 
     Args:
@@ -36,6 +36,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         callback: called as ``callback(t, x)`` after each step (e.g. to record trajectories).
         timesteps: explicit decreasing times t_0 > … > t_n (e.g. a tuned schedule or a
             pretrained model's discrete steps) instead of ``steps``/``schedule``.
+        constraint: ``constraint(t, x, ctx) -> x`` applied after every step (fixed-grid solvers
+            only), e.g. :class:`sdeflow.inpainting.Observation`'s replacement of known values.
         progress: show a progress bar.
         return_stats: also return a dict with ``nfe``, ``seconds``, ``steps``, ``solver``,
             ``schedule`` and solver-specific entries (accepted/rejected steps of adaptive ones).
@@ -68,6 +70,9 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         if steps is not None:
             raise ValueError(f"solver {solver!r} is adaptive: set rtol/atol, not steps")
         steps = 1
+        if constraint is not None:
+            raise ValueError(f"solver {solver!r} is adaptive (per-sample times); a constraint "
+                             "(inpainting) needs a fixed-grid solver")
     if timesteps is not None:
         if info.adaptive or steps not in (None, len(timesteps) - 1) or schedule is not None:
             raise ValueError("timesteps replaces steps/schedule (and adaptive solvers take none)")
@@ -83,7 +88,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         from tqdm.auto import tqdm
         bar = tqdm(total=None if info.adaptive else steps, desc=f"sampling ({solver})",
                    leave=False)
-    ctx = Context(generator=generator, cond=cond or {}, callback=callback, progress=bar)
+    ctx = Context(generator=generator, cond=cond or {}, callback=callback, progress=bar,
+                  constraint=constraint)
     nfe0, t0 = model.nfe, time.perf_counter()
     try:
         x = info.fn(model, x_T, ts, ctx, **solver_opts)

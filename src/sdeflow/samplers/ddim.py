@@ -43,5 +43,5 @@ def sample_ddim(model, x, ts, ctx: Context, eta: float = 0.0):
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
     for t, t_next in zip(ts[:-1], ts[1:]):
         x = ddim_step(model, x, t * ones, t_next * ones, ctx, eta)
-        ctx.step_done(t_next, x)
+        x = ctx.step_done(t_next, x)
     return x

@@ -50,5 +50,5 @@ def sample_edm_stochastic(model, x: Tensor, ts: Tensor, ctx: Context, S_churn: f
         d = slope(xt, nu_hat, t_hat)
         x_next = xt + (nu[i + 1] - nu_hat) * d
         xt = xt + (nu[i + 1] - nu_hat) * 0.5 * (d + slope(x_next, nu[i + 1], ts[i + 1]))
-        ctx.step_done(ts[i + 1], sde.s(ts[i + 1]) * xt)
+        xt = ctx.step_done(ts[i + 1], sde.s(ts[i + 1]) * xt) / sde.s(ts[i + 1])
     return sde.s(ts[-1]) * xt

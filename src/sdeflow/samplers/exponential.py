@@ -87,7 +87,7 @@ def dpmpp_multistep(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2,
             phi3 = phi2 / h - 0.5
             x = ratio * x - s1 * phi1 * hist[0] + s1 * phi2 * d1 - s1 * phi3 * d2
         hs = [h, *hs][:2]
-        ctx.step_done(ts[i + 1], x)
+        x = ctx.step_done(ts[i + 1], x)
     return x
 
 
@@ -151,7 +151,7 @@ def dpm_solver_singlestep(model, x: Tensor, ts: Tensor, ctx: Context, order: int
                   - sde.sigma(t2) * (r2 / r1) * (torch.expm1(r2 * h) / (r2 * h) - 1) * d1)
             d2 = model.eps(u2, t2 * ones, **ctx.cond) - e0
             x = base - sig_t / r2 * (torch.expm1(h) / h - 1) * d2
-        ctx.step_done(ts[i + 1], x)
+        x = ctx.step_done(ts[i + 1], x)
     return x
 
 
@@ -225,6 +225,7 @@ def unipc(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2, variant: s
             D = [(ms[k] - ms[0]) / rks[k - 1] for k in range(1, p_prev)]
             x = (sig_all[i] / sig_all[i - 1] * x_prev - s_all[i] * h_phi_1 * ms[0]
                  - s_all[i] * B_h * (combine(D, rho[:-1]) + rho[-1] * (m - ms[0])))
+            x = ctx.constrain(ts[i], x)
         ms, lams = [m, *ms][:order], [lam[i], *lams][:order]
         p = min(order, len(ms))
         if lower_order_final:
@@ -236,7 +237,7 @@ def unipc(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2, variant: s
         if p > 1:
             rho = torch.tensor([0.5], dtype=x.dtype) if p == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
             x = x - s_all[i + 1] * B_h * combine(D, rho)
-        ctx.step_done(ts[i + 1], x)
+        x = ctx.step_done(ts[i + 1], x)
     return x
 
 
@@ -303,7 +304,7 @@ def deis(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 3,
         else:
             weights = _lagrange_integrals([nu[i - j] for j in range(p)], nu[i], nu[i + 1])
         xt = xt + sum(w * e for w, e in zip(weights, eps_hist[:p]))
-        ctx.step_done(ts[i + 1], s_all[i + 1] * xt)
+        xt = ctx.step_done(ts[i + 1], s_all[i + 1] * xt) / s_all[i + 1]
     return s_all[-1] * xt
 
 

@@ -113,17 +113,17 @@ def pc_sample(model, x, ts, ctx: Context, predictor: str = "reverse_diffusion",
     if pred is None:  # pure annealed MCMC: one block of corrector steps at every level of ts
         for t in ts:
             for _ in range(n_corrector_steps):
-                x = corr(model, x, t * ones, t * ones, ctx, sigma_L=sigma_L, **c_opts)
-            ctx.step_done(t, x)
+                x = ctx.constrain(t, corr(model, x, t * ones, t * ones, ctx, sigma_L=sigma_L, **c_opts))
+            x = ctx.step_done(t, x)
         return x
     for t, t_next in zip(ts[:-1], ts[1:]):
         tb, tnb = t * ones, t_next * ones
         if corr is not None:
             for _ in range(n_corrector_steps):
-                x = corr(model, x, tb, tnb, ctx, sigma_L=sigma_L, **c_opts)
+                x = ctx.constrain(tb, corr(model, x, tb, tnb, ctx, sigma_L=sigma_L, **c_opts))
         if pred is not None:
             x = pred(model, x, tb, tnb, ctx, **p_opts)
-        ctx.step_done(t_next, x)
+        x = ctx.step_done(t_next, x)
     return x
 
 

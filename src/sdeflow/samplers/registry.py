@@ -25,15 +25,24 @@ class Context:
     stats: dict = field(default_factory=dict)
     callback: Callable[[Tensor, Tensor], None] | None = None
     progress: object | None = None  # a tqdm bar, advanced once per step
+    # constraint(t, x, ctx) -> x: applied after every step of fixed-grid solvers (and every
+    # corrector step of PC), e.g. inpainting's replacement of the known region
+    constraint: Callable[[Tensor, Tensor, "Context"], Tensor] | None = None
 
     def randn_like(self, x: Tensor) -> Tensor:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
 
-    def step_done(self, t: Tensor, x: Tensor, advance: int = 1) -> None:
+    def constrain(self, t: Tensor, x: Tensor) -> Tensor:
+        return x if self.constraint is None else self.constraint(t, x, self)
+
+    def step_done(self, t: Tensor, x: Tensor, advance: int = 1) -> Tensor:
+        """Apply the constraint, report the step; returns the (constrained) state."""
+        x = self.constrain(t, x)
         if self.callback is not None:
             self.callback(t, x)
         if self.progress is not None:
             self.progress.update(advance)
+        return x
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def rk_fixed(F: Field, x: Tensor, ts: Tensor, tab: Tableau, ctx: Context | None 
     for t, t_next in zip(ts[:-1], ts[1:]):
         x, _ = _stages(F, tab, t * ones, x, (t_next - t) * ones, None, None)
         if ctx is not None:
-            ctx.step_done(t_next, x)
+            x = ctx.step_done(t_next, x)
     return x
 
 
