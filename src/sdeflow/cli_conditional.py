@@ -124,6 +124,12 @@ def _repeat(x, k):
     return None if x is None else x.repeat_interleave(k, dim=0)
 
 
+def _add_samples(panels: dict, out, k: int, name: str) -> None:
+    """One panel per sample index j of the k samples drawn for each input."""
+    for j in range(k):
+        panels[f"{name} {j + 1}"] = out[j::k]
+
+
 # --- inpaint ------------------------------------------------------------------------------------
 
 def add_inpaint(sub) -> None:
@@ -191,8 +197,7 @@ def cmd_inpaint(a) -> int:
                       .double().mean().item())
     shown = torch.where(m.bool(), y.cpu(), torch.zeros_like(y.cpu()))
     panels = {"masked input (grey = unknown)": shown[::k]}
-    for j in range(k):
-        panels[f"completion {j + 1}"] = out[j::k]
+    _add_samples(panels, out, k, "completion")
     panels["original"] = x
     _write(Path(a.out), panels, report, dict(inpainted=out, mask=mask),
            f"inpainting ({a.method}, {st['solver']}), NFE {st['nfe']}")
@@ -274,8 +279,7 @@ def cmd_colorize(a) -> int:
     report = dict(checkpoint=str(a.checkpoint), method=method, images=len(x), samples_per_image=k,
                   **st, **colour_report(out, x, k, cfg))
     panels = {"grey input": grey(x).expand(-1, 3, -1, -1)}
-    for j in range(k):
-        panels[f"colouring {j + 1}"] = out[j::k]
+    _add_samples(panels, out, k, "colouring")
     panels["original"] = x
     _write(Path(a.out), panels, report, dict(colorized=out), f"colorization ({method})")
     return 0
@@ -346,8 +350,7 @@ def cmd_sr(a) -> int:
                   samples_per_image=k, **st, **sr_report(out, hr, low, task, k, cfg))
     panels = {"low-res": F.interpolate(low, scale_factor=task.factor, mode="nearest"),
               "bicubic": task.upsample(low)}
-    for j in range(k):
-        panels[f"SR3 {j + 1}"] = out[j::k]
+    _add_samples(panels, out, k, "SR3")
     if hr is not None:
         panels["original"] = hr
     _write(Path(a.out), panels, report, dict(sr=out), f"SR3 ×{task.factor}, NFE {st['nfe']}")

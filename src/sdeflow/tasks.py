@@ -40,9 +40,6 @@ class SuperResolution:
         return F.interpolate(low, scale_factor=self.factor, mode="bicubic",
                              align_corners=False).clamp(-1, 1)
 
-    def condition_from_input(self, low: Tensor) -> Tensor:
-        return self.upsample(low)
-
     def condition(self, x0: Tensor) -> Tensor:
         return self.upsample(self.low_res(x0))
 
@@ -53,9 +50,6 @@ class Colorization:
         if channels != 3:
             raise ValueError(f"colorization needs RGB data, got {channels} channels")
         return 1
-
-    def condition_from_input(self, grey: Tensor) -> Tensor:
-        return grey
 
     def condition(self, x0: Tensor) -> Tensor:
         return x0.mean(dim=1, keepdim=True)

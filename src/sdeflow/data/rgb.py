@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .images import ImageData, _resize, digits
+from .images import ImageData, digits
 
 __all__ = ["color_digits", "photos", "paint"]
 
@@ -77,4 +77,4 @@ def photos(split: str = "train", size: int = 16, n: int = 4000, downscale: int =
         top = int(torch.randint(0, h - size + 1, (1,), generator=g))
         left = int(torch.randint(lo, hi + 1, (1,), generator=g))
         out.append(a[:, top:top + size, left:left + size])
-    return ImageData(_resize(torch.stack(out), None).clamp(-1, 1))
+    return ImageData(torch.stack(out).clamp(-1, 1))

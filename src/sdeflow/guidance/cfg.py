@@ -46,7 +46,7 @@ class ClassifierFreeGuidance(GuidedDenoiser):
         """CFG for sdeflow's class-conditional networks (null label = ``num_classes``)."""
         return cls(model, scale, uncond={"class_labels": num_classes})
 
-    def _null(self, cond: dict, batch: int) -> dict:
+    def _null(self, cond: dict) -> dict:
         out = dict(cond)
         for k, v in self.uncond.items():
             if k not in cond:
@@ -54,7 +54,7 @@ class ClassifierFreeGuidance(GuidedDenoiser):
                                  f"guide towards)")
             ref = torch.as_tensor(cond[k])
             v = torch.as_tensor(v, dtype=ref.dtype, device=ref.device)
-            out[k] = v.expand(ref.shape) if v.ndim == 0 else v
+            out[k] = v.expand(ref.shape)
         return out
 
     def predict(self, x: Tensor, t, **cond) -> Prediction:
@@ -67,10 +67,8 @@ class ClassifierFreeGuidance(GuidedDenoiser):
         if self.uncond is None:
             c, u = self.base.predict(x, t, **cond), self.base.predict(x, t)
         else:
-            null = self._null(cond, x.shape[0])
-            both = {k: torch.cat([torch.as_tensor(cond[k], device=x.device).expand(
-                        torch.as_tensor(null[k]).shape), torch.as_tensor(null[k], device=x.device)])
-                    for k in cond}
+            null = self._null(cond)  # same keys and shapes as cond
+            both = {k: torch.cat([torch.as_tensor(cond[k]), null[k]]) for k in cond}
             p = self.base.predict(torch.cat([x, x]), torch.cat([t, t]), **both)
             c, u = zip(*(f.chunk(2) for f in p))
         return Prediction(*((1 + w) * a - w * b for a, b in zip(c, u)))

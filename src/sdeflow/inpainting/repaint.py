@@ -17,6 +17,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from ..samplers.registry import Context, get_solver
 from ..schedules import get_timesteps
+from ..sde import bcast
 from .observation import Observation
 
 __all__ = ["repaint_schedule", "repaint"]
@@ -81,8 +82,7 @@ def repaint(model: Denoiser, y: Tensor, mask: Tensor, *, steps: int = 250, jump_
                 down += 1
             else:
                 a, v = sde.transition(ts[i] * ones, ts[j] * ones)
-                shape = (-1,) + (1,) * (x.ndim - 1)
-                x = a.reshape(shape) * x + v.sqrt().reshape(shape) * ctx.randn_like(x)
+                x = bcast(a, x) * x + bcast(v.sqrt(), x) * ctx.randn_like(x)
                 up += 1
                 if bar is not None:
                     bar.update(1)
