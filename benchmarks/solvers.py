@@ -19,10 +19,12 @@ from t_min to T (DDPM's training grid), for EDM σ̃ log-uniform from σ_min to 
 ᾱ = 1/(1 + σ̃²) — the same ODE, since every SDE's PF-ODE is one ODE in (x/s, σ/s). Each ends
 with σ = 0 (its last model output is the answer); NFE = number of model calls.
 
-sdeflow ``<solver>/tuned``: the grid of ``sdeflow.tuning.tune_timesteps`` for that budget,
-calibrated on 128 prior draws (seed 1000) and validated on 128 more (seed 1001); the error is
-measured on the benchmark's draws (seed 0), which tuning never sees.
-Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl]
+sdeflow ``<solver>/tuned``: the grid of ``sdeflow.tuning.tune_timesteps`` for that budget
+(200 Adam iterations through the solver, final time free), calibrated on 128 prior draws
+(seed 1000) and validated on 128 more (seed 1001); the error is measured on the benchmark's
+draws (seed 0), which tuning never sees. ``--no-tune`` skips these rows (minutes instead of
+tens of minutes).
+Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl] [--no-tune]
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def problems():
             for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
 
 
-def run(emit, n: int = 256):
+def run(emit, n: int = 256, tune: bool = True):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
     for name, gm, sde in problems():
@@ -70,7 +72,8 @@ def run(emit, n: int = 256):
                                            schedule=schedule, return_stats=True)
                     emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/{schedule}",
                               nfe=st["nfe"], rmse=err(x)))
-        run_tuned(emit, name, model, sde, gm.dim, x_T, err)
+        if tune:
+            run_tuned(emit, name, model, sde, gm.dim, x_T, err)
         run_diffusers(emit, name, gm, sde, x_T, err)
         if kd is None:
             continue
@@ -116,6 +119,7 @@ def run_tuned(emit, name, model, sde, dim, x_T, err):
                                    return_stats=True)
             emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/tuned", nfe=st["nfe"],
                       rmse=err(x), start_schedule=res.start_schedule, kept_start=res.kept_start,
+                      t_end=res.timesteps[-1], method=res.method,
                       tuning_seconds=round(time.perf_counter() - start, 1)))
 
 
@@ -203,7 +207,9 @@ def markdown(rows):
 
 
 def main():
-    run_benchmark(__doc__, lambda emit, a: run(emit), markdown)
+    def add(ap):
+        ap.add_argument("--no-tune", action="store_true", help="skip the tuned-grid rows")
+    run_benchmark(__doc__, lambda emit, a: run(emit, tune=not a.no_tune), markdown, add)
 
 
 if __name__ == "__main__":

@@ -404,7 +404,9 @@ def _add_tune_steps(sub):
                        description="Tune the time grid of a fixed-step ODE solver for a checkpoint "
                                    "and a step budget: the grid is moved (in log-SNR) to minimise "
                                    "the RMS distance of the solver's samples to an adaptive RK45 "
-                                   "reference on --n-calib calibration noise draws, validated on "
+                                   "reference on --n-calib calibration noise draws (by gradient "
+                                   "descent through the solver, or a derivative-free pattern "
+                                   "search), validated on "
                                    "as many separate draws; evaluation noise (sample/evaluate "
                                    "--seed) is a third, separate set. Writes a JSON schedule for "
                                    "`sdeflow sample/evaluate --timesteps-file`.",
@@ -416,7 +418,15 @@ def _add_tune_steps(sub):
     p.add_argument("--n-calib", type=int, default=128, help="calibration (and validation) draws")
     p.add_argument("--calib-seed", type=int, default=1000,
                    help="seed of the calibration draws (validation uses calib-seed + 1)")
-    p.add_argument("--max-evals", type=int, default=400, help="solver runs the search may spend")
+    p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",
+                   help="Adam on the grid through solver and network, or pattern search "
+                        "(no gradients; for models that cannot be differentiated)")
+    p.add_argument("--fixed-end", action="store_true",
+                   help="keep the last time at t_min (default: tune where the final denoising "
+                        "happens too)")
+    p.add_argument("--max-evals", type=int, default=200,
+                   help="iterations (gradient: one forward + backward pass each) or solver runs "
+                        "(pattern) the search may spend")
     p.add_argument("--out", default="outputs/tuned_schedule.json")
     p.set_defaults(func=cmd_tune_steps)
 
@@ -430,7 +440,8 @@ def cmd_tune_steps(a) -> int:
     draws = [model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(a.calib_seed + k))
              .to(device) for k in (0, 1)]
     res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=a.solver, steps=a.steps,
-                         max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True)
+                         max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True,
+                         method=a.method, free_end=not a.fixed_end)
     res.save(a.out)
     print(json.dumps({k: v for k, v in res.__dict__.items() if k != "timesteps"}, indent=2))
     print(f"wrote {a.out}")

@@ -33,7 +33,8 @@ from ..sde import bcast
 from .registry import Context, register_solver
 from .rk import report_step_counts, rms, select_rows
 
-__all__ = ["dpmpp_multistep", "dpm_solver_singlestep", "unipc", "deis", "dpm_adaptive"]
+__all__ = ["dpmpp_multistep", "dpm_solver_singlestep", "unipc", "deis", "dpm_adaptive",
+           "logsnr_denoiser"]
 
 
 def dpmpp_multistep(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2,
@@ -322,6 +323,18 @@ def sample_ipndm(model, x, ts, ctx: Context, order: int = 4, **opts):
     return deis(model, x, ts, ctx, order=order, variant="ipndm", **opts)
 
 
+def logsnr_denoiser(model, ts: Tensor, ctx: Context, dtype):
+    """D(x̃, λ, rows) = x̂0(s x̃, t(λ)) on the batch rows ``rows``: the denoiser in the variables
+    of the adaptive log-SNR solvers, with t kept inside the grid's range (per-sample λ)."""
+    sde = model.sde
+    lo, hi = min(ts[0], ts[-1]), max(ts[0], ts[-1])
+
+    def denoise(xr: Tensor, lam: Tensor, rows: Tensor | None) -> Tensor:
+        t = sde.t_from_log_snr(lam).clamp(lo, hi).to(dtype)
+        return model.x0(bcast(sde.s(t), xr) * xr, t, **select_rows(ctx.cond, rows))
+    return denoise
+
+
 def dpm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 0.05,
                  atol: float = 0.0078, h_init: float = 0.05, safety: float = 0.9,
                  max_steps: int = 100_000) -> Tensor:
@@ -346,10 +359,7 @@ def dpm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 0.05,
     accepted = torch.zeros(B, dtype=torch.long, device=x.device)
     rejected = torch.zeros_like(accepted)
 
-    def denoise(xr, lr, rows):
-        t = sde.t_from_log_snr(lr).to(x.dtype)
-        return model.x0(bcast(sde.s(t), xr) * xr, t, **select_rows(ctx.cond, rows))
-
+    denoise = logsnr_denoiser(model, ts, ctx, x.dtype)
     for _ in range(max_steps):
         rows = torch.nonzero(lam < lam_end - 1e-12).squeeze(1)
         if rows.numel() == 0:
