@@ -50,7 +50,7 @@ def problems():
             for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
 
 
-def run(emit, n: int = 256, tune: bool = True):
+def run(emit, n: int = 256, tune: bool = True, n_calib: int = 128):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
     for name, gm, sde in problems():
@@ -73,7 +73,7 @@ def run(emit, n: int = 256, tune: bool = True):
                     emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/{schedule}",
                               nfe=st["nfe"], rmse=err(x)))
         if tune:
-            run_tuned(emit, name, model, sde, gm.dim, x_T, err)
+            run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib)
         run_diffusers(emit, name, gm, sde, x_T, err)
         if kd is None:
             continue
@@ -106,9 +106,9 @@ def run(emit, n: int = 256, tune: bool = True):
                    atol=tol)
 
 
-def run_tuned(emit, name, model, sde, dim, x_T, err):
+def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128):
     from sdeflow.tuning import tune_timesteps
-    draws = [sde.prior_sample((128, dim), generator=torch.Generator().manual_seed(1000 + k),
+    draws = [sde.prior_sample((n_calib, dim), generator=torch.Generator().manual_seed(1000 + k),
                               dtype=torch.float64) for k in (0, 1)]
     for solver in TUNED:
         for nfe in NFES:
@@ -209,7 +209,10 @@ def markdown(rows):
 def main():
     def add(ap):
         ap.add_argument("--no-tune", action="store_true", help="skip the tuned-grid rows")
-    run_benchmark(__doc__, lambda emit, a: run(emit, tune=not a.no_tune), markdown, add)
+        ap.add_argument("--n-calib", type=int, default=128,
+                        help="calibration (and validation) draws per tuned grid")
+    run_benchmark(__doc__, lambda emit, a: run(emit, tune=not a.no_tune, n_calib=a.n_calib),
+                  markdown, add)
 
 
 if __name__ == "__main__":
