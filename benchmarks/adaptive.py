@@ -77,7 +77,7 @@ def run(emit, n: int = 256, extra: bool = False):
         def d_u(u, xt):  # PF-ODE in u = log σ̃ for x̃ = x/s
             t = sde.t_from_noise_level(u.exp().expand(xt.shape[0])).clamp(float(t1), float(t0))
             return xt - model.x0(sde.s(t)[:, None] * xt, t)
-        systems = {"t": (d_t, float(t0), float(t1), x_T, s1 / s1),
+        systems = {"t": (d_t, float(t0), float(t1), x_T, 1.0),
                    "log σ": (d_u, float(u0), float(u1), x_T / s0, s1)}
         for tol in TOLS:
             for label, (solver, opts) in OURS.items():

@@ -106,3 +106,17 @@ def test_abm_adaptive_rejects_bad_options(references):
             sdeflow.sample(model, x_T, solver="abm_adaptive", **opts)
     with pytest.raises(ValueError, match="adaptive"):
         sdeflow.sample(model, x_T, solver="abm_adaptive", steps=10)
+
+
+def test_abm_adaptive_stops_on_nan_from_the_model(references):
+    """A network that returns NaN below σ = 1 gives an error at once, not 100 000 rejected
+    steps."""
+    model, x_T, _, _ = references["edm"]
+    sde = model.sde
+
+    def net(x, t):
+        out = model.x0(x, t)
+        return torch.where((sde.sigma(t) < 1)[:, None], torch.nan, out)
+    broken = sdeflow.Denoiser(net, sde, prediction="x0")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        sdeflow.sample(broken, x_T, solver="abm_adaptive", max_steps=200)

@@ -37,8 +37,6 @@ torchdiffeq and k-diffusion do), which needs fewer network calls for a batch.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -127,30 +125,33 @@ def abm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 1e-3,
             break
         lr, xr = lam[rows], xt[rows]
         hr = torch.minimum(h[rows], lam_end - lr)
-        # predictor order p (the same for all rows that have the history; others drop to theirs)
+        # predictor order p per row (rows still building their history use fewer points)
         p_rows = n_hist[rows].clamp(max=order)
-        x_pred = torch.empty_like(xr)
-        x_corr = torch.empty_like(xr)
-        for p in p_rows.unique().tolist():
-            sel = torch.nonzero(p_rows == p).squeeze(1)
-            hs, ls = hr[sel], lr[sel]
-            nodes = torch.stack([(hist_l[j][rows[sel]] - ls) / hs for j in range(p)], 1)
-            d_sel = [hist_d[j][rows[sel]] for j in range(p)]
-            e = bcast(torch.exp(-hs), xr).to(dt)
-            x_pred[sel] = e * xr[sel] + _combine(exp_adams_weights(nodes, hs).to(dt), d_sel)
+        groups = [(p, torch.nonzero(p_rows == p).squeeze(1)) for p in p_rows.unique().tolist()]
+
+        def adams(d_at_end: Tensor | None) -> Tensor:
+            """Exponential Adams step of every row from its p history points, plus D at the
+            step's end (v = 1) when given: predictor (None) or corrector."""
+            out = torch.empty_like(xr)
+            for p, sel in groups:
+                hs, ls, src = hr[sel], lr[sel], rows[sel]
+                nodes = [(hist_l[j][src] - ls) / hs for j in range(p)]
+                ds = [hist_d[j][src] for j in range(p)]
+                if d_at_end is not None:
+                    nodes, ds = [torch.ones_like(hs)] + nodes, [d_at_end[sel]] + ds
+                w = exp_adams_weights(torch.stack(nodes, 1), hs).to(dt)
+                out[sel] = bcast(torch.exp(-hs), xr).to(dt) * xr[sel] + _combine(w, ds)
+            return out
+        x_pred = adams(None)
         d_new = denoise(x_pred, lr + hr, rows)
-        for p in p_rows.unique().tolist():
-            sel = torch.nonzero(p_rows == p).squeeze(1)
-            hs, ls = hr[sel], lr[sel]
-            nodes = torch.stack([torch.ones_like(hs)] +
-                                [(hist_l[j][rows[sel]] - ls) / hs for j in range(p)], 1)
-            d_sel = [d_new[sel]] + [hist_d[j][rows[sel]] for j in range(p)]
-            e = bcast(torch.exp(-hs), xr).to(dt)
-            x_corr[sel] = e * xr[sel] + _combine(exp_adams_weights(nodes, hs).to(dt), d_sel)
+        x_corr = adams(d_new)
         scale = atol + rtol * torch.maximum(xr.abs(), x_corr.abs())
         err = rms((x_corr - x_pred) / scale).to(f64)
         if control == "batch":  # one error (RMS over the batch) and one step for all samples
             err = err.pow(2).mean().sqrt().expand_as(err)
+        if not torch.isfinite(err).all():  # else every step would be rejected until max_steps
+            raise FloatingPointError("abm_adaptive: non-finite values in the solution (a NaN "
+                                     "or inf from the model?)")
         ok = err <= 1
         acc = rows[ok]
         xt[acc] = x_corr[ok]
@@ -185,6 +186,4 @@ def abm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 1e-3,
         raise RuntimeError(f"abm_adaptive did not reach the end in {max_steps} steps "
                            f"(rtol={rtol}, atol={atol}); loosen the tolerances")
     report_step_counts(ctx, accepted, rejected)
-    if not math.isfinite(float(xt.abs().max())):
-        raise FloatingPointError("abm_adaptive produced non-finite values")
     return sde.s(ts[-1]) * xt
