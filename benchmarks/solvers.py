@@ -22,9 +22,14 @@ with σ = 0 (its last model output is the answer); NFE = number of model calls.
 sdeflow ``<solver>/tuned``: the grid of ``sdeflow.tuning.tune_timesteps`` for that budget
 (200 Adam iterations through the solver, final time free), calibrated on 128 prior draws
 (seed 1000) and validated on 128 more (seed 1001); the error is measured on the benchmark's
-draws (seed 0), which tuning never sees. ``--no-tune`` skips these rows (minutes instead of
-tens of minutes).
+draws (seed 0), which tuning never sees. ``<base>/bns``: a bespoke non-stationary solver
+(``tune_timesteps(coefficients=True)``: grid *and* the solver's linear-multistep coefficients,
+starting from ``<base>``'s, window 3) calibrated on ``--n-calib-bns`` draws (default 512; seed 1000,
+validation seed 1001). ``--no-tune`` skips the tuned rows (minutes instead of tens of minutes);
+``--tune-device cuda`` runs the tuning on a GPU (everything else stays on the CPU).
 Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl] [--no-tune]
+       [--n-calib 128] [--n-calib-bns 512] [--tune-device cpu] [--problems gmm64-edm,...]
+       [--nfes 5 6 ...] [--n-eval 256] [--eval-seed 0]
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ NFES = [5, 6, 8, 10, 12, 15, 20]
 OURS = [("dpmpp_2m", 1), ("dpmpp_3m", 1), ("unipc", 1), ("deis", 1), ("ipndm", 1),
         ("dpm_solver_2", 2), ("dpm_solver_3", 3), ("heun", 2), ("ddim", 1)]
 TUNED = ["dpmpp_2m", "unipc", "ipndm"]
+BNS_BASES = ["unipc"]
 
 
 def problems():
@@ -50,12 +56,15 @@ def problems():
             for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
 
 
-def run(emit, n: int = 256, tune: bool = True, n_calib: int = 128):
+def run(emit, n: int = 256, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,
+        tune_device: str = "cpu", only=None, eval_seed: int = 0):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
     for name, gm, sde in problems():
+        if only and name not in only:
+            continue
         model = gm.denoiser(sde)
-        x_T = sde.prior_sample((n, gm.dim), generator=torch.Generator().manual_seed(0),
+        x_T = sde.prior_sample((n, gm.dim), generator=torch.Generator().manual_seed(eval_seed),
                                dtype=torch.float64)
         x_end = sdeflow.sample(model, x_T, solver="rk4", steps=4096, denoise=False)
         ref = model.x0(x_end, sde.t_min)
@@ -72,55 +81,66 @@ def run(emit, n: int = 256, tune: bool = True, n_calib: int = 128):
                                            schedule=schedule, return_stats=True)
                     emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/{schedule}",
                               nfe=st["nfe"], rmse=err(x)))
-        if tune:
-            run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib)
         run_diffusers(emit, name, gm, sde, x_T, err)
-        if kd is None:
-            continue
-        s_T = sde.s(torch.tensor(sde.T, dtype=torch.float64))
-        nu_min = float(sde.noise_level(torch.tensor(sde.t_min, dtype=torch.float64)))
-        nu_max = float(sde.noise_level(torch.tensor(sde.T, dtype=torch.float64)))
-        calls = [0]
-
-        def denoiser(xt, nu):
-            calls[0] += 1
-            t = sde.t_from_noise_level(nu.clamp(nu_min, nu_max))
-            return gm.x0(sde.s(t)[:, None] * xt, sde.s(t), sde.sigma(t))
-        xt_T = x_T / s_T
-
-        def anchor(label, fn, *args, **kw):
-            calls[0] = 0
-            start = time.perf_counter()
-            x = fn(denoiser, xt_T, *args, disable=True, **kw)
-            emit(dict(problem=name, impl="k-diffusion", solver=label, nfe=calls[0], rmse=err(x),
-                      seconds=time.perf_counter() - start))
-        for nfe in NFES:
-            sig = kd.get_sigmas_karras(nfe, nu_min, nu_max, device="cpu").to(torch.float64)
-            anchor("dpmpp_2m", kd.sample_dpmpp_2m, sig)
-            anchor("lms", kd.sample_lms, sig)
-            sig_h = kd.get_sigmas_karras((nfe + 1) // 2, nu_min, nu_max, device="cpu").to(torch.float64)
-            anchor("heun", kd.sample_heun, sig_h)
-            anchor("dpm_fast", kd.sample_dpm_fast, nu_min, nu_max, nfe)
-        for tol in (0.2, 0.1, 0.05, 0.02, 0.01):
-            anchor(f"dpm_adaptive(tol {tol})", kd.sample_dpm_adaptive, nu_min, nu_max, rtol=tol,
-                   atol=tol)
+        if kd is not None:
+            run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
+        if tune:
+            run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns, tune_device)
 
 
-def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128):
+def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
+    s_T = sde.s(torch.tensor(sde.T, dtype=torch.float64))
+    nu_min = float(sde.noise_level(torch.tensor(sde.t_min, dtype=torch.float64)))
+    nu_max = float(sde.noise_level(torch.tensor(sde.T, dtype=torch.float64)))
+    calls = [0]
+
+    def denoiser(xt, nu):
+        calls[0] += 1
+        t = sde.t_from_noise_level(nu.clamp(nu_min, nu_max))
+        return gm.x0(sde.s(t)[:, None] * xt, sde.s(t), sde.sigma(t))
+    xt_T = x_T / s_T
+
+    def anchor(label, fn, *args, **kw):
+        calls[0] = 0
+        start = time.perf_counter()
+        x = fn(denoiser, xt_T, *args, disable=True, **kw)
+        emit(dict(problem=name, impl="k-diffusion", solver=label, nfe=calls[0], rmse=err(x),
+                  seconds=time.perf_counter() - start))
+    for nfe in NFES:
+        sig = kd.get_sigmas_karras(nfe, nu_min, nu_max, device="cpu").to(torch.float64)
+        anchor("dpmpp_2m", kd.sample_dpmpp_2m, sig)
+        anchor("lms", kd.sample_lms, sig)
+        sig_h = kd.get_sigmas_karras((nfe + 1) // 2, nu_min, nu_max, device="cpu").to(torch.float64)
+        anchor("heun", kd.sample_heun, sig_h)
+        anchor("dpm_fast", kd.sample_dpm_fast, nu_min, nu_max, nfe)
+    for tol in (0.2, 0.1, 0.05, 0.02, 0.01):
+        anchor(f"dpm_adaptive(tol {tol})", kd.sample_dpm_adaptive, nu_min, nu_max, rtol=tol,
+               atol=tol)
+
+
+def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib_bns: int = 512,
+              device: str = "cpu"):
     from sdeflow.tuning import tune_timesteps
-    draws = [sde.prior_sample((n_calib, dim), generator=torch.Generator().manual_seed(1000 + k),
-                              dtype=torch.float64) for k in (0, 1)]
-    for solver in TUNED:
+
+    def draws(n):
+        return [sde.prior_sample((n, dim), generator=torch.Generator().manual_seed(1000 + k),
+                                 dtype=torch.float64).to(device) for k in (0, 1)]
+    jobs = [(solver, "tuned", False, n_calib) for solver in TUNED]
+    jobs += [(solver, "bns", True, n_calib_bns) for solver in BNS_BASES]
+    for solver, label, coefficients, n_cal in jobs:
+        cal = draws(n_cal)
         for nfe in NFES:
             start = time.perf_counter()
-            res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=solver,
-                                 steps=nfe - 1, max_evals=200, calibration_seed=1000)
-            x, st = sdeflow.sample(model, x_T, solver=solver, timesteps=res.tensor(sde),
-                                   return_stats=True)
-            emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/tuned", nfe=st["nfe"],
+            res = tune_timesteps(model, cal[0], x_heldout=cal[1], solver=solver,
+                                 steps=nfe - 1, max_evals=200, calibration_seed=1000,
+                                 coefficients=coefficients)
+            x, st = sdeflow.sample(model, x_T, solver=res.solver, timesteps=res.tensor(sde),
+                                   return_stats=True, **res.solver_opts)
+            emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/{label}", nfe=st["nfe"],
                       rmse=err(x), start_schedule=res.start_schedule, kept_start=res.kept_start,
-                      t_end=res.timesteps[-1], method=res.method,
-                      tuning_seconds=round(time.perf_counter() - start, 1)))
+                      t_end=res.timesteps[-1], method=res.method, n_calibration=n_cal,
+                      calibration_loss=res.calibration_loss, heldout_loss=res.heldout_loss,
+                      tuning_device=device, tuning_seconds=round(time.perf_counter() - start, 1)))
 
 
 def run_diffusers(emit, name, gm, sde, x_T, err):
@@ -194,7 +214,7 @@ def markdown(rows):
         sub = [r for r in rows if r["problem"] == problem]
         for nfe in NFES:
             ours = [r for r in sub if r["impl"] == "sdeflow" and r["nfe"] <= nfe]
-            named = [r for r in ours if not r["solver"].endswith("/tuned")]
+            named = [r for r in ours if not r["solver"].endswith(("/tuned", "/bns"))]
             theirs = [r for r in sub if r["impl"] != "sdeflow" and r["nfe"] <= nfe]
             if not ours or not theirs:
                 continue
@@ -211,8 +231,22 @@ def main():
         ap.add_argument("--no-tune", action="store_true", help="skip the tuned-grid rows")
         ap.add_argument("--n-calib", type=int, default=128,
                         help="calibration (and validation) draws per tuned grid")
-    run_benchmark(__doc__, lambda emit, a: run(emit, tune=not a.no_tune, n_calib=a.n_calib),
-                  markdown, add)
+        ap.add_argument("--n-calib-bns", type=int, default=512,
+                        help="calibration (and validation) draws per BNS solver")
+        ap.add_argument("--tune-device", default="cpu", help="where the tuning runs (cpu, cuda)")
+        ap.add_argument("--problems", help="comma-separated subset of "
+                                           + ",".join(p[0] for p in problems()))
+        ap.add_argument("--nfes", type=int, nargs="+", default=NFES, help="NFE budgets")
+        ap.add_argument("--n-eval", type=int, default=256, help="evaluation draws")
+        ap.add_argument("--eval-seed", type=int, default=0,
+                        help="seed of the evaluation draws (tuning uses 1000 and 1001)")
+
+    def body(emit, a):
+        NFES[:] = a.nfes
+        run(emit, n=a.n_eval, tune=not a.no_tune, n_calib=a.n_calib, n_calib_bns=a.n_calib_bns,
+            tune_device=a.tune_device, only=a.problems and a.problems.split(","),
+            eval_seed=a.eval_seed)
+    run_benchmark(__doc__, body, markdown, add)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,60 @@ def test_tune_steps_cli_and_sampling_with_the_file(tmp_path):
     assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(out), "--out", str(s)]) == 0
     assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 5
     assert main(["sample", str(run), "--timesteps-file", str(out), "--steps", "3"]) == 2
+    # --coefficients: a BNS solver file that `sample` runs at the same NFE
+    bns = tmp_path / "bns.json"
+    assert main(["tune-steps", str(run), "--solver", "unipc", "--steps", "4", "--coefficients",
+                 "--n-calib", "64", "--max-evals", "20", "--out", str(bns)]) == 0
+    rep = json.loads(bns.read_text())
+    assert rep["solver"] in ("bns", "unipc") and rep["base_solver"] == "unipc"
+    if rep["solver"] == "bns":
+        assert len(rep["solver_opts"]["a"]) == 4 and len(rep["solver_opts"]["c"]) == 4
+    assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(bns), "--out", str(s)]) == 0
+    assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 5
+
+
+def test_tuned_coefficients_beat_a_tuned_grid_on_held_out_noise(tmp_path):
+    """BNS (grid + coefficients of DPM-Solver++(2M), window 3) on an 8-D, 3-component mixture
+    under EDM, 4 steps: calibration 256 draws (seed 1000), validation 256 (seed 1001),
+    evaluation 256 (seed 0). Measured: tuned grid alone (64 draws) RMSE 0.145, BNS 0.080;
+    asserted BNS < 0.7× the tuned grid and < 0.5× the best named schedule."""
+    gm = GaussianMixture.random(8, k=3, seed=1)
+    sde = sdeflow.EDMSDE()
+    model = gm.denoiser(sde)
+    draw = lambda n, s: sde.prior_sample((n, 8), generator=gen(s), dtype=torch.float64)  # noqa: E731
+    x_eval = draw(256, 0)
+    ref = sdeflow.sample(model, x_eval, solver="rk45", rtol=1e-8, atol=1e-8)
+
+    def err(res=None, **kw):
+        kw = kw or dict(solver=res.solver, timesteps=res.tensor(sde), **res.solver_opts)
+        return (sdeflow.sample(model, x_eval, **kw) - ref).pow(2).mean().sqrt().item()
+    grid = tune_timesteps(model, draw(64, 1000), x_heldout=draw(64, 1001), solver="dpmpp_2m",
+                          steps=4, max_evals=200)
+    bns = tune_timesteps(model, draw(256, 1000), x_heldout=draw(256, 1001), solver="dpmpp_2m",
+                         steps=4, max_evals=200, coefficients=True)
+    assert bns.solver == "bns" and bns.base_solver == "dpmpp_2m" and not bns.kept_start
+    assert bns.heldout_loss < bns.heldout_start_loss
+    named = min(err(solver="dpmpp_2m", steps=4, schedule=s) for s in ("karras", "logsnr"))
+    loaded = TunedSchedule.load(bns.save(tmp_path / "bns.json"))
+    assert loaded == bns
+    e_grid, e_bns = err(grid), err(loaded)
+    assert e_bns < 0.7 * e_grid and e_bns < 0.5 * named, (e_bns, e_grid, named)
+    with pytest.raises(ValueError, match="method='gradient'"):
+        tune_timesteps(model, draw(8, 1), solver="dpmpp_2m", coefficients=True, method="pattern")
+    with pytest.raises(ValueError, match="window"):
+        tune_timesteps(model, draw(8, 1), solver="dpmpp_2m", coefficients=True, window=0)
+
+
+def test_step_form_round_trips():
+    from sdeflow.samplers.bespoke import linear_coefficients
+    from sdeflow.tuning import step_form, unrolled_form
+    sde = sdeflow.VPSDE()
+    ts = sdeflow.schedules.get_timesteps(sde, 6, "logsnr", dtype=torch.float64)
+    a, c = linear_coefficients(sde, "unipc", ts)
+    rho, w = step_form(a, c)
+    # UniPC's own step: x_{j+1} = (σ_{j+1}/σ_j) x_j + (weights on the last 3 x̂0 at most)
+    torch.testing.assert_close(rho, sde.sigma(ts[1:]) / sde.sigma(ts[:-1]), rtol=1e-12, atol=0)
+    assert not w.tril(-3).any()
+    a2, c2 = unrolled_form(rho, w)
+    torch.testing.assert_close(a2, a, rtol=1e-12, atol=0)
+    torch.testing.assert_close(c2, c, rtol=1e-12, atol=1e-15)

@@ -399,7 +399,7 @@ def cmd_interpolate(a) -> int:
 
 
 def _add_tune_steps(sub):
-    from .samplers import list_solvers
+    from .samplers import get_solver, list_solvers
     p = sub.add_parser("tune-steps", help="optimise a solver's time steps for a trained model",
                        description="Tune the time grid of a fixed-step ODE solver for a checkpoint "
                                    "and a step budget: the grid is moved (in log-SNR) to minimise "
@@ -407,13 +407,18 @@ def _add_tune_steps(sub):
                                    "reference on --n-calib calibration noise draws (by gradient "
                                    "descent through the solver, or a derivative-free pattern "
                                    "search), validated on "
-                                   "as many separate draws; evaluation noise (sample/evaluate "
+                                   "as many separate draws; with --coefficients the solver's "
+                                   "multistep coefficients are tuned too (a bespoke "
+                                   "non-stationary 'bns' solver). Evaluation noise (sample/evaluate "
                                    "--seed) is a third, separate set. Writes a JSON schedule for "
                                    "`sdeflow sample/evaluate --timesteps-file`.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="run directory or ckpt-* folder")
     p.add_argument("--solver", default="dpmpp_2m",
-                   choices=[s for s in list_solvers("ode") if s not in ("rk45", "rk45_logsnr")])
+                   choices=[s for s in list_solvers("ode")
+                            if not get_solver(s).adaptive and s != "bns"],
+                   help="the solver whose grid is tuned (with --coefficients: the starting "
+                        "solver, one network call per step)")
     p.add_argument("--steps", type=int, default=9, help="grid intervals (NFE ≈ steps × NFE/step + 1)")
     p.add_argument("--n-calib", type=int, default=128, help="calibration (and validation) draws")
     p.add_argument("--calib-seed", type=int, default=1000,
@@ -424,6 +429,10 @@ def _add_tune_steps(sub):
     p.add_argument("--fixed-end", action="store_true",
                    help="keep the last time at t_min (default: tune where the final denoising "
                         "happens too)")
+    p.add_argument("--coefficients", action="store_true",
+                   help="tune the solver's linear-multistep coefficients with the grid (gradient "
+                        "method; Shaul et al. 2024); for few steps (≤ 8–10 NFE); give it more "
+                        "calibration draws (--n-calib 512 or more) than a grid")
     p.add_argument("--max-evals", type=int, default=200,
                    help="iterations (gradient: one forward + backward pass each) or solver runs "
                         "(pattern) the search may spend")
@@ -441,9 +450,10 @@ def cmd_tune_steps(a) -> int:
              .to(device) for k in (0, 1)]
     res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=a.solver, steps=a.steps,
                          max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True,
-                         method=a.method, free_end=not a.fixed_end)
+                         method=a.method, free_end=not a.fixed_end, coefficients=a.coefficients)
     res.save(a.out)
-    print(json.dumps({k: v for k, v in res.__dict__.items() if k != "timesteps"}, indent=2))
+    print(json.dumps({k: v for k, v in res.__dict__.items() if k not in ("timesteps", "solver_opts")},
+                     indent=2))
     print(f"wrote {a.out}")
     return 0
 

@@ -77,11 +77,16 @@ def test_ddim_matches_the_pf_ode_it_discretises(references):
 def test_float64_in_float64_out_and_nfe(mixture2d, solver):
     model = mixture2d.denoiser(sdeflow.VPSDE())
     x_T = torch.randn(4, 2, dtype=torch.float64)
-    x, stats = sdeflow.sample(model, x_T, solver=solver, return_stats=True,
-                              **({} if get_solver(solver).adaptive else {"steps": 10}))
+    opts = {} if get_solver(solver).adaptive else {"steps": 10}
+    if solver == "bns":  # sampling with given coefficients: UniPC's, read off its grid
+        from sdeflow.samplers.bespoke import linear_coefficients
+        ts = sdeflow.get_timesteps(model.sde, 10, dtype=torch.float64)
+        a, c = linear_coefficients(model.sde, "unipc", ts)
+        opts = dict(timesteps=ts, a=a, c=c)
+    x, stats = sdeflow.sample(model, x_T, solver=solver, return_stats=True, **opts)
     assert x.dtype == torch.float64 and x.shape == x_T.shape and torch.isfinite(x).all()
     per_step = {"euler": 1, "ddim": 1, "heun": 2, "rk4": 4, "dpmpp_2m": 1, "dpmpp_3m": 1,
-                "dpm_solver_2": 2, "dpm_solver_3": 3, "unipc": 1, "deis": 1, "ipndm": 1}
+                "dpm_solver_2": 2, "dpm_solver_3": 3, "unipc": 1, "deis": 1, "ipndm": 1, "bns": 1}
     if solver in per_step:
         assert stats["nfe"] == 10 * per_step[solver] + 1  # + the final denoising step
     else:

@@ -43,7 +43,7 @@ from torch import Tensor
 from ..sde import bcast
 from .registry import Context, register_solver
 from .exponential import logsnr_denoiser
-from .rk import report_step_counts, rms
+from .rk import check_error_finite, report_step_counts, rms
 
 __all__ = ["exp_moments", "exp_adams_weights", "abm_adaptive"]
 
@@ -149,9 +149,7 @@ def abm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 1e-3,
         err = rms((x_corr - x_pred) / scale).to(f64)
         if control == "batch":  # one error (RMS over the batch) and one step for all samples
             err = err.pow(2).mean().sqrt().expand_as(err)
-        if not torch.isfinite(err).all():  # else every step would be rejected until max_steps
-            raise FloatingPointError("abm_adaptive: non-finite values in the solution (a NaN "
-                                     "or inf from the model?)")
+        check_error_finite(err, "abm_adaptive")
         ok = err <= 1
         acc = rows[ok]
         xt[acc] = x_corr[ok]

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..sde import bcast
 from .registry import Context, register_solver
-from .rk import report_step_counts, rms, select_rows
+from .rk import check_error_finite, report_step_counts, rms, select_rows
 
 __all__ = ["dpmpp_multistep", "dpm_solver_singlestep", "unipc", "deis", "dpm_adaptive",
            "logsnr_denoiser"]
@@ -372,6 +372,7 @@ def dpm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 0.05,
         u = e2 * xr + (1 - e2) * d_s
         x2 = e1 * xr + (1 - e1) * denoise(u, lr + hr / 2, rows)
         err = rms((x2 - x1) / (atol + rtol * torch.maximum(x1.abs(), x2.abs()))).to(f64)
+        check_error_finite(err, "dpm_adaptive")
         ok = err <= 1
         xt[rows[ok]] = x2[ok]
         lam[rows[ok]] = torch.where(hr[ok] >= lam_end - lr[ok], lam_end, lr[ok] + hr[ok])

@@ -95,6 +95,13 @@ def rms(e: Tensor) -> Tensor:
     return e.reshape(e.shape[0], -1).pow(2).mean(1).sqrt()
 
 
+def check_error_finite(err: Tensor, solver: str) -> None:
+    """Adaptive loops: a non-finite error estimate would reject every step until max_steps."""
+    if not torch.isfinite(err).all():
+        raise FloatingPointError(f"{solver}: non-finite values in the solution (a NaN or inf "
+                                 "from the model?)")
+
+
 def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5, *,
                 rtol: float = 1e-5, atol: float = 1e-5, h0: float | None = None,
                 safety: float = 0.9, max_factor: float = 10.0, max_steps: int = 100_000,
@@ -151,6 +158,7 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
                             None if idx.numel() == B else idx)
         err_vec = bcast(direction * hi, xi) * sum(d * k for d, k in zip(db, ks) if d != 0.0)
         err = rms(err_vec / scale(xi, x_new))
+        check_error_finite(err, "rk_adaptive")
         ok = err <= 1.0
         factor = (safety * err.clamp_min(1e-10) ** expo).clamp(0.2, max_factor)
         # no growth on a rejection, nor on the step right after one (as scipy's RK45)
