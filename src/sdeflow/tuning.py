@@ -213,21 +213,20 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     def rmse(p: Tensor) -> Tensor:
         return error(*unpack(p)).mean().sqrt()
 
-    def loss(p: Tensor | None, x=x_cal, ref=reference, ts=None, trim: float = 0.0) -> float:
-        """RMS error of params ``p`` (or of the base solver on ``ts``) on the calibration draws
-        (or ``x``, ``ref``), leaving out the worst ``trim`` fraction of draws."""
+    def per_draw(p: Tensor | None, x=x_cal, ref=reference, ts=None) -> Tensor:
+        """Per-draw errors of params ``p`` (or of the base solver on ``ts``), no gradient."""
         with torch.no_grad():
-            args = unpack(p) if ts is None else (ts, solver, solver_opts)
-            per_draw = error(*args, x=x, ref=ref).sort().values
-            err = per_draw[:len(per_draw) - int(trim * len(per_draw))].mean().sqrt().item()
-        return err if math.isfinite(err) else math.inf
+            return error(*(unpack(p) if ts is None else (ts, solver, solver_opts)), x=x, ref=ref)
+
+    def loss(p: Tensor) -> float:
+        return _trimmed_rms(per_draw(p))
 
     starts = {}
     for name in start_schedules:
         ts = get_timesteps(sde, steps, name)
         th = theta_from_timesteps(sde, ts, t_end if free_end else None)
         th = torch.cat([th, torch.zeros(steps + len(rows) if coefficients else 0, dtype=th.dtype)])
-        starts[name] = (loss(None, ts=ts), th, ts)
+        starts[name] = (_trimmed_rms(per_draw(None, ts=ts)), th, ts)
     start_name = min(starts, key=lambda k: starts[k][0])
     params0 = starts[start_name][1]
     best = loss(params0)
@@ -256,15 +255,23 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                         solver_opts=opts, method=method, free_end=free_end, base_solver=solver)
     if x_heldout is not None:
         ts0 = starts[start_name][2]
-        out.heldout_loss = loss(params, x_heldout, reference_heldout)
-        out.heldout_start_loss = loss(None, x_heldout, reference_heldout, ts=ts0)
-        if (loss(params, x_heldout, reference_heldout, trim=validation_trim)
-                > loss(None, x_heldout, reference_heldout, ts=ts0, trim=validation_trim)):
+        tuned = per_draw(params, x_heldout, reference_heldout)
+        start = per_draw(None, x_heldout, reference_heldout, ts=ts0)
+        out.heldout_loss, out.heldout_start_loss = _trimmed_rms(tuned), _trimmed_rms(start)
+        if _trimmed_rms(tuned, validation_trim) > _trimmed_rms(start, validation_trim):
             # the tuned grid fitted the calibration draws' outliers, not the solver's error:
             # keep the starting schedule (validation on draws the search never saw)
             out.timesteps = ts0.tolist()
             out.solver, out.solver_opts, out.kept_start = solver, dict(solver_opts), True
     return out
+
+
+def _trimmed_rms(per_draw: Tensor, trim: float = 0.0) -> float:
+    """RMS over draws of per-draw mean squared errors, leaving out the worst ``trim`` fraction;
+    inf when not finite."""
+    e = per_draw.sort().values
+    err = e[:len(e) - int(trim * len(e))].mean().sqrt().item()
+    return err if math.isfinite(err) else math.inf
 
 
 def step_form(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..sde import bcast
 from .registry import Context, register_solver
-from .exponential import logsnr_denoiser
+from .exponential import logsnr_accept, logsnr_denoiser, logsnr_rows
 from .rk import check_error_finite, report_step_counts, rms
 
 __all__ = ["exp_moments", "exp_adams_weights", "abm_adaptive"]
@@ -120,11 +120,10 @@ def abm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 1e-3,
     just_rejected = torch.zeros(B, dtype=torch.bool, device=x.device)
     err_prev = torch.ones(B, dtype=f64, device=x.device)
     for _ in range(max_steps):
-        rows = torch.nonzero(lam < lam_end - 1e-12).squeeze(1)
-        if rows.numel() == 0:
+        trial = logsnr_rows(lam, lam_end, h, xt)
+        if trial is None:
             break
-        lr, xr = lam[rows], xt[rows]
-        hr = torch.minimum(h[rows], lam_end - lr)
+        rows, lr, xr, hr = trial
         # predictor order p per row (rows still building their history use fewer points)
         p_rows = n_hist[rows].clamp(max=order)
         groups = [(p, torch.nonzero(p_rows == p).squeeze(1)) for p in p_rows.unique().tolist()]
@@ -151,10 +150,7 @@ def abm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 1e-3,
             err = err.pow(2).mean().sqrt().expand_as(err)
         check_error_finite(err, "abm_adaptive")
         ok = err <= 1
-        acc = rows[ok]
-        xt[acc] = x_corr[ok]
-        lam[acc] = torch.where(hr[ok] >= lam_end - lr[ok], torch.full_like(lr[ok], lam_end),
-                               lr[ok] + hr[ok])
+        acc = logsnr_accept(ok, rows, lr, hr, x_corr, lam, lam_end, xt, accepted, rejected)
         if acc.numel():
             # shift the accepted rows' histories by one and put the new evaluation first
             depth = min(len(hist_d) + 1, order)
@@ -167,8 +163,6 @@ def abm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 1e-3,
             hist_d[0][acc] = d_new[ok]
             hist_l[0][acc] = lam[acc]
             n_hist[acc] = (n_hist[acc] + 1).clamp(max=order)
-        accepted[acc] += 1
-        rejected[rows[~ok]] += 1
         k = p_rows.to(f64) + 1
         e = err.clamp_min(1e-10)
         factor = safety * e ** (-(1 - beta) / k) * err_prev[rows] ** (beta / k)

@@ -34,7 +34,7 @@ from .registry import Context, register_solver
 from .rk import check_error_finite, report_step_counts, rms, select_rows
 
 __all__ = ["dpmpp_multistep", "dpm_solver_singlestep", "unipc", "deis", "dpm_adaptive",
-           "logsnr_denoiser"]
+           "logsnr_denoiser", "logsnr_rows", "logsnr_accept"]
 
 
 def dpmpp_multistep(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2,
@@ -335,6 +335,29 @@ def logsnr_denoiser(model, ts: Tensor, ctx: Context, dtype):
     return denoise
 
 
+def logsnr_rows(lam: Tensor, lam_end, h: Tensor, xt: Tensor):
+    """The per-sample loop's next trial: (rows still short of λ_end, their λ, x̃ and step h,
+    clipped to land on λ_end), or None once every sample has arrived."""
+    rows = torch.nonzero(lam < lam_end - 1e-12).squeeze(1)
+    if rows.numel() == 0:
+        return None
+    lr = lam[rows]
+    return rows, lr, xt[rows], torch.minimum(h[rows], lam_end - lr)
+
+
+def logsnr_accept(ok: Tensor, rows: Tensor, lr: Tensor, hr: Tensor, x_new: Tensor, lam: Tensor,
+                  lam_end, xt: Tensor, accepted: Tensor, rejected: Tensor) -> Tensor:
+    """Take the trial steps where ``ok`` (x̃ and λ advance, λ exactly λ_end on the last step)
+    and count accepted/rejected per sample; returns the accepted rows."""
+    acc = rows[ok]
+    xt[acc] = x_new[ok]
+    lam[acc] = torch.where(hr[ok] >= lam_end - lr[ok], torch.full_like(lr[ok], float(lam_end)),
+                           lr[ok] + hr[ok])
+    accepted[acc] += 1
+    rejected[rows[~ok]] += 1
+    return acc
+
+
 def dpm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 0.05,
                  atol: float = 0.0078, h_init: float = 0.05, safety: float = 0.9,
                  max_steps: int = 100_000) -> Tensor:
@@ -361,11 +384,10 @@ def dpm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 0.05,
 
     denoise = logsnr_denoiser(model, ts, ctx, x.dtype)
     for _ in range(max_steps):
-        rows = torch.nonzero(lam < lam_end - 1e-12).squeeze(1)
-        if rows.numel() == 0:
+        trial = logsnr_rows(lam, lam_end, h, xt)
+        if trial is None:
             break
-        lr, xr = lam[rows], xt[rows]
-        hr = torch.minimum(h[rows], lam_end - lr)
+        rows, lr, xr, hr = trial
         e1, e2 = bcast(torch.exp(-hr), xr).to(x.dtype), bcast(torch.exp(-hr / 2), xr).to(x.dtype)
         d_s = denoise(xr, lr, rows)
         x1 = e1 * xr + (1 - e1) * d_s
@@ -373,11 +395,7 @@ def dpm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 0.05,
         x2 = e1 * xr + (1 - e1) * denoise(u, lr + hr / 2, rows)
         err = rms((x2 - x1) / (atol + rtol * torch.maximum(x1.abs(), x2.abs()))).to(f64)
         check_error_finite(err, "dpm_adaptive")
-        ok = err <= 1
-        xt[rows[ok]] = x2[ok]
-        lam[rows[ok]] = torch.where(hr[ok] >= lam_end - lr[ok], lam_end, lr[ok] + hr[ok])
-        accepted[rows[ok]] += 1
-        rejected[rows[~ok]] += 1
+        logsnr_accept(err <= 1, rows, lr, hr, x2, lam, lam_end, xt, accepted, rejected)
         h[rows] = hr * (safety * err.clamp_min(1e-10) ** -0.5).clamp(0.2, 5.0)
         if ctx.progress is not None:
             ctx.progress.update(1)
