@@ -155,8 +155,7 @@ def test_tuned_coefficients_beat_a_tuned_grid_on_held_out_noise(tmp_path):
 
 
 def test_step_form_round_trips():
-    from sdeflow.samplers.bespoke import linear_coefficients
-    from sdeflow.tuning import step_form, unrolled_form
+    from sdeflow.samplers.bespoke import linear_coefficients, step_form, unrolled_form
     sde = sdeflow.VPSDE()
     ts = sdeflow.schedules.get_timesteps(sde, 6, "logsnr", dtype=torch.float64)
     a, c = linear_coefficients(sde, "unipc", ts)

@@ -28,10 +28,10 @@ x_j = a_j x_0 + Σ_k c_jk x̂0_k (:mod:`sdeflow.samplers.bespoke`) and written i
 
 .. math:: x_{j+1} = \rho_j\,x_j + \sum_{k=j-w+1}^{j} w_{jk}\,\hat x_0(x_k, t_k),
 
-(:func:`step_form`; for the exponential integrators ρ_j = σ_{j+1}/σ_j and w holds the last ≤ 3
-x̂0 weights); ρ_j is scaled by e^{δ_j} and the ``window`` w most recent weights of each step
-are shifted by s(t_{j+1})Δ_jk, with δ = Δ = 0 at the start, so the search starts from the
-named solver on the best named grid. The result is the ``"bns"`` solver with the unrolled
+(:func:`~sdeflow.samplers.bespoke.step_form`; for the exponential integrators
+ρ_j = σ_{j+1}/σ_j and w holds the last ≤ 3 x̂0 weights); ρ_j is scaled by e^{δ_j} and the
+``window`` w most recent weights of each step are shifted by s(t_{j+1})Δ_jk, with δ = Δ = 0
+at the start, so the search starts from the named solver on the best named grid. The result is the ``"bns"`` solver with the unrolled
 (a, c) — same NFE as the starting solver. It has ~(w + 1) parameters per step besides the
 grid, so it wants more calibration draws than a grid (512 for the 64-D mixture benchmark).
 """
@@ -163,7 +163,7 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     of hundreds by more than the solver's typical error does (measured on the 64-D mixture at 12
     NFE: one such draw for the start, two for a tuned BNS solver whose error on the rest was 12×
     smaller)."""
-    from .samplers.bespoke import linear_coefficients
+    from .samplers.bespoke import linear_coefficients, step_form, unrolled_form
     info = get_solver(solver)
     if info.kind != "ode" or info.adaptive:
         raise ValueError(f"tuning needs a fixed-step ODE solver; {solver!r} is "
@@ -200,7 +200,7 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
             return ts, solver, solver_opts
         a, c = step_form(*linear_coefficients(sde, solver, ts, **solver_opts))
         a = a * torch.exp(coef_scale * p[n_theta:n_theta + steps])
-        delta = torch.zeros(steps, steps, dtype=c.dtype)
+        delta = torch.zeros(steps, steps, dtype=c.dtype, device=c.device)
         delta = delta.index_put((rows, cols), coef_scale * p[n_theta + steps:])
         return ts, "bns", dict(zip("ac", unrolled_form(a, c + sde.s(ts[1:])[:, None] * delta)))
 
@@ -272,28 +272,6 @@ def _trimmed_rms(per_draw: Tensor, trim: float = 0.0) -> float:
     e = per_draw.sort().values
     err = e[:len(e) - int(trim * len(e))].mean().sqrt().item()
     return err if math.isfinite(err) else math.inf
-
-
-def step_form(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    r"""BNS coefficients in unrolled form (x_j = a_j x_0 + Σ_k c_jk m_k) → step form
-    x_{j+1} = ρ_j x_j + Σ_k w_jk m_k: ρ_j = a_{j+1}/a_j, w_j = c_{j+1} − ρ_j c_j."""
-    if not (a > 0).all():
-        raise ValueError("the step form needs positive start coefficients a_j")
-    a_full = torch.cat([a.new_ones(1), a])
-    c_full = torch.cat([c.new_zeros(1, c.shape[1]), c])
-    rho = a_full[1:] / a_full[:-1]
-    return rho, c_full[1:] - rho[:, None] * c_full[:-1]
-
-
-def unrolled_form(rho: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """Inverse of :func:`step_form`."""
-    a, c_row, rows = [], w.new_zeros(w.shape[1]), []
-    a_j = rho.new_ones(())
-    for j in range(len(rho)):
-        a_j, c_row = rho[j] * a_j, rho[j] * c_row + w[j]
-        a.append(a_j)
-        rows.append(c_row)
-    return torch.stack(a), torch.stack(rows)
 
 
 def _pattern(rmse, loss, theta, best, evals, max_evals, bar, step0, min_step, **_):

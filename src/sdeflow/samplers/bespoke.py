@@ -12,7 +12,8 @@ solver (it runs the solver once on basis vectors: start 1 and all m = 0, then ea
 turn), differentiably in the grid. :func:`bns` samples with arbitrary (a, c) — e.g. those of a
 solver after tuning them on calibration noise (:func:`sdeflow.tuning.tune_timesteps` with
 ``coefficients=True``), which is the BNS idea: a solver fitted to one model and one NFE budget,
-starting from (and containing) the classical ones.
+starting from (and containing) the classical ones. :func:`step_form` and :func:`unrolled_form`
+convert between this form and the step form x_{j+1} = ρ_j x_j + Σ_k w_jk m_k.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from .registry import Context, get_solver, register_solver
 
-__all__ = ["linear_coefficients", "bns"]
+__all__ = ["linear_coefficients", "step_form", "unrolled_form", "bns"]
 
 
 def linear_coefficients(sde, solver: str, ts: Tensor, **solver_opts) -> tuple[Tensor, Tensor]:
@@ -50,6 +51,28 @@ def linear_coefficients(sde, solver: str, ts: Tensor, **solver_opts) -> tuple[Te
         raise ValueError(f"{solver!r} called the network {len(inputs)} times on {n} steps")
     states = torch.stack([*inputs[1:], out[:, 0]])  # (N, N + 1): x_1 … x_N in the basis
     return states[:, 0], states[:, 1:].tril()
+
+
+def step_form(a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    r"""BNS coefficients in unrolled form (x_j = a_j x_0 + Σ_k c_jk m_k) → step form
+    x_{j+1} = ρ_j x_j + Σ_k w_jk m_k: ρ_j = a_{j+1}/a_j, w_j = c_{j+1} − ρ_j c_j."""
+    if not (a > 0).all():
+        raise ValueError("the step form needs positive start coefficients a_j")
+    a_full = torch.cat([a.new_ones(1), a])
+    c_full = torch.cat([c.new_zeros(1, c.shape[1]), c])
+    rho = a_full[1:] / a_full[:-1]
+    return rho, c_full[1:] - rho[:, None] * c_full[:-1]
+
+
+def unrolled_form(rho: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`step_form`."""
+    a, c_row, rows = [], w.new_zeros(w.shape[1]), []
+    a_j = rho.new_ones(())
+    for j in range(len(rho)):
+        a_j, c_row = rho[j] * a_j, rho[j] * c_row + w[j]
+        a.append(a_j)
+        rows.append(c_row)
+    return torch.stack(a), torch.stack(rows)
 
 
 def bns(model, x: Tensor, ts: Tensor, ctx: Context, a, c) -> Tensor:
