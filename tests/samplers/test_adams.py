@@ -110,7 +110,8 @@ def test_abm_adaptive_rejects_bad_options(references):
 
 @pytest.mark.parametrize("solver, name", [("abm_adaptive", "abm_adaptive"),
                                           ("dpm_adaptive", "dpm_adaptive"),
-                                          ("rk45", "rk_adaptive")])
+                                          ("rk45", "rk_adaptive"),
+                                          ("adaptive_sde", "adaptive_sde")])
 def test_adaptive_solvers_stop_on_nan_from_the_model(references, mixture2d, solver, name):
     """A network that returns NaN below σ = 1 (with the Denoiser's own check off) gives an error
     from the solver at once, not 200 rejected steps and a 'did not reach the end'."""

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..reverse import drift_from_score, noise_scale
 from ..sde import bcast
 from .registry import Context, register_solver
-from .rk import report_step_counts, rms, select_rows
+from .rk import check_error_finite, report_step_counts, rms, select_rows
 
 __all__ = ["sample_adaptive_sde"]
 
@@ -66,6 +66,7 @@ def sample_adaptive_sde(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float 
         xh = 0.5 * (x1 + x2)
         delta = torch.maximum(torch.full_like(x1, atol), rtol * torch.maximum(x1.abs(), x_prev[idx].abs()))
         err = rms((x1 - xh) / delta)
+        check_error_finite(err, "adaptive_sde")
         ok = err <= 1.0
         acc = idx[ok]
         x[acc], x_prev[acc] = xh[ok], x1[ok]
