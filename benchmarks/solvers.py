@@ -32,8 +32,9 @@ draws (seed ``--eval-seed``, default 0), which tuning never sees. ``<base>/bns``
 ``BNS_MAX_NFE`` = 10; above, it fits the calibration draws' outliers and loses to the tuned
 grid): a bespoke non-stationary solver (``tune_timesteps(coefficients=True)``: grid *and* the
 solver's linear-multistep coefficients, starting from ``<base>``'s, window 3) calibrated on
-``--n-calib-bns`` draws (default 512; seed 1000, validation seed 1001). ``--no-tune`` skips the tuned rows (minutes instead of tens of minutes);
-``--tune-device cuda`` runs the tuning on a GPU (everything else stays on the CPU).
+``--n-calib-bns`` draws (default 512; seed 1000, validation seed 1001). ``--no-tune`` skips
+the tuned rows (minutes instead of tens of minutes); ``--tune-device cuda`` runs the tuning on
+a GPU (everything else stays on the CPU).
 Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl] [--no-tune]
        [--n-calib 128] [--n-calib-bns 512] [--tune-device cpu] [--problems gmm64-edm,...]
        [--nfes 5 6 ...] [--n-eval 4096] [--eval-seed 0] [--ref-steps 1024]

@@ -31,9 +31,10 @@ x_j = a_j x_0 + Σ_k c_jk x̂0_k (:mod:`sdeflow.samplers.bespoke`) and written i
 (:func:`~sdeflow.samplers.bespoke.step_form`; for the exponential integrators
 ρ_j = σ_{j+1}/σ_j and w holds the last ≤ 3 x̂0 weights); ρ_j is scaled by e^{δ_j} and the
 ``window`` w most recent weights of each step are shifted by s(t_{j+1})Δ_jk, with δ = Δ = 0
-at the start, so the search starts from the named solver on the best named grid. The result is the ``"bns"`` solver with the unrolled
-(a, c) — same NFE as the starting solver. It has ~(w + 1) parameters per step besides the
-grid, so it wants more calibration draws than a grid (512 for the 64-D mixture benchmark).
+at the start, so the search starts from the named solver on the best named grid. The result
+is the ``"bns"`` solver with the unrolled (a, c) — same NFE as the starting solver. It has
+~(w + 1) parameters per step besides the grid, so it wants more calibration draws than a grid
+(512 for the 64-D mixture benchmark).
 """
 from __future__ import annotations
 
