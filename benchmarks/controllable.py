@@ -194,7 +194,7 @@ def _repaint_cost(emit, m, test, device, sync):
 
 
 def _sr(emit, m, test, device, figs):
-    from sdeflow.cli_conditional import sr_report
+    from sdeflow.cli.controllable import sr_report
     from sdeflow.metrics.digits import digits_features
     from sdeflow.plotting import labelled_grids
     srm, scfg = m["sr"]
@@ -219,7 +219,7 @@ def _sr(emit, m, test, device, figs):
 
 
 def _colorization(emit, m, device, sync, figs):
-    from sdeflow.cli_conditional import colour_report
+    from sdeflow.cli.controllable import colour_report
     from sdeflow.data import get_data
     from sdeflow.inpainting import colorize, grey
     from sdeflow.plotting import labelled_grids

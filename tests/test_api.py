@@ -47,6 +47,28 @@ def test_generator_and_seed_reproduce(model):
     assert torch.equal(a, b)
 
 
+def test_make_generator_has_one_behaviour():
+    """seed → a new generator on the device, generator → itself, neither → None (torch's global
+    RNG), both → ValueError; every entry point with seed/generator goes through it."""
+    from sdeflow.rng import make_generator
+    g = torch.Generator()
+    assert make_generator(None, g) is g and make_generator(None, None) is None
+    made = make_generator(3, None, "cpu")
+    assert made.device == torch.device("cpu")
+    assert torch.equal(torch.rand(4, generator=made), torch.rand(4, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="seed or generator"):
+        make_generator(3, g)
+    from sdeflow.inpainting import repaint
+    gm = GaussianMixture.ring()
+    model, x = gm.denoiser(sdeflow.VPSDE()), gm.sample(2)
+    both = dict(seed=1, generator=torch.Generator())
+    for call in (lambda: sdeflow.log_likelihood(model, x, divergence="hutchinson", **both),
+                 lambda: sdeflow.bits_per_dim(model, torch.zeros(2, 2), **both),
+                 lambda: repaint(model, x, torch.tensor([1.0, 0.0]), steps=2, **both)):
+        with pytest.raises(ValueError, match="seed or generator"):
+            call()
+
+
 def test_callback_sees_every_step(model):
     seen = []
     sdeflow.sample(model, shape=(2, 2), solver="heun", steps=7, callback=lambda t, x: seen.append(float(t)))

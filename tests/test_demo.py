@@ -1,4 +1,4 @@
-"""The digits part of `make demo` (slow: ~7 min on 2 cores; `make test-all` runs it)."""
+"""The digits part of `make demo` (slow; `make test-all` runs it; timing in docs/model_notes.md)."""
 import json
 
 import pytest

@@ -40,7 +40,8 @@ def test_trainer_feeds_the_condition_to_the_network():
                       task_kwargs={"factor": 2}, batch_size=4, steps=1, tensorboard=False)
     st = TrainState(cfg, device="cpu")
     assert st.cfg.model_kwargs["cond_channels"] == 1
-    x0, cond, t, eps = st.global_batch()
+    b = st.global_batch()
+    x0, cond = b["x0"], {k: b[k] for k in ("x_cond",) if k in b}
     torch.testing.assert_close(cond["x_cond"], get_task("sr", factor=2).condition(x0))
     assert torch.isfinite(st.train_step())
     with pytest.raises(ValueError, match="image data"):

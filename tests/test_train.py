@@ -55,7 +55,7 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed.step == full.step == 40
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
-    for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
+    for a, b in zip(full.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
         assert torch.equal(a, b)
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
 

@@ -1,6 +1,7 @@
 """Image training: the CLI end to end on the digits (grids, TensorBoard, sample, evaluate), a
 run killed with SIGKILL resumes to the same losses, two DDP ranks take exactly the step one
-process takes on the same global batch, and bad configs are refused."""
+process takes on the same global batch — for both programs of the engine, score matching and
+the noise-conditional classifier — and bad configs are refused."""
 import json
 import os
 import signal
@@ -14,16 +15,26 @@ import torch
 from sdeflow.cli import main
 from sdeflow.distributed import DistInfo
 from sdeflow.train import TrainConfig, TrainState, load_denoiser
+from sdeflow.training import ClassifierConfig, get_objective
 
 from .conftest import TINY_DIT, TINY_UNET
 from .test_train import _losses
 
 TINY = json.dumps(TINY_UNET)
+TINY_ENCODER = dict(channels=8, channel_mult=[1, 2], num_res_blocks=1)
+# the CLI command and network of each training program of the engine
+PROGRAMS = {"score": ("train", TINY_UNET), "classifier": ("train-classifier", TINY_ENCODER)}
 
 
-def _train_args(out, *extra):
-    return ["train", "--data", "digits", "--model-kwargs", TINY, "--batch-size", "16",
+def _train_args(out, *extra, program="score"):
+    command, net = PROGRAMS[program]
+    return [command, "--data", "digits", "--model-kwargs", json.dumps(net), "--batch-size", "16",
             "--out", str(out), *extra]
+
+
+def _weights(run, program):
+    import sdeflow
+    return sdeflow.load(run, kind=program)[0].state_dict()
 
 
 def test_digits_training_cli_end_to_end(tmp_path):
@@ -52,13 +63,15 @@ def test_digits_training_cli_end_to_end(tmp_path):
     assert rep["fdd"] > 3 * rep["fdd_floor_train_vs_test"]
 
 
-def test_sigkill_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
-    """Kill -9 a `sdeflow train` process after its first checkpoint (and after it has logged
-    steps past it), resume with --resume: the loss log is step-for-step identical to a run
-    that was never interrupted."""
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_sigkill_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, program):
+    """Kill -9 a `sdeflow train` (or `train-classifier`) process after its first checkpoint
+    (and after it has logged steps past it), resume with --resume: the loss log is
+    step-for-step identical to a run that was never interrupted, and so are the weights."""
     args = ["--steps", "60", "--ckpt-every", "10", "--log-every", "1", "--no-tensorboard"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "sdeflow.cli", *_train_args(killed, *args)],
+    proc = subprocess.Popen([sys.executable, "-m", "sdeflow.cli",
+                             *_train_args(killed, *args, program=program)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -70,12 +83,11 @@ def test_sigkill_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     ckpt_step = int((killed / "latest").read_text().split("-")[1])
     assert ckpt_step < 60 and len(_losses(killed)) - 1 > ckpt_step
-    assert main(_train_args(killed, *args, "--resume")) == 0
+    assert main(_train_args(killed, *args, "--resume", program=program)) == 0
     full = tmp_path / "full"
-    assert main(_train_args(full, *args)) == 0
+    assert main(_train_args(full, *args, program=program)) == 0
     assert _losses(killed) == _losses(full) and len(_losses(full)) == 61
-    a = load_denoiser(killed)[0].state_dict()
-    b = load_denoiser(full)[0].state_dict()
+    a, b = _weights(killed, program), _weights(full, program)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -84,7 +96,8 @@ def _ddp_worker(rank, world, init_file, out_dir, cfg_dict):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     torch.set_num_threads(1)
-    st = TrainState(TrainConfig.from_dict(cfg_dict), DistInfo(rank, world, rank), device="cpu")
+    cfg = get_objective(cfg_dict["kind"]).Config.from_dict(cfg_dict)
+    st = TrainState(cfg, DistInfo(rank, world, rank), device="cpu")
     losses = [st.train_step().item() for _ in range(3)]
     torch.save(dict(params=[p.detach().clone() for p in st.model.parameters()],
                     grads=[p.grad.detach().clone() for p in st.model.parameters()],
@@ -92,13 +105,21 @@ def _ddp_worker(rank, world, init_file, out_dir, cfg_dict):
     dist.destroy_process_group()
 
 
-def test_ddp_ranks_stay_identical_and_equal_one_process(tmp_path):
+DDP_CONFIGS = {
+    "score": lambda: TrainConfig(data="digits", model="unet", model_kwargs=dict(TINY_UNET),
+                                 batch_size=16, sigma_data=0.5, lr=1e-3, warmup=1,
+                                 tensorboard=False),
+    "classifier": lambda: ClassifierConfig(model_kwargs=dict(TINY_ENCODER), batch_size=16,
+                                           lr=1e-3, warmup=1, tensorboard=False)}
+
+
+@pytest.mark.parametrize("program", sorted(DDP_CONFIGS))
+def test_ddp_ranks_stay_identical_and_equal_one_process(tmp_path, program):
     """2 CPU ranks (gloo), 3 steps on a global batch of 16: both ranks hold bit-identical
     parameters and gradients, equal (to float32 round-off of the all-reduce) to one process
     training on the same global batch; the ranks' losses average to the single-process loss."""
     import torch.multiprocessing as mp
-    cfg = TrainConfig(data="digits", model="unet", model_kwargs=dict(TINY_UNET), batch_size=16,
-                      sigma_data=0.5, lr=1e-3, warmup=1, tensorboard=False)
+    cfg = DDP_CONFIGS[program]()
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "pg"), str(tmp_path), cfg.to_dict()), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for key in ("params", "grads"):
@@ -120,8 +141,8 @@ def test_bf16_autocast_and_class_conditional_dit_train(tmp_path):
     st = TrainState(cfg, device="cpu")
     assert st.cfg.model_kwargs["num_classes"] == 10
     assert all(torch.isfinite(st.train_step()) for _ in range(4))
-    x0, cond, t, eps = st.global_batch()
-    assert ((cond["class_labels"] >= 0) & (cond["class_labels"] <= 10)).all()
+    labels = st.global_batch()["class_labels"]
+    assert ((labels >= 0) & (labels <= 10)).all()
 
 
 @pytest.mark.parametrize("kw,match", [

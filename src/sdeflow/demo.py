@@ -2,9 +2,9 @@
 
 1. **toy**: train the MLP on the 8-Gaussian ring; sample with an SDE (Euler–Maruyama), a PC and
    an ODE (Heun) sampler; scatter plots, PF-ODE trajectories and MMD/SW against the truth.
-2. **digits**: train the default U-Net on the embedded 8×8 digits for a few minutes; sample with
-   the same three kinds of samplers; image grids and the digits metric (FDD with its
-   train-vs-test noise floor) as JSON and a Markdown table.
+2. **digits**: train the default U-Net on the embedded 8×8 digits (a few minutes: see
+   docs/model_notes.md); sample with the same three kinds of samplers; image grids and the
+   digits metric (FDD with its train-vs-test noise floor) as JSON and a Markdown table.
 """
 from __future__ import annotations
 
@@ -13,19 +13,18 @@ from pathlib import Path
 
 import torch
 
+from .models import default_model_kwargs
 from .train import TrainConfig, load_denoiser, train
 
-__all__ = ["toy_demo", "digits_demo", "digits_config", "DIGITS_UNET"]
-
-#: the default U-Net for 8×8 digits (0.76 M parameters; ~10 steps/s at batch 64 on 2 cores)
-DIGITS_UNET = dict(channels=32, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4])
+__all__ = ["toy_demo", "digits_demo", "digits_config"]
 
 
 def digits_config(**overrides) -> TrainConfig:
-    """EDM SDE, loss and preconditioning with the default U-Net on the digits train split."""
-    kw = dict(data="digits", model="unet", model_kwargs=dict(DIGITS_UNET), sigma_data=0.5,
-              batch_size=64, lr=1e-3, ema_decay=0.999, steps=3000, ckpt_every=1000,
-              sample_every=1000)
+    """EDM SDE, loss and preconditioning with the default U-Net for 1×8×8 images
+    (:func:`~sdeflow.models.default_model_kwargs`) on the digits train split."""
+    kw = dict(data="digits", model="unet", model_kwargs=default_model_kwargs("unet", (1, 8, 8)),
+              sigma_data=0.5, batch_size=64, lr=1e-3, ema_decay=0.999, steps=3000,
+              ckpt_every=1000, sample_every=1000)
     kw.update(overrides)
     return TrainConfig(**kw).validate()
 

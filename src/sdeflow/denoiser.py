@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .sde import SDE, bcast
 
-__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "check_batch"]
+__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "check_batch", "edm_scalings"]
 
 PREDICTIONS = ("x0", "eps", "v", "score")
 
@@ -42,6 +42,16 @@ def check_batch(x, name: str = "x") -> None:
         raise ValueError(f"{name} must have a batch dimension: shape (B, ...), got {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains non-finite values")
+
+
+def edm_scalings(sde: SDE, t: Tensor, sigma_data: float, like: Tensor):
+    r"""EDM's (c_in, c_skip, c_out, c_noise) at noise level σ̃ = σ(t)/s(t) (Karras et al. 2022,
+    Table 1), the first three broadcast against ``like``: c_in = (σ̃² + σ_d²)^{-1/2},
+    c_skip = σ_d²/(σ̃² + σ_d²), c_out = σ̃σ_d c_in, c_noise = ¼ log σ̃ (shape (B,))."""
+    nu = sde.noise_level(t)
+    nu_b, sd2 = bcast(nu, like), sigma_data**2
+    c_in = (nu_b**2 + sd2).rsqrt()
+    return c_in, sd2 / (nu_b**2 + sd2), nu_b * sigma_data * c_in, 0.25 * nu.log()
 
 
 class Prediction(NamedTuple):
@@ -102,14 +112,9 @@ class Denoiser(nn.Module):
         t = self._time(x, t)
         self.nfe += 1
         if self.precondition == "edm":
-            s, nu = bcast(self.sde.s(t), x), self.sde.noise_level(t)
-            sd2 = self.sigma_data**2
-            nu_b = bcast(nu, x)
-            c_in = (nu_b**2 + sd2).rsqrt()
-            c_skip = sd2 / (nu_b**2 + sd2)
-            c_out = nu_b * self.sigma_data * c_in
-            xt = x / s
-            out = c_skip * xt + c_out * self.net(c_in * xt, 0.25 * nu.log(), **cond)
+            c_in, c_skip, c_out, c_noise = edm_scalings(self.sde, t, self.sigma_data, x)
+            xt = x / bcast(self.sde.s(t), x)
+            out = c_skip * xt + c_out * self.net(c_in * xt, c_noise, **cond)
         else:
             out = self.net(x, t, **cond)
         if out.shape != x.shape:
@@ -159,3 +164,10 @@ class Denoiser(nn.Module):
 
     def forward(self, x: Tensor, t, **cond) -> Tensor:
         return self.x0(x, t, **cond)
+
+    def with_net(self, net: Callable[..., Tensor], check_finite: bool | None = None) -> "Denoiser":
+        """The same parameterisation around another callable sharing this one's weights (e.g.
+        the DDP- or compile-wrapped network a trainer calls)."""
+        return Denoiser(net, self.sde, prediction=self.prediction, precondition=self.precondition,
+                        sigma_data=self.sigma_data,
+                        check_finite=self.check_finite if check_finite is None else check_finite)

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from .progress import progress_bar
 from .samplers import sample
 
 __all__ = ["draw_samples", "evaluate_samples"]
@@ -27,10 +28,8 @@ def draw_samples(model, cfg, n: int, *, batch: int = 500, seed: int = 0, labels=
     ``labels`` (n,) are passed as ``class_labels`` to class-conditional models."""
     device = device or next(model.parameters()).device
     xs, nfe, t0 = [], 0, time.perf_counter()
-    batches = range(0, n, batch)
-    if progress:
-        from tqdm.auto import tqdm
-        batches = tqdm(batches, desc=f"sampling ({sampling.get('solver', 'heun')})", leave=False)
+    batches = progress_bar(range(0, n, batch), desc=f"sampling ({sampling.get('solver', 'heun')})",
+                           unit="batch", leave=False, disable=not progress)
     for i, start in enumerate(batches):
         m = min(batch, n - start)
         cond = {} if labels is None else dict(class_labels=labels[start:start + m].to(device))

@@ -28,9 +28,12 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser, check_batch
+from .progress import progress_bar
 from .reverse import pf_ode_drift
-from .samplers.registry import Context, get_solver
-from .samplers.rk import DOPRI5, TABLEAUX, rk_adaptive, rk_fixed, select_rows
+from .rng import make_generator
+from .samplers.adaptive import select_rows
+from .samplers.registry import Context, get_solver, list_solvers
+from .samplers.rk import rk_adaptive, rk_fixed, rk_tableau
 from .schedules import get_timesteps
 
 __all__ = ["log_likelihood", "bits_per_dim", "BitsPerDim", "encode", "decode", "slerp",
@@ -79,19 +82,21 @@ def _check_data(model: Denoiser, x: Tensor) -> None:
 def _integrate(F: Callable, y: Tensor, model: Denoiser, t0: float, t1: float, solver: str,
                steps: int | None, schedule: str | None, rtol: float, atol: float,
                ctx: Context) -> Tensor:
-    """Integrate dy/dt = F(t, y) from t0 to t1 with an RK method by name."""
-    if solver == "rk45":
+    """Integrate dy/dt = F(t, y) from t0 to t1 with a registered Runge–Kutta solver by name."""
+    try:
+        tab = rk_tableau(solver)
+    except ValueError as e:
+        raise ValueError(f"unknown solver {solver!r} for the likelihood ODE: {e}") from None
+    info = get_solver(solver)
+    if info.adaptive:
         if steps is not None:
-            raise ValueError("rk45 is adaptive: set rtol/atol, not steps")
-        return rk_adaptive(F, y, t0, t1, DOPRI5, rtol=rtol, atol=atol, ctx=ctx)
-    if solver not in ("euler", "heun", "rk4"):
-        raise ValueError(f"unknown solver {solver!r} for the likelihood ODE; "
-                         f"choices: ['euler', 'heun', 'rk4', 'rk45']")
-    steps = get_solver(solver).default_steps if steps is None else steps
+            raise ValueError(f"{solver} is adaptive: set rtol/atol, not steps")
+        return rk_adaptive(F, y, t0, t1, tab, rtol=rtol, atol=atol, ctx=ctx)
+    steps = info.default_steps if steps is None else steps
     lo, hi = min(t0, t1), max(t0, t1)
     ts = get_timesteps(model.sde, steps, schedule, t_start=hi, t_end=lo, dtype=y.dtype,
                        device=y.device)
-    return rk_fixed(F, y, ts if t0 > t1 else ts.flip(0), TABLEAUX[solver], ctx)
+    return rk_fixed(F, y, ts if t0 > t1 else ts.flip(0), tab, ctx)
 
 
 def log_likelihood(model: Denoiser, x: Tensor, *, divergence: str = "exact", n_probes: int = 1,
@@ -108,7 +113,8 @@ def log_likelihood(model: Denoiser, x: Tensor, *, divergence: str = "exact", n_p
         divergence: ``"exact"`` (D vector–Jacobian products per evaluation, batched) or
             ``"hutchinson"`` (``n_probes`` ``probe`` vectors, drawn once per call).
         solver: ``"rk45"`` (adaptive, per-sample step control, ``rtol``/``atol``) or a fixed-step
-            ``"euler"``, ``"heun"``, ``"rk4"`` with ``steps`` on ``schedule``.
+            Runge–Kutta solver (``"euler"``, ``"heun"``, ``"rk4"``; any name of
+            :data:`~sdeflow.samplers.rk.RK_SOLVERS`) with ``steps`` on ``schedule``.
         prior_log_prob: log-density at t_end (default: the SDE's Gaussian prior).
         return_stats: also return ``nfe`` (network evaluations; each is followed by one batched
             backward pass), ``seconds``, ``prior`` (log p_T(x(T))) and ``delta`` (∫∇·v dt).
@@ -126,8 +132,7 @@ def log_likelihood(model: Denoiser, x: Tensor, *, divergence: str = "exact", n_p
     sde.check_t(torch.tensor([t0, t1]), "t_start/t_end")
     if not t1 > t0:
         raise ValueError(f"need t_end > t_start, got {t1} and {t0}")
-    if seed is not None:
-        generator = torch.Generator(device=x.device).manual_seed(int(seed))
+    generator = make_generator(seed, generator, x.device)
     cond = cond or {}
     shape, B = x.shape, x.shape[0]
     probes = None if divergence == "exact" else _draw_probes(x, n_probes, probe, generator)
@@ -139,10 +144,7 @@ def log_likelihood(model: Denoiser, x: Tensor, *, divergence: str = "exact", n_p
         return torch.cat([v.reshape(y.shape[0], -1), div[:, None]], dim=1)
 
     y0 = torch.cat([x.reshape(B, -1), x.new_zeros(B, 1)], dim=1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(desc="likelihood ODE", leave=False, unit="step")
+    bar = progress_bar(desc="likelihood ODE", leave=False, unit="step") if progress else None
     ctx = Context(progress=bar)
     nfe0, start = model.nfe, time.perf_counter()
     try:
@@ -206,8 +208,7 @@ def bits_per_dim(model: Denoiser, x: Tensor, *, num_bins: int = 256,
     a, b = map(float, data_range)
     if not b > a:
         raise ValueError(f"data_range must be (low, high) with high > low, got {data_range}")
-    if seed is not None:
-        generator = torch.Generator(device=x.device).manual_seed(int(seed))
+    generator = make_generator(seed, generator, x.device)
     D = xf[0].numel()
     offset_bits = math.log2(num_bins / (b - a))
     nats, nfe = [], 0
@@ -228,7 +229,7 @@ def _ode_grid(model: Denoiser, solver: str, steps, schedule, x: Tensor):
     info = get_solver(solver)
     if info.kind != "ode":
         raise ValueError(f"encoding needs a deterministic ODE solver, not {solver!r}; choices: "
-                         f"{sorted(n for n in ('euler', 'heun', 'rk4', 'rk45', 'ddim'))}")
+                         f"{list_solvers('ode')}")
     if info.adaptive and steps is not None:
         raise ValueError(f"solver {solver!r} is adaptive: set rtol/atol, not steps")
     n = 1 if info.adaptive else (info.default_steps if steps is None else steps)

@@ -34,7 +34,7 @@ x_j = a_j x_0 + Σ_k c_jk x̂0_k (:mod:`sdeflow.samplers.bespoke`) and written i
 at the start, so the search starts from the named solver on the best named grid. The result
 is the ``"bns"`` solver with the unrolled (a, c) — same NFE as the starting solver. It has
 ~(w + 1) parameters per step besides the grid, so it wants more calibration draws than a grid
-(512 for the 64-D mixture benchmark).
+(how many: docs/solver_notes.md).
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .progress import progress_bar
 from .samplers import get_solver, sample
 from .samplers.registry import Context
 from .schedules import check_timesteps, get_timesteps
@@ -161,10 +162,36 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     made the validation error worse. That comparison leaves out the worst ``validation_trim``
     fraction of draws of each: in high dimension a draw near the boundary between two modes
     lands in the other mode after almost any perturbation, and one such draw moves the RMS error
-    of hundreds by more than the solver's typical error does (measured on the 64-D mixture at 12
-    NFE: one such draw for the start, two for a tuned BNS solver whose error on the rest was 12×
-    smaller)."""
-    from .samplers.bespoke import linear_coefficients, step_form, unrolled_form
+    of hundreds by more than the solver's typical error does (docs/solver_notes.md)."""
+    _check_request(solver, steps, method, coefficients, window)
+    cond = cond or {}
+    ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
+    with torch.no_grad():
+        if reference is None:
+            reference = sample(model, x_cal, cond=cond, **ref_opts)
+        if x_heldout is not None and reference_heldout is None:
+            reference_heldout = sample(model, x_heldout, cond=cond, **ref_opts)
+    obj = _Objective(model, solver, steps, solver_opts, cond, free_end, coefficients, window,
+                     coef_scale)
+    cal = (x_cal, reference)
+    starts = {name: obj.start(get_timesteps(model.sde, steps, name), *cal)
+              for name in start_schedules}
+    start_name = min(starts, key=lambda k: starts[k][0])
+    params, best, evals = _search(obj, cal, starts[start_name][1], len(starts), method,
+                                  max_evals, progress, lr=lr, step0=step0, min_step=min_step)
+    ts_list, name, opts = obj.record(params)
+    out = TunedSchedule(solver=name, steps=steps, timesteps=ts_list, sde=model.sde.config(),
+                        calibration_loss=best, start_loss=starts[start_name][0],
+                        start_schedule=start_name, n_calibration=len(x_cal),
+                        calibration_seed=calibration_seed, evaluations=evals,
+                        solver_opts=opts, method=method, free_end=free_end, base_solver=solver)
+    if x_heldout is not None:
+        _validate(out, obj, params, starts[start_name][2], (x_heldout, reference_heldout),
+                  validation_trim)
+    return out
+
+
+def _check_request(solver: str, steps: int, method: str, coefficients: bool, window) -> None:
     info = get_solver(solver)
     if info.kind != "ode" or info.adaptive:
         raise ValueError(f"tuning needs a fixed-step ODE solver; {solver!r} is "
@@ -175,96 +202,100 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
         raise ValueError(f"unknown tuning method {method!r}; choices: ['gradient', 'pattern']")
     if coefficients and method != "gradient":
         raise ValueError("tuning the coefficients needs method='gradient'")
-    sde = model.sde
-    cond = cond or {}
-    ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
-    if reference is None:
-        with torch.no_grad():
-            reference = sample(model, x_cal, cond=cond, **ref_opts)
-    if x_heldout is not None and reference_heldout is None:
-        with torch.no_grad():
-            reference_heldout = sample(model, x_heldout, cond=cond, **ref_opts)
+    if window is not None and window < 1:
+        raise ValueError(f"window must be ≥ 1, got {window}")
 
-    t_start, t_end = float(sde.T), float(sde.t_min)
-    n_theta = steps + 1 if free_end else steps
-    rows, cols = torch.tril_indices(steps, steps)
-    if window is not None:
-        if window < 1:
-            raise ValueError(f"window must be ≥ 1, got {window}")
-        band = rows - cols < window
-        rows, cols = rows[band], cols[band]
 
-    def unpack(p: Tensor):
+class _Objective:
+    """What is tuned and how it is scored: params p = (θ, δ, Δ) (module docstring) → grid,
+    solver and options; per-draw mean squared errors of the denoised output vs a reference."""
+
+    def __init__(self, model, solver: str, steps: int, solver_opts: dict, cond: dict,
+                 free_end: bool, coefficients: bool, window: int | None, coef_scale: float):
+        self.model, self.solver, self.steps, self.opts, self.cond = model, solver, steps, \
+            solver_opts, cond
+        self.free_end, self.coefficients, self.coef_scale = free_end, coefficients, coef_scale
+        sde = model.sde
+        self.t_start, self.t_end = float(sde.T), float(sde.t_min)
+        self.n_theta = steps + 1 if free_end else steps
+        rows, cols = torch.tril_indices(steps, steps)
+        if window is not None:
+            band = rows - cols < window
+            rows, cols = rows[band], cols[band]
+        self.rows, self.cols = rows, cols
+
+    def unpack(self, p: Tensor):
         """params → (grid, solver name, its options)."""
-        ts = timesteps_from_theta(sde, p[:n_theta], t_start, t_end, free_end=free_end)
-        if not coefficients:
-            return ts, solver, solver_opts
-        a, c = step_form(*linear_coefficients(sde, solver, ts, **solver_opts))
-        a = a * torch.exp(coef_scale * p[n_theta:n_theta + steps])
+        from .samplers.bespoke import linear_coefficients, step_form, unrolled_form
+        sde, n, steps = self.model.sde, self.n_theta, self.steps
+        ts = timesteps_from_theta(sde, p[:n], self.t_start, self.t_end, free_end=self.free_end)
+        if not self.coefficients:
+            return ts, self.solver, self.opts
+        a, c = step_form(*linear_coefficients(sde, self.solver, ts, **self.opts))
+        a = a * torch.exp(self.coef_scale * p[n:n + steps])
         delta = torch.zeros(steps, steps, dtype=c.dtype, device=c.device)
-        delta = delta.index_put((rows, cols), coef_scale * p[n_theta + steps:])
+        delta = delta.index_put((self.rows, self.cols), self.coef_scale * p[n + steps:])
         return ts, "bns", dict(zip("ac", unrolled_form(a, c + sde.s(ts[1:])[:, None] * delta)))
 
-    def error(ts, name, opts, x=x_cal, ref=reference) -> Tensor:
+    def error(self, ts, name, opts, x: Tensor, ref: Tensor) -> Tensor:
         """Per-draw mean squared error of the solver's denoised output."""
         ts = ts.to(dtype=x.dtype, device=x.device)
-        out = get_solver(name).fn(model, x, ts, Context(cond=cond), **opts)
-        return (model.x0(out, ts[-1], **cond) - ref).pow(2).flatten(1).mean(1)
+        out = get_solver(name).fn(self.model, x, ts, Context(cond=self.cond), **opts)
+        return (self.model.x0(out, ts[-1], **self.cond) - ref).pow(2).flatten(1).mean(1)
 
-    def rmse(p: Tensor) -> Tensor:
-        return error(*unpack(p)).mean().sqrt()
-
-    def per_draw(p: Tensor | None, x=x_cal, ref=reference, ts=None) -> Tensor:
+    def per_draw(self, p: Tensor | None, x: Tensor, ref: Tensor, ts=None) -> Tensor:
         """Per-draw errors of params ``p`` (or of the base solver on ``ts``), no gradient."""
         with torch.no_grad():
-            return error(*(unpack(p) if ts is None else (ts, solver, solver_opts)), x=x, ref=ref)
+            run = self.unpack(p) if ts is None else (ts, self.solver, self.opts)
+            return self.error(*run, x, ref)
+
+    def start(self, ts: Tensor, x: Tensor, ref: Tensor):
+        """(loss, params, grid) of a named grid with the solver's own coefficients."""
+        th = theta_from_timesteps(self.model.sde, ts, self.t_end if self.free_end else None)
+        extra = self.steps + len(self.rows) if self.coefficients else 0
+        th = torch.cat([th, torch.zeros(extra, dtype=th.dtype)])
+        return _trimmed_rms(self.per_draw(None, x, ref, ts=ts)), th, ts
+
+    def record(self, p: Tensor):
+        """params → JSON-ready (grid, solver name, options)."""
+        ts, name, opts = self.unpack(p.detach())
+        return ts.tolist(), name, {k: (v.tolist() if torch.is_tensor(v) else v)
+                                   for k, v in opts.items()}
+
+
+def _search(obj: _Objective, cal, params0: Tensor, evals: int, method: str, max_evals: int,
+            progress: bool, **search_opts):
+    """Run the search from ``params0``; returns (params, calibration loss, evaluations)."""
+    def rmse(p: Tensor) -> Tensor:
+        return obj.error(*obj.unpack(p), *cal).mean().sqrt()
 
     def loss(p: Tensor) -> float:
-        return _trimmed_rms(per_draw(p))
-
-    starts = {}
-    for name in start_schedules:
-        ts = get_timesteps(sde, steps, name)
-        th = theta_from_timesteps(sde, ts, t_end if free_end else None)
-        th = torch.cat([th, torch.zeros(steps + len(rows) if coefficients else 0, dtype=th.dtype)])
-        starts[name] = (_trimmed_rms(per_draw(None, ts=ts)), th, ts)
-    start_name = min(starts, key=lambda k: starts[k][0])
-    params0 = starts[start_name][1]
+        return _trimmed_rms(obj.per_draw(p, *cal))
     best = loss(params0)
-    evals = len(starts) + 1
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=max_evals, initial=evals, desc=f"tuning {solver} ({steps} steps)")
+    evals += 1
+    bar = progress_bar(total=max_evals, initial=evals,
+                       desc=f"tuning {obj.solver} ({obj.steps} steps)") if progress else None
     params = params0
     if len(params) > 1:
         search = _adam if method == "gradient" else _pattern
-        params, best, evals = search(rmse, loss, params0, best, evals, max_evals, bar, lr=lr,
-                                     step0=step0, min_step=min_step)
+        params, best, evals = search(rmse, loss, params0, best, evals, max_evals, bar,
+                                     **search_opts)
     if bar is not None:
         bar.close()
+    return params, best, evals
 
-    def record(p):
-        ts, name, opts = unpack(p.detach())
-        return ts.tolist(), name, {k: (v.tolist() if torch.is_tensor(v) else v)
-                                   for k, v in opts.items()}
-    ts_list, name, opts = record(params)
-    out = TunedSchedule(solver=name, steps=steps, timesteps=ts_list, sde=sde.config(),
-                        calibration_loss=best, start_loss=starts[start_name][0],
-                        start_schedule=start_name, n_calibration=len(x_cal),
-                        calibration_seed=calibration_seed, evaluations=evals,
-                        solver_opts=opts, method=method, free_end=free_end, base_solver=solver)
-    if x_heldout is not None:
-        ts0 = starts[start_name][2]
-        tuned = per_draw(params, x_heldout, reference_heldout)
-        start = per_draw(None, x_heldout, reference_heldout, ts=ts0)
-        out.heldout_loss, out.heldout_start_loss = _trimmed_rms(tuned), _trimmed_rms(start)
-        if _trimmed_rms(tuned, validation_trim) > _trimmed_rms(start, validation_trim):
-            # the tuned grid fitted the calibration draws' outliers, not the solver's error:
-            # keep the starting schedule (validation on draws the search never saw)
-            out.timesteps = ts0.tolist()
-            out.solver, out.solver_opts, out.kept_start = solver, dict(solver_opts), True
-    return out
+
+def _validate(out: TunedSchedule, obj: _Objective, params: Tensor, ts0: Tensor, heldout,
+              trim: float) -> None:
+    """Held-out losses of the tuned and the starting grid into ``out``; keep the start if the
+    tuned one is worse on the held-out draws (leaving out the worst ``trim`` of each)."""
+    tuned, start = obj.per_draw(params, *heldout), obj.per_draw(None, *heldout, ts=ts0)
+    out.heldout_loss, out.heldout_start_loss = _trimmed_rms(tuned), _trimmed_rms(start)
+    if _trimmed_rms(tuned, trim) > _trimmed_rms(start, trim):
+        # the tuned grid fitted the calibration draws' outliers, not the solver's error:
+        # keep the starting schedule (validation on draws the search never saw)
+        out.timesteps = ts0.tolist()
+        out.solver, out.solver_opts, out.kept_start = obj.solver, dict(obj.opts), True
 
 
 def _trimmed_rms(per_draw: Tensor, trim: float = 0.0) -> float:

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 __all__ = ["ImageData", "digits", "image_folder", "torchvision_data", "hf_data", "to_unit_range",
-           "IMAGE_SUFFIXES"]
+           "IMAGE_SUFFIXES", "pil_to_tensor", "resize"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _DIGITS = Path(__file__).with_name("digits.csv.gz")
@@ -66,7 +66,7 @@ def to_unit_range(x: Tensor, max_value: float) -> Tensor:
     return (x.to(torch.float32) / max_value) * 2 - 1
 
 
-def _resize(x: Tensor, resolution: int | None) -> Tensor:
+def resize(x: Tensor, resolution: int | None) -> Tensor:
     if resolution is None or x.shape[-1] == resolution and x.shape[-2] == resolution:
         return x
     h, w = x.shape[-2:]
@@ -88,10 +88,10 @@ def digits(split: str = "train", resolution: int | None = None) -> ImageData:
     y = torch.from_numpy(table[:, 64]).long()
     test = torch.arange(len(x)) % 5 == 0
     keep = {"train": ~test, "test": test, "all": torch.ones_like(test)}[split]
-    return ImageData(_resize(x[keep], resolution), y[keep], 10, tuple(str(i) for i in range(10)))
+    return ImageData(resize(x[keep], resolution), y[keep], 10, tuple(str(i) for i in range(10)))
 
 
-def _pil_to_tensor(img, channels: int) -> Tensor:
+def pil_to_tensor(img, channels: int) -> Tensor:
     img = img.convert("L" if channels == 1 else "RGB")
     a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
     a = a[None] if a.ndim == 2 else a.permute(2, 0, 1)
@@ -114,7 +114,7 @@ def image_folder(root, resolution: int = 32, channels: int = 3) -> ImageData:
     xs = []
     for p in files:
         with Image.open(p) as img:
-            xs.append(_resize(_pil_to_tensor(img, channels)[None], resolution)[0])
+            xs.append(resize(pil_to_tensor(img, channels)[None], resolution)[0])
     x = torch.stack(xs)
     if not classes:
         return ImageData(x)
@@ -134,7 +134,7 @@ def torchvision_data(name: str, root: str = "data", train: bool = True, resoluti
     if not hasattr(tvd, name):
         raise ValueError(f"torchvision.datasets has no data set {name!r}")
     ds = getattr(tvd, name)(root=root, train=train, download=download)
-    xs, ys = zip(*((_resize(_pil_to_tensor(img, channels)[None], resolution)[0], int(lab))
+    xs, ys = zip(*((resize(pil_to_tensor(img, channels)[None], resolution)[0], int(lab))
                    for img, lab in ds))
     classes = tuple(getattr(ds, "classes", ()))
     return ImageData(torch.stack(xs), torch.tensor(ys), len(classes) or int(max(ys)) + 1, classes)
@@ -150,7 +150,7 @@ def hf_data(name: str, split: str = "train", image_key: str = "image", label_key
     ds = datasets.load_dataset(name, split=split)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    x = torch.stack([_resize(_pil_to_tensor(r[image_key], channels)[None], resolution)[0] for r in ds])
+    x = torch.stack([resize(pil_to_tensor(r[image_key], channels)[None], resolution)[0] for r in ds])
     if label_key is None or label_key not in ds.column_names:
         return ImageData(x)
     y = torch.tensor(ds[label_key])

@@ -11,26 +11,17 @@ every prediction of a Denoiser, so all samplers (SDE, PC, ODE, exponential integ
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..checkpoint import read_checkpoint, save_checkpoint
-from ..data import get_data, list_data, list_toy
-from ..denoiser import Denoiser, Prediction
-from ..models.classifier import build_classifier, list_classifiers
-from ..sde import SDE, bcast, get_sde, list_sdes
+from ..denoiser import Denoiser, Prediction, edm_scalings
+from ..sde import SDE, bcast
 from .base import GuidedDenoiser, shift_score
 
-__all__ = ["NoisyClassifier", "ClassifierGuidance", "ClassifierConfig", "train_classifier",
-           "load_classifier", "sample_noise_levels", "classifier_accuracy"]
+__all__ = ["NoisyClassifier", "ClassifierGuidance", "sample_noise_levels", "classifier_accuracy"]
 
 
 class NoisyClassifier(nn.Module):
@@ -46,9 +37,8 @@ class NoisyClassifier(nn.Module):
     def forward(self, x: Tensor, t) -> Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        s, nu = self.sde.s(t), self.sde.noise_level(t)
-        c_in = bcast((nu**2 + self.sigma_data**2).rsqrt() / s, x)
-        return self.net(c_in * x, 0.25 * nu.log())
+        c_in, _, _, c_noise = edm_scalings(self.sde, t, self.sigma_data, x)
+        return self.net(c_in / bcast(self.sde.s(t), x) * x, c_noise)
 
 
 class ClassifierGuidance(GuidedDenoiser):
@@ -98,161 +88,12 @@ class ClassifierGuidance(GuidedDenoiser):
         return shift_score(p, x, t, self.sde, w * self.grad_log_prob(x, t, y))
 
 
-# --- training -----------------------------------------------------------------------------------
-
 def sample_noise_levels(sde: SDE, n: int, generator=None, dtype=torch.float32) -> Tensor:
     """Times whose noise level σ̃ is log-uniform on [σ̃(t_min), σ̃(T)]: a classifier must be
     right along the whole trajectory, not only where the denoiser's loss weighting looks."""
     lo, hi = (sde.noise_level(torch.tensor(v, dtype=torch.float64)).log() for v in (sde.t_min, sde.T))
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     return sde.t_from_noise_level((lo + (hi - lo) * u).exp()).to(dtype)
-
-
-@dataclass
-class ClassifierConfig:
-    """A noise-conditional classifier run; saved as JSON beside each checkpoint."""
-
-    data: str = "digits"
-    data_kwargs: dict = field(default_factory=dict)
-    sde: str = "edm"
-    sde_kwargs: dict = field(default_factory=dict)
-    sigma_data: float = 0.5
-    model: str = "encoder"
-    model_kwargs: dict = field(default_factory=dict)
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup: int = 100
-    ema_decay: float = 0.999
-    seed: int = 0
-    ckpt_every: int = 1000
-    keep: int = 2
-    log_every: int = 50
-    kind: str = "classifier"
-    shape: list | None = None
-    num_classes: int = 0
-
-    def validate(self) -> "ClassifierConfig":
-        checks = [(self.data in list_data(), f"data {self.data!r} not in {list_data()}"),
-                  (self.sde in list_sdes(), f"sde {self.sde!r} not in {list_sdes()}"),
-                  (self.model in list_classifiers(), f"model {self.model!r} not in {list_classifiers()}"),
-                  ((self.model == "mlp") == (self.data in list_toy()),
-                   "use model 'mlp' for toy data and 'encoder' for images"),
-                  (self.steps > 0 and self.batch_size > 0 and self.lr > 0, "steps, batch_size and lr must be positive"),
-                  (0 <= self.ema_decay < 1, "ema_decay must lie in [0, 1)"),
-                  (self.kind == "classifier", "kind must be 'classifier'")]
-        bad = [msg for ok, msg in checks if not ok]
-        if bad:
-            raise ValueError("invalid classifier config: " + "; ".join(bad))
-        return self
-
-    def resolved(self, data) -> "ClassifierConfig":
-        cfg = copy.deepcopy(self)
-        if not data.num_classes or getattr(data, "y", None) is None:
-            raise ValueError(f"data {cfg.data!r} has no labels to train a classifier on")
-        cfg.shape, cfg.num_classes = list(data.shape), int(data.num_classes)
-        kw = cfg.model_kwargs
-        kw.setdefault("num_classes", cfg.num_classes)
-        if cfg.model == "mlp":
-            kw.setdefault("dim", math.prod(cfg.shape))
-        else:
-            kw.setdefault("in_channels", cfg.shape[0])
-            kw.setdefault("resolution", cfg.shape[-1])
-        return cfg
-
-
-def _build(cfg: ClassifierConfig) -> NoisyClassifier:
-    clf = NoisyClassifier(build_classifier(cfg.model, **cfg.model_kwargs),
-                          get_sde(cfg.sde, **cfg.sde_kwargs), cfg.sigma_data)
-    clf.num_classes = cfg.num_classes
-    return clf
-
-
-def train_classifier(cfg: ClassifierConfig, run_dir, *, resume: bool = False,
-                     progress: bool = True, device=None) -> NoisyClassifier:
-    """Cross-entropy on x_t = s x0 + σ ε at log-uniform noise levels; AdamW with warm-up, EMA,
-    atomic checkpoints (resumable: one CPU generator draws every batch). Returns the EMA model."""
-    cfg.validate()
-    data = get_data(cfg.data, **cfg.data_kwargs)
-    run_dir = Path(run_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ck = read_checkpoint(run_dir) if resume and (run_dir / "latest").is_file() else None
-    if ck is not None:
-        saved = ClassifierConfig(**ck["config"])
-        if dataclasses.replace(saved, steps=cfg.steps) != dataclasses.replace(cfg.resolved(data), steps=cfg.steps):
-            raise ValueError("the config differs from the checkpoint's; resume with the same settings")
-    cfg = cfg.resolved(data)
-    torch.manual_seed(cfg.seed)
-    model = _build(cfg).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(cfg.seed)
-    step = 0
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["state"]["optimizer"])
-        g.set_state(ck["state"]["generator"])
-        step = int(ck["state"]["step"])
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, desc="training classifier", unit="step")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "loss.csv"
-    kept = []  # on resume, drop what a killed run logged after its checkpoint
-    if step and path.exists():
-        kept = [r for r in path.read_text().splitlines()[1:] if r and int(r.split(",")[0]) <= step]
-    log = open(path, "w")
-    log.write("\n".join(["step,loss,accuracy", *kept]) + "\n")
-    sde = model.sde
-    try:
-        while step < cfg.steps:
-            x0, y = data.draw(cfg.batch_size, g)
-            t = sample_noise_levels(sde, cfg.batch_size, g)
-            eps = torch.randn(x0.shape, generator=g)
-            x0, y, t, eps = (v.to(device) for v in (x0, y, t, eps))
-            xt = bcast(sde.s(t), x0) * x0 + bcast(sde.sigma(t), x0) * eps
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-            model.train()
-            logits = model(xt, t)
-            loss = F.cross_entropy(logits, y.long())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
-            step += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                acc = (logits.argmax(1) == y).float().mean().item()
-                log.write(f"{step},{loss.item():.6g},{acc:.4f}\n")
-                log.flush()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
-            if bar is not None:
-                bar.update(1)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_checkpoint(run_dir, step, dataclasses.asdict(cfg), model.state_dict(),
-                                ema.state_dict(), dict(step=step, optimizer=opt.state_dict(),
-                                                       generator=g.get_state()), keep=cfg.keep)
-    finally:
-        log.close()
-        if bar is not None:
-            bar.close()
-    return ema.eval()
-
-
-def load_classifier(path, device=None) -> NoisyClassifier:
-    """The EMA classifier of a run directory or checkpoint folder."""
-    ck = read_checkpoint(path, with_state=False)
-    if ck["config"].get("kind") != "classifier":
-        raise ValueError(f"{path} is not a classifier checkpoint (train one with "
-                         "`sdeflow train-classifier`)")
-    model = _build(ClassifierConfig(**ck["config"]).validate())
-    model.load_state_dict(ck["ema"])
-    return model.eval().requires_grad_(False).to(device or "cpu")
 
 
 @torch.no_grad()
@@ -266,6 +107,6 @@ def classifier_accuracy(classifier: NoisyClassifier, x0: Tensor, y: Tensor,
         lo = sde.noise_level(torch.tensor(sde.t_min, dtype=torch.float64))
         t = sde.t_from_noise_level(torch.tensor(max(float(nu), float(lo)), dtype=torch.float64))
         t = t.to(x0.dtype).expand(x0.shape[0])
-        xt = bcast(sde.s(t), x0) * x0 + bcast(sde.sigma(t), x0) * torch.randn(x0.shape, generator=g).to(x0)
+        xt = sde.marginal(x0, t, torch.randn(x0.shape, generator=g).to(x0))
         out[f"{float(nu):g}"] = (classifier(xt, t).argmax(1).cpu() == y.cpu()).float().mean().item()
     return out

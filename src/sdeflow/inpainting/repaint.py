@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
+from ..progress import progress_bar
+from ..rng import make_generator
 from ..samplers.registry import Context, get_solver
 from ..schedules import get_timesteps
 from ..sde import bcast
@@ -59,18 +61,13 @@ def repaint(model: Denoiser, y: Tensor, mask: Tensor, *, steps: int = 250, jump_
         raise ValueError(f"RePaint needs a fixed-grid one-step solver, not the adaptive {solver!r}")
     obs = Observation(y, mask, basis)
     sde = model.sde
-    if seed is not None:
-        if generator is not None:
-            raise ValueError("give either seed or generator, not both")
-        generator = torch.Generator(device=y.device).manual_seed(int(seed))
+    generator = make_generator(seed, generator, y.device)
     ts = get_timesteps(sde, steps, schedule, dtype=y.dtype, device=y.device)
     x = sde.prior_sample(tuple(y.shape), generator=generator, dtype=y.dtype, device=y.device) \
         if x_T is None else x_T
     path = repaint_schedule(steps, jump_length, resamplings)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(path) - 1, desc=f"RePaint ({solver})", leave=False)
+    bar = progress_bar(total=len(path) - 1, desc=f"RePaint ({solver})",
+                       leave=False) if progress else None
     ctx = Context(generator=generator, cond=cond or {}, progress=bar,
                   constraint=obs.constraint(sde))
     ones = torch.ones(y.shape[0], dtype=y.dtype, device=y.device)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..progress import progress_bar
 from .frechet import frechet_distance
 
 __all__ = ["DigitsClassifier", "train_digits_classifier", "load_digits_classifier",
@@ -72,11 +73,7 @@ def train_digits_classifier(epochs: int = 60, seed: int = 0, progress: bool = Fa
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     steps = epochs * math.ceil(len(data) / 64)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    it = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="digits classifier")
-    for _ in it:
+    for _ in progress_bar(range(epochs), desc="digits classifier", unit="epoch", disable=not progress):
         perm = torch.randperm(len(data), generator=g)
         for i in range(0, len(data), 64):
             idx = perm[i:i + 64]

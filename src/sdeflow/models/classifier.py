@@ -12,24 +12,33 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .args import (DROPOUT, EMBEDDING, INT_LIST, NONNEGATIVE_INT, POSITIVE_INT,
+                   POSITIVE_INT_LIST, Relation, checked_args, int_at_least)
 from .conditioning import ConditionEmbedding, norm_groups
 from .mlp import MLP
-from .unet import AttentionBlock, ResBlock
+from .unet import LEVEL_RELATIONS, AttentionBlock, ResBlock, uneven_attention_widths
 
 __all__ = ["EncoderClassifier", "MLPClassifier", "build_classifier", "list_classifiers"]
+
+_CLASSES = int_at_least(2)
+_ENCODER_RULES = dict(
+    num_classes=_CLASSES, in_channels=POSITIVE_INT, resolution=POSITIVE_INT,
+    channels=POSITIVE_INT, channel_mult=POSITIVE_INT_LIST, num_res_blocks=POSITIVE_INT,
+    attn_resolutions=INT_LIST, dropout=DROPOUT, embedding=EMBEDDING)
+_ENCODER_HEADS = Relation(  # AttentionBlock's default head size, 64
+    "channels", lambda a: not uneven_attention_widths(a, 64, middle=False),
+    lambda a: f"a width whose attention layers split into whole 64-channel heads "
+              f"(widths {uneven_attention_widths(a, 64, middle=False)} do not split)")
 
 
 class EncoderClassifier(nn.Module):
     """Images (B, C, H, W), c (B,) → logits (B, num_classes)."""
 
+    @checked_args("encoder classifier", _ENCODER_RULES, *LEVEL_RELATIONS, _ENCODER_HEADS)
     def __init__(self, num_classes: int, in_channels: int = 1, resolution: int = 8,
                  channels: int = 32, channel_mult=(1, 2), num_res_blocks: int = 1,
                  attn_resolutions=(), dropout: float = 0.0, embedding: str = "fourier"):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError("a classifier needs at least 2 classes")
-        if resolution % 2 ** (len(channel_mult) - 1):
-            raise ValueError(f"resolution {resolution} is not divisible by 2^{len(channel_mult) - 1}")
         self.in_channels = in_channels
         emb = 4 * channels
         self.cond = ConditionEmbedding(channels, emb, 0, embedding)
@@ -61,10 +70,11 @@ class EncoderClassifier(nn.Module):
 class MLPClassifier(MLP):
     """Vectors (B, D), c (B,) → logits (B, num_classes): the denoiser MLP with a class head."""
 
+    @checked_args("mlp classifier", dict(num_classes=_CLASSES, dim=POSITIVE_INT,
+                                         hidden=POSITIVE_INT, depth=NONNEGATIVE_INT,
+                                         emb_dim=POSITIVE_INT))
     def __init__(self, num_classes: int, dim: int = 2, hidden: int = 128, depth: int = 3,
                  emb_dim: int = 64):
-        if num_classes < 2:
-            raise ValueError("a classifier needs at least 2 classes")
         super().__init__(dim, hidden, depth, emb_dim, out_dim=num_classes)
 
 
@@ -76,6 +86,7 @@ def list_classifiers() -> list[str]:
 
 
 def build_classifier(name: str, **kwargs) -> nn.Module:
+    """The classifier ``name`` built with ``kwargs`` (checked as :func:`~sdeflow.models.build_model`)."""
     if name not in _CLASSIFIERS:
         raise ValueError(f"unknown classifier {name!r}; choices: {list_classifiers()}")
     return _CLASSIFIERS[name](**kwargs)

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .args import (DROPOUT, EMBEDDING, NONNEGATIVE_INT, OPTIONAL_POSITIVE_INT,
+                   OPTIONAL_POSITIVE_REAL, POSITIVE_INT, POSITIVE_REAL, Relation, checked_args)
 from .conditioning import ConditionEmbedding
 
 __all__ = ["DiT", "DiTBlock", "sincos_2d"]
@@ -64,6 +66,19 @@ class DiTBlock(nn.Module):
         return h + g2[:, None] * self.mlp(_modulate(self.norm2(h), sh2, sc2))
 
 
+_DIT_RULES = dict(
+    in_channels=POSITIVE_INT, out_channels=OPTIONAL_POSITIVE_INT, resolution=POSITIVE_INT,
+    patch_size=POSITIVE_INT, hidden=POSITIVE_INT, depth=NONNEGATIVE_INT, heads=POSITIVE_INT,
+    mlp_ratio=POSITIVE_REAL, dropout=DROPOUT, embedding=EMBEDDING,
+    embedding_scale=OPTIONAL_POSITIVE_REAL, num_classes=NONNEGATIVE_INT,
+    cond_channels=NONNEGATIVE_INT)
+_DIT_RELATIONS = (
+    Relation("resolution", lambda a: a["resolution"] % a["patch_size"] == 0,
+             lambda a: f"divisible by patch_size {a['patch_size']}"),
+    Relation("hidden", lambda a: a["hidden"] % 4 == 0 and a["hidden"] % a["heads"] == 0,
+             lambda a: f"a multiple of 4 (2-D sin-cos positions) and of heads {a['heads']}"))
+
+
 class DiT(nn.Module):
     """x (B, C, H, W), c (B,) → (B, C_out, H, W); see the module docstring.
 
@@ -74,14 +89,13 @@ class DiT(nn.Module):
         cond_channels: channels of a conditioning image concatenated to x before patchifying.
     """
 
+    @checked_args("dit", _DIT_RULES, *_DIT_RELATIONS)
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, resolution: int = 8,
                  patch_size: int = 2, hidden: int = 192, depth: int = 6, heads: int = 3,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, embedding: str = "fourier",
                  embedding_scale: float | None = None, num_classes: int = 0,
                  cond_channels: int = 0):
         super().__init__()
-        if resolution % patch_size:
-            raise ValueError(f"resolution {resolution} is not divisible by patch_size {patch_size}")
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
         self.cond_channels, self.resolution, self.p = cond_channels, resolution, patch_size
         self.grid = resolution // patch_size

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .args import (EMBEDDING, NONNEGATIVE_INT, OPTIONAL_POSITIVE_INT, POSITIVE_INT, Relation,
+                   checked_args)
 from .embeddings import FourierEmbedding, SinusoidalEmbedding
 
 __all__ = ["MLP"]
@@ -17,11 +19,13 @@ class MLP(nn.Module):
     """x (B, D), c (B,) → (B, D) (or (B, out_dim)): residual SiLU blocks, the time embedding
     added to each block."""
 
+    @checked_args("mlp", dict(dim=POSITIVE_INT, hidden=POSITIVE_INT, depth=NONNEGATIVE_INT,
+                              emb_dim=POSITIVE_INT, embedding=EMBEDDING,
+                              out_dim=OPTIONAL_POSITIVE_INT),
+                  Relation("emb_dim", lambda a: a["emb_dim"] % 2 == 0, lambda a: "even"))
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64,
                  embedding: str = "fourier", out_dim: int | None = None):
         super().__init__()
-        if embedding not in ("fourier", "sinusoidal"):
-            raise ValueError(f"unknown embedding {embedding!r}; choices: ['fourier', 'sinusoidal']")
         self.emb = (FourierEmbedding(emb_dim, scale=1.0) if embedding == "fourier"
                     else SinusoidalEmbedding(emb_dim, scale=100.0))
         self.emb_mlp = nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))

@@ -22,9 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .args import (DROPOUT, EMBEDDING, INT_LIST, NONNEGATIVE_INT, OPTIONAL_POSITIVE_INT,
+                   OPTIONAL_POSITIVE_REAL, POSITIVE_INT, POSITIVE_INT_LIST, Relation, checked_args)
 from .conditioning import ConditionEmbedding, norm_groups
 
-__all__ = ["UNet", "ResBlock", "AttentionBlock"]
+__all__ = ["UNet", "ResBlock", "AttentionBlock", "LEVEL_RELATIONS"]
 
 
 def _zero(m: nn.Module) -> nn.Module:
@@ -76,6 +78,37 @@ class AttentionBlock(nn.Module):
         return (x + out) * (1 / math.sqrt(2))
 
 
+def uneven_attention_widths(a: dict, head_dim: int, middle: bool = True) -> list[int]:
+    """Channel widths of a U-Net's attention layers (levels in ``attn_resolutions``, and the
+    middle block) whose head count max(1, width // head_dim) does not split them evenly."""
+    mult, res = a["channel_mult"], [a["resolution"] // 2**i for i in range(len(a["channel_mult"]))]
+    widths = {a["channels"] * m for r, m in zip(res, mult) if r in set(a["attn_resolutions"])}
+    widths |= {a["channels"] * mult[-1]} if middle else set()
+    return sorted(c for c in widths if c % max(1, c // head_dim))
+
+
+#: how the encoder's levels constrain resolution, attention and width (U-Net and classifier)
+LEVEL_RELATIONS = (
+    Relation("resolution", lambda a: a["resolution"] % 2 ** (len(a["channel_mult"]) - 1) == 0,
+             lambda a: f"divisible by 2^{len(a['channel_mult']) - 1} = "
+                       f"{2 ** (len(a['channel_mult']) - 1)} (channel_mult has {len(a['channel_mult'])} levels)"),
+    # attn_resolutions that no level reaches are allowed: the constructor defaults have them at
+    # resolutions 4k + 2, and checkpoints built so must keep loading
+    Relation("channels", lambda a: a["channels"] % 2 == 0,
+             lambda a: "even (the noise embedding has that many features)"))
+
+_UNET_RULES = dict(
+    in_channels=POSITIVE_INT, out_channels=OPTIONAL_POSITIVE_INT, resolution=POSITIVE_INT,
+    channels=POSITIVE_INT, channel_mult=POSITIVE_INT_LIST, num_res_blocks=POSITIVE_INT,
+    attn_resolutions=INT_LIST, dropout=DROPOUT, embedding=EMBEDDING,
+    embedding_scale=OPTIONAL_POSITIVE_REAL, num_classes=NONNEGATIVE_INT,
+    cond_channels=NONNEGATIVE_INT, head_dim=POSITIVE_INT)
+_UNET_HEADS = Relation(
+    "head_dim", lambda a: not uneven_attention_widths(a, a["head_dim"]),
+    lambda a: f"a head size that splits every attention width into whole heads "
+              f"(widths {uneven_attention_widths(a, a['head_dim'])} do not split)")
+
+
 class _Level(nn.Module):
     def __init__(self, blocks, attns):
         super().__init__()
@@ -97,6 +130,7 @@ class UNet(nn.Module):
         cond_channels: channels of a conditioning image concatenated to x (SR3/Palette).
     """
 
+    @checked_args("unet", _UNET_RULES, *LEVEL_RELATIONS, _UNET_HEADS)
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, resolution: int = 8,
                  channels: int = 64, channel_mult=(1, 2), num_res_blocks: int = 2,
                  attn_resolutions=(4,), dropout: float = 0.0, embedding: str = "fourier",
@@ -104,9 +138,6 @@ class UNet(nn.Module):
                  cond_channels: int = 0, head_dim: int = 64):
         super().__init__()
         levels = len(channel_mult)
-        if resolution % 2 ** (levels - 1):
-            raise ValueError(f"resolution {resolution} is not divisible by 2^{levels - 1} "
-                             f"(channel_mult has {levels} levels)")
         out_channels = out_channels or in_channels
         self.in_channels, self.out_channels = in_channels, out_channels
         self.cond_channels, self.resolution = cond_channels, resolution

@@ -25,9 +25,9 @@ nothing extra. The next step is chosen by a PI controller (Gustafsson 1991; Hair
 
 .. math:: h' = h\cdot\mathrm{clip}\big(\text{safety}\cdot err_n^{-(1-\beta)/k}\,err_{n-1}^{\beta/k},\ 0.2,\ \text{max\_factor}\big),
 
-never growing on or right after a rejection. A multistep method pays for big step-ratio changes
-(its history is extrapolated further), hence the growth cap of 2 and the safety 0.7, which keep
-rejections rare: tuned on the mixture benchmarks of ``benchmarks/adaptive.py``. Orders rise from
+never growing on or right after a rejection (the loop of :mod:`.adaptive`). A multistep method
+pays for big step-ratio changes (its history is extrapolated further), hence a growth cap of 2
+and a safety of 0.7 by default (how they were chosen: docs/solver_notes.md). Orders rise from
 1 as history builds up (at high noise D hardly changes, so the low-order start costs little).
 
 ``control="sample"`` (default) gives every sample its own λ, step size and history, so results
@@ -41,9 +41,9 @@ import torch
 from torch import Tensor
 
 from ..sde import bcast
+from .adaptive import StepController, Trial, adaptive_loop, rms
+from .exponential import logsnr_denoiser, logsnr_observe, logsnr_state
 from .registry import Context, register_solver
-from .exponential import logsnr_accept, logsnr_denoiser, logsnr_rows
-from .rk import check_error_finite, report_step_counts, rms
 
 __all__ = ["exp_moments", "exp_adams_weights", "abm_adaptive"]
 
@@ -83,6 +83,51 @@ def _combine(w: Tensor, hist: list[Tensor]) -> Tensor:
     return sum(bcast(w[:, j], d) * d for j, d in enumerate(hist))
 
 
+class _History:
+    """Per-sample history, newest first: evaluations D_j (B, ...) at λ_j (B,), and how many
+    points each sample holds (≤ ``order``)."""
+
+    def __init__(self, d0: Tensor, lam0: Tensor, order: int):
+        self.d, self.lam, self.order = [d0], [lam0.clone()], order
+        self.n = torch.ones(d0.shape[0], dtype=torch.long, device=d0.device)
+
+    def groups(self, rows: Tensor) -> tuple[Tensor, list[tuple[int, Tensor]]]:
+        """Predictor order p per row (rows still building their history use fewer points),
+        and the rows of each p."""
+        p_rows = self.n[rows].clamp(max=self.order)
+        return p_rows, [(p, torch.nonzero(p_rows == p).squeeze(1)) for p in p_rows.unique().tolist()]
+
+    def adams(self, groups, rows: Tensor, lr: Tensor, hr: Tensor, xr: Tensor,
+              d_at_end: Tensor | None) -> Tensor:
+        """Exponential Adams step of every row from its p history points, plus D at the step's
+        end (v = 1) when given: predictor (None) or corrector."""
+        out = torch.empty_like(xr)
+        for p, sel in groups:
+            hs, ls, src = hr[sel], lr[sel], rows[sel]
+            nodes = [(self.lam[j][src] - ls) / hs for j in range(p)]
+            ds = [self.d[j][src] for j in range(p)]
+            if d_at_end is not None:
+                nodes, ds = [torch.ones_like(hs)] + nodes, [d_at_end[sel]] + ds
+            w = exp_adams_weights(torch.stack(nodes, 1), hs).to(xr.dtype)
+            out[sel] = bcast(torch.exp(-hs), xr).to(xr.dtype) * xr[sel] + _combine(w, ds)
+        return out
+
+    def push(self, acc: Tensor, d_new: Tensor, lam_new: Tensor) -> None:
+        """Shift the accepted rows' histories by one and put the new evaluation first."""
+        if not acc.numel():
+            return
+        depth = min(len(self.d) + 1, self.order)
+        if len(self.d) < depth:
+            self.d.append(torch.zeros_like(self.d[0]))
+            self.lam.append(torch.zeros_like(self.lam[0]))
+        for j in range(depth - 1, 0, -1):
+            self.d[j][acc] = self.d[j - 1][acc]
+            self.lam[j][acc] = self.lam[j - 1][acc]
+        self.d[0][acc] = d_new
+        self.lam[0][acc] = lam_new
+        self.n[acc] = (self.n[acc] + 1).clamp(max=self.order)
+
+
 @register_solver("abm_adaptive", kind="ode", order=4, default_steps=None,
                  description="adaptive exponential Adams–Bashforth–Moulton in log-SNR (UniPC-style "
                              "predictor–corrector pair as error estimate), 1 NFE/step, rtol/atol; "
@@ -99,83 +144,25 @@ def abm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 1e-3,
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order}")
     if rtol <= 0 or atol <= 0:
         raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
-    if control not in ("sample", "batch"):
-        raise ValueError(f"control must be 'sample' or 'batch', got {control!r}")
+    controller = StepController(order=order + 1, safety=safety, beta=beta,
+                                max_factor=max_factor, control=control)
     sde = model.sde
-    B, dt = x.shape[0], x.dtype
-    f64 = torch.float64
-    lam_end = float(sde.log_snr(ts[-1].to(f64)))
-    lam = sde.log_snr(ts[0].to(f64)).expand(B).clone()
-    h = torch.full((B,), float(h_init), dtype=f64, device=x.device)
-    xt = x / sde.s(ts[0])
+    denoise = logsnr_denoiser(model, ts, ctx, x.dtype)
+    state = logsnr_state(sde, x, ts, h_init)
+    hist = _History(denoise(state.x, state.t, None), state.t, order)
 
-    denoise = logsnr_denoiser(model, ts, ctx, dt)
-
-    # per-sample history, newest first: evaluations D_j (B, ...) and their λ_j (B,)
-    hist_d = [denoise(xt, lam, None)]
-    hist_l = [lam.clone()]
-    n_hist = torch.ones(B, dtype=torch.long, device=x.device)
-    accepted = torch.zeros(B, dtype=torch.long, device=x.device)
-    rejected = torch.zeros_like(accepted)
-    just_rejected = torch.zeros(B, dtype=torch.bool, device=x.device)
-    err_prev = torch.ones(B, dtype=f64, device=x.device)
-    for _ in range(max_steps):
-        trial = logsnr_rows(lam, lam_end, h, xt)
-        if trial is None:
-            break
-        rows, lr, xr, hr = trial
-        # predictor order p per row (rows still building their history use fewer points)
-        p_rows = n_hist[rows].clamp(max=order)
-        groups = [(p, torch.nonzero(p_rows == p).squeeze(1)) for p in p_rows.unique().tolist()]
-
-        def adams(d_at_end: Tensor | None) -> Tensor:
-            """Exponential Adams step of every row from its p history points, plus D at the
-            step's end (v = 1) when given: predictor (None) or corrector."""
-            out = torch.empty_like(xr)
-            for p, sel in groups:
-                hs, ls, src = hr[sel], lr[sel], rows[sel]
-                nodes = [(hist_l[j][src] - ls) / hs for j in range(p)]
-                ds = [hist_d[j][src] for j in range(p)]
-                if d_at_end is not None:
-                    nodes, ds = [torch.ones_like(hs)] + nodes, [d_at_end[sel]] + ds
-                w = exp_adams_weights(torch.stack(nodes, 1), hs).to(dt)
-                out[sel] = bcast(torch.exp(-hs), xr).to(dt) * xr[sel] + _combine(w, ds)
-            return out
-        x_pred = adams(None)
+    def step(lr: Tensor, xr: Tensor, hr: Tensor, rows: Tensor) -> Trial:
+        p_rows, groups = hist.groups(rows)
+        x_pred = hist.adams(groups, rows, lr, hr, xr, None)
         d_new = denoise(x_pred, lr + hr, rows)
-        x_corr = adams(d_new)
+        x_corr = hist.adams(groups, rows, lr, hr, xr, d_new)
         scale = atol + rtol * torch.maximum(xr.abs(), x_corr.abs())
-        err = rms((x_corr - x_pred) / scale).to(f64)
-        if control == "batch":  # one error (RMS over the batch) and one step for all samples
-            err = err.pow(2).mean().sqrt().expand_as(err)
-        check_error_finite(err, "abm_adaptive")
-        ok = err <= 1
-        acc = logsnr_accept(ok, rows, lr, hr, x_corr, lam, lam_end, xt, accepted, rejected)
-        if acc.numel():
-            # shift the accepted rows' histories by one and put the new evaluation first
-            depth = min(len(hist_d) + 1, order)
-            if len(hist_d) < depth:
-                hist_d.append(torch.zeros_like(hist_d[0]))
-                hist_l.append(torch.zeros_like(hist_l[0]))
-            for j in range(depth - 1, 0, -1):
-                hist_d[j][acc] = hist_d[j - 1][acc]
-                hist_l[j][acc] = hist_l[j - 1][acc]
-            hist_d[0][acc] = d_new[ok]
-            hist_l[0][acc] = lam[acc]
-            n_hist[acc] = (n_hist[acc] + 1).clamp(max=order)
-        k = p_rows.to(f64) + 1
-        e = err.clamp_min(1e-10)
-        factor = safety * e ** (-(1 - beta) / k) * err_prev[rows] ** (beta / k)
-        factor = factor.clamp(0.2, max_factor)
-        err_prev[acc] = e[ok]
-        # no growth on a rejection nor right after one
-        factor = torch.where(ok & ~just_rejected[rows], factor, factor.clamp(max=1.0))
-        just_rejected[rows] = ~ok
-        h[rows] = hr * factor
-        if ctx.progress is not None:
-            ctx.progress.update(1)
-    else:
-        raise RuntimeError(f"abm_adaptive did not reach the end in {max_steps} steps "
-                           f"(rtol={rtol}, atol={atol}); loosen the tolerances")
-    report_step_counts(ctx, accepted, rejected)
+        err = rms((x_corr - x_pred) / scale).to(torch.float64)
+
+        def accept(ok: Tensor, acc: Tensor, lam_acc: Tensor) -> None:
+            hist.push(acc, d_new[ok], lam_acc)
+        return Trial(x_corr, err, order=p_rows.to(torch.float64) + 1, accept=accept)
+
+    xt = adaptive_loop(step, state, controller, ctx, name="abm_adaptive", max_steps=max_steps,
+                       observe=logsnr_observe(sde, ts))
     return sde.s(ts[-1]) * xt

@@ -14,19 +14,20 @@ the step (x ← x'') when E ≤ 1, and the next step is h·θ·E^{−r} (θ = 0.
 attempt; each sample controls its own step size.
 
 Acceptance depends on the noise draw, which biases the accepted noise towards small draws when
-E is dominated by a few coordinates: the method is meant for high-dimensional data (images);
-in 2-D its samples are visibly too concentrated (measured MMD² 10–30× the noise floor on the
-8-Gaussian ring), where a fixed-step sampler should be used instead.
+E is dominated by a few coordinates: the method is meant for high-dimensional data (images),
+not low-dimensional data (measurements: docs/solver_notes.md).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from ..reverse import drift_from_score, noise_scale
 from ..sde import bcast
+from .adaptive import AdaptiveState, StepController, Trial, adaptive_loop, rms, select_rows
 from .registry import Context, register_solver
-from .rk import check_error_finite, report_step_counts, rms, select_rows
 
 __all__ = ["sample_adaptive_sde"]
 
@@ -37,47 +38,32 @@ __all__ = ["sample_adaptive_sde"]
 def sample_adaptive_sde(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 0.05,
                         atol: float = 0.0078, h_init: float = 0.01, safety: float = 0.9,
                         exponent: float = 0.9, max_steps: int = 100_000) -> Tensor:
+    """Reverse SDE from ts[0] to ts[-1] with Algorithm 1 (module docstring); the first step is
+    ``h_init`` of the interval, the controller θ = ``safety``, r = ``exponent`` (no clipping)."""
     if rtol <= 0 or atol <= 0:
         raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
     B = x.shape[0]
-    t_end = float(ts[-1])
     t = torch.full((B,), float(ts[0]), dtype=x.dtype, device=x.device)
     h = torch.full_like(t, h_init * float(ts[0] - ts[-1]))
-    x = x.clone()
     x_prev = x.clone()
-    accepted = torch.zeros(B, dtype=torch.long, device=x.device)
-    rejected = torch.zeros_like(accepted)
-    active = torch.ones(B, dtype=torch.bool, device=x.device)
 
     def b(xx, tt, rows):
         return drift_from_score(model, xx, tt, model.score(xx, tt, **select_rows(ctx.cond, rows)), 1.0)
 
-    for _ in range(max_steps):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        rows = None if idx.numel() == B else idx
-        ti, xi = t[idx], x[idx]
-        hi = torch.minimum(h[idx], ti - t_end)
+    def step(ti: Tensor, xi: Tensor, dt: Tensor, rows: Tensor) -> Trial:
+        hi, sub = -dt, None if rows.numel() == B else rows
         z = ctx.randn_like(xi)
         hb, sq = bcast(hi, xi), bcast(hi.sqrt(), xi)
-        x1 = xi - hb * b(xi, ti, rows) + bcast(noise_scale(model, ti), xi) * sq * z
-        x2 = xi - hb * b(x1, ti - hi, rows) + bcast(noise_scale(model, ti - hi), xi) * sq * z
+        x1 = xi - hb * b(xi, ti, sub) + bcast(noise_scale(model, ti), xi) * sq * z
+        x2 = xi - hb * b(x1, ti - hi, sub) + bcast(noise_scale(model, ti - hi), xi) * sq * z
         xh = 0.5 * (x1 + x2)
-        delta = torch.maximum(torch.full_like(x1, atol), rtol * torch.maximum(x1.abs(), x_prev[idx].abs()))
-        err = rms((x1 - xh) / delta)
-        check_error_finite(err, "adaptive_sde")
-        ok = err <= 1.0
-        acc = idx[ok]
-        x[acc], x_prev[acc] = xh[ok], x1[ok]
-        t[acc] = torch.where(hi[ok] >= ti[ok] - t_end, torch.full_like(hi[ok], t_end), ti[ok] - hi[ok])
-        accepted[acc] += 1
-        rejected[idx[~ok]] += 1
-        h[idx] = safety * hi * err.clamp_min(1e-10) ** (-exponent)
-        active[acc] = t[acc] > t_end
-        if ok.any():
-            ctx.step_done(t, x, advance=0)
-    else:
-        raise RuntimeError(f"adaptive SDE solver did not reach t={t_end} in {max_steps} steps")
-    report_step_counts(ctx, accepted, rejected)
-    return x
+        delta = torch.maximum(torch.full_like(x1, atol), rtol * torch.maximum(x1.abs(), x_prev[rows].abs()))
+
+        def accept(ok: Tensor, acc: Tensor, t_acc: Tensor) -> None:
+            x_prev[acc] = x1[ok]
+        return Trial(xh, rms((x1 - xh) / delta), accept=accept)
+
+    control = StepController(order=1 / exponent, safety=safety, min_factor=0.0,
+                             max_factor=math.inf, hold_after_reject=False)
+    return adaptive_loop(step, AdaptiveState(t, x.clone(), h, float(ts[-1])), control, ctx,
+                         name="adaptive_sde", max_steps=max_steps)

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser, check_batch
+from ..progress import progress_bar
+from ..rng import make_generator
 from ..schedules import check_timesteps, get_timesteps
 from .registry import Context, get_solver
 
@@ -52,11 +54,7 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
                         "prediction=...))")
     info = get_solver(solver)
     sde = model.sde
-    if seed is not None:
-        if generator is not None:
-            raise ValueError("give either seed or generator, not both")
-        gen_device = x_T.device if x_T is not None else (device or "cpu")
-        generator = torch.Generator(device=gen_device).manual_seed(int(seed))
+    generator = make_generator(seed, generator, x_T.device if x_T is not None else device)
     if x_T is None:
         if shape is None:
             raise ValueError("give x_T or shape")
@@ -83,11 +81,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         steps = info.default_steps if steps is None else steps
         ts = get_timesteps(sde, steps, schedule, t_start=t_start, t_end=t_end, dtype=x_T.dtype,
                            device=x_T.device, **(schedule_opts or {}))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=None if info.adaptive else steps, desc=f"sampling ({solver})",
-                   leave=False)
+    bar = progress_bar(total=None if info.adaptive else steps, desc=f"sampling ({solver})",
+                       leave=False) if progress else None
     ctx = Context(generator=generator, cond=cond or {}, callback=callback, progress=bar,
                   constraint=constraint)
     nfe0, t0 = model.nfe, time.perf_counter()

@@ -17,8 +17,9 @@ m₀ the newest x̂0 and r_k = h_k/h the ratios of previous step sizes,
   D₂ ≈ h² x̂0″ in λ; the Taylor factor ½ sits in φ₃ — the oracle tests pin this down).
 
 The first steps use lower orders (no history yet), and with ``lower_order_final`` (default for
-fewer than 15 steps) so do the last ones, which keeps 5–10-step sampling stable. (The
-low-order start costs little: at high noise x̂0 barely changes with λ.)
+fewer than 15 steps) so do the last ones (:func:`step_order`, shared by every multistep method
+here), which keeps 5–10-step sampling stable. (The low-order start costs little: at high noise
+x̂0 barely changes with λ.)
 
 The stochastic variant (SDE-DPM-Solver++(2M), ``eta`` > 0) is
 :math:`x' = \frac{\sigma'}{\sigma}e^{-\eta h}x + s'(1 - e^{-(1+\eta)h})\,(m_0 + \tfrac{1}{2r_0}(m_0 - m_1))
@@ -30,11 +31,22 @@ import torch
 from torch import Tensor
 
 from ..sde import bcast
+from .adaptive import AdaptiveState, StepController, Trial, adaptive_loop, rms, select_rows
 from .registry import Context, register_solver
-from .rk import check_error_finite, report_step_counts, rms, select_rows
 
 __all__ = ["dpmpp_multistep", "dpm_solver_singlestep", "unipc", "deis", "dpm_adaptive",
-           "logsnr_denoiser", "logsnr_rows", "logsnr_accept"]
+           "step_order", "logsnr_denoiser", "logsnr_state", "logsnr_observe"]
+
+
+def step_order(order: int, available: int, i: int, steps: int,
+               lower_order_final: bool | None) -> int:
+    """Order of step i (of ``steps``) of a multistep method: ``order``, less while only
+    ``available`` earlier evaluations exist and, with ``lower_order_final`` (None: for fewer than
+    15 steps), at most steps − i on the last steps."""
+    p = min(order, available)
+    if (steps < 15) if lower_order_final is None else lower_order_final:
+        p = min(p, steps - i)
+    return p
 
 
 def dpmpp_multistep(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2,
@@ -49,8 +61,6 @@ def dpmpp_multistep(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2,
         raise ValueError("the stochastic DPM-Solver++ is implemented for order <= 2")
     sde = model.sde
     steps = len(ts) - 1
-    if lower_order_final is None:
-        lower_order_final = steps < 15
     lam = sde.log_snr(ts)
     s_all, sig_all = sde.s(ts), sde.sigma(ts)
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
@@ -60,9 +70,7 @@ def dpmpp_multistep(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2,
         m0 = model.x0(x, ts[i] * ones, **ctx.cond)
         hist = [m0, *hist][:3]
         h = lam[i + 1] - lam[i]
-        p = min(order, len(hist))
-        if lower_order_final:
-            p = min(p, steps - i)
+        p = step_order(order, len(hist), i, steps, lower_order_final)
         phi1 = torch.expm1(-h)
         s1, ratio = s_all[i + 1], sig_all[i + 1] / sig_all[i]
         if p == 1:
@@ -207,8 +215,6 @@ def unipc(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2, variant: s
         raise ValueError(f"unknown UniPC variant {variant!r}; choices: ['bh1', 'bh2']")
     sde = model.sde
     steps = len(ts) - 1
-    if lower_order_final is None:
-        lower_order_final = steps < 15
     lam, s_all, sig_all = sde.log_snr(ts), sde.s(ts), sde.sigma(ts)
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
     ms: list[Tensor] = []  # newest first
@@ -228,9 +234,7 @@ def unipc(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2, variant: s
                  - s_all[i] * B_h * (combine(D, rho[:-1]) + rho[-1] * (m - ms[0])))
             x = ctx.constrain(ts[i], x)
         ms, lams = [m, *ms][:order], [lam[i], *lams][:order]
-        p = min(order, len(ms))
-        if lower_order_final:
-            p = min(p, steps - i)
+        p = step_order(order, len(ms), i, steps, lower_order_final)
         R, b, B_h, h_phi_1, rks = _unipc_coefficients(lams, lam[i + 1], p, variant)
         D = [(ms[k] - ms[0]) / rks[k - 1] for k in range(1, p)]
         x_prev, p_prev = x, p
@@ -282,24 +286,21 @@ def deis(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 3,
     ``order`` (1–4). ``variant="ipndm"`` (iPNDM, the "improved PNDM" of the same paper):
     w_ij = (σ̃_{i+1} − σ̃_i)·c_j with the fixed equal-step Adams–Bashforth weights c, and
     lower orders while the history fills up instead of PNDM's Runge–Kutta warm start. Fixed
-    weights are exact only for steps equal in σ̃: on a Karras or log-SNR grid iPNDM converges
-    at order 2 whatever ``order`` is (measured), on a σ̃-uniform grid at ≈ ``order``. Its few-step
-    accuracy is what it is used for. Order 1 of either is DDIM."""
+    weights are exact only for steps equal in σ̃ (measured orders on other grids:
+    docs/solver_notes.md). Order 1 of either is DDIM."""
     if order not in (1, 2, 3, 4):
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order}")
     if variant not in ("rhoab", "ipndm"):
         raise ValueError(f"unknown DEIS variant {variant!r}; choices: ['ipndm', 'rhoab']")
     sde = model.sde
     steps = len(ts) - 1
-    if lower_order_final is None:
-        lower_order_final = steps < 15
     nu, s_all = sde.noise_level(ts), sde.s(ts)
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
     xt = x / s_all[0]
     eps_hist: list[Tensor] = []
     for i in range(steps):
         eps_hist = [model.eps(s_all[i] * xt, ts[i] * ones, **ctx.cond), *eps_hist][:order]
-        p = len(eps_hist) if not lower_order_final else min(len(eps_hist), steps - i)
+        p = step_order(order, len(eps_hist), i, steps, lower_order_final)
         if variant == "ipndm":
             weights = [(nu[i + 1] - nu[i]) * c for c in _AB_FIXED[p]]
         else:
@@ -323,39 +324,38 @@ def sample_ipndm(model, x, ts, ctx: Context, order: int = 4, **opts):
     return deis(model, x, ts, ctx, order=order, variant="ipndm", **opts)
 
 
+def _t_of_log_snr(sde, ts: Tensor, lam: Tensor, dtype) -> Tensor:
+    """t(λ) kept inside the grid's range (the inverse is found by bisection)."""
+    lo, hi = min(ts[0], ts[-1]), max(ts[0], ts[-1])
+    return sde.t_from_log_snr(lam).clamp(lo, hi).to(dtype)
+
+
 def logsnr_denoiser(model, ts: Tensor, ctx: Context, dtype):
     """D(x̃, λ, rows) = x̂0(s x̃, t(λ)) on the batch rows ``rows``: the denoiser in the variables
     of the adaptive log-SNR solvers, with t kept inside the grid's range (per-sample λ)."""
     sde = model.sde
-    lo, hi = min(ts[0], ts[-1]), max(ts[0], ts[-1])
 
     def denoise(xr: Tensor, lam: Tensor, rows: Tensor | None) -> Tensor:
-        t = sde.t_from_log_snr(lam).clamp(lo, hi).to(dtype)
+        t = _t_of_log_snr(sde, ts, lam, dtype)
         return model.x0(bcast(sde.s(t), xr) * xr, t, **select_rows(ctx.cond, rows))
     return denoise
 
 
-def logsnr_rows(lam: Tensor, lam_end, h: Tensor, xt: Tensor):
-    """The per-sample loop's next trial: (rows still short of λ_end, their λ, x̃ and step h,
-    clipped to land on λ_end), or None once every sample has arrived."""
-    rows = torch.nonzero(lam < lam_end - 1e-12).squeeze(1)
-    if rows.numel() == 0:
-        return None
-    lr = lam[rows]
-    return rows, lr, xt[rows], torch.minimum(h[rows], lam_end - lr)
+def logsnr_state(sde, x: Tensor, ts: Tensor, h_init: float) -> AdaptiveState:
+    """Start of an adaptive log-SNR solver: λ = λ(ts[0]) and step ``h_init`` (float64, per
+    sample), x̃ = x/s, integrating to λ(ts[-1])."""
+    f64 = torch.float64
+    lam = sde.log_snr(ts[0].to(f64)).expand(x.shape[0]).clone()
+    h = torch.full_like(lam, float(h_init))
+    return AdaptiveState(lam, x / sde.s(ts[0]), h, float(sde.log_snr(ts[-1].to(f64))))
 
 
-def logsnr_accept(ok: Tensor, rows: Tensor, lr: Tensor, hr: Tensor, x_new: Tensor, lam: Tensor,
-                  lam_end, xt: Tensor, accepted: Tensor, rejected: Tensor) -> Tensor:
-    """Take the trial steps where ``ok`` (x̃ and λ advance, λ exactly λ_end on the last step)
-    and count accepted/rejected per sample; returns the accepted rows."""
-    acc = rows[ok]
-    xt[acc] = x_new[ok]
-    lam[acc] = torch.where(hr[ok] >= lam_end - lr[ok], torch.full_like(lr[ok], float(lam_end)),
-                           lr[ok] + hr[ok])
-    accepted[acc] += 1
-    rejected[rows[~ok]] += 1
-    return acc
+def logsnr_observe(sde, ts: Tensor):
+    """(λ, x̃) → (t, x): what a callback of an adaptive log-SNR solver sees."""
+    def observe(lam: Tensor, xt: Tensor):
+        t = _t_of_log_snr(sde, ts, lam, xt.dtype)
+        return t, bcast(sde.s(t), xt) * xt
+    return observe
 
 
 def dpm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 0.05,
@@ -372,36 +372,21 @@ def dpm_adaptive(model, x: Tensor, ts: Tensor, ctx: Context, rtol: float = 0.05,
     RMS((x̃⁽²⁾ − x̃⁽¹⁾) / (atol + rtol·max(|x̃⁽¹⁾|, |x̃⁽²⁾|))) ≤ 1, keeping x̃⁽²⁾, and
     h ← h·clip(safety·err^{−1/2}, 0.2, 5). Step control is per sample (samples do not depend on
     their batch); only ts[0] and ts[-1] are used. rtol/atol apply to x̃ = x/s."""
-    sde = model.sde
-    B = x.shape[0]
-    f64 = torch.float64
-    lam_end = sde.log_snr(ts[-1].to(f64))
-    lam = sde.log_snr(ts[0].to(f64)).expand(B).clone()
-    h = torch.full((B,), float(h_init), dtype=f64, device=x.device)
-    xt = x / sde.s(ts[0])
-    accepted = torch.zeros(B, dtype=torch.long, device=x.device)
-    rejected = torch.zeros_like(accepted)
+    sde, dt = model.sde, x.dtype
+    denoise = logsnr_denoiser(model, ts, ctx, dt)
 
-    denoise = logsnr_denoiser(model, ts, ctx, x.dtype)
-    for _ in range(max_steps):
-        trial = logsnr_rows(lam, lam_end, h, xt)
-        if trial is None:
-            break
-        rows, lr, xr, hr = trial
-        e1, e2 = bcast(torch.exp(-hr), xr).to(x.dtype), bcast(torch.exp(-hr / 2), xr).to(x.dtype)
+    def step(lr: Tensor, xr: Tensor, hr: Tensor, rows: Tensor) -> Trial:
+        e1, e2 = bcast(torch.exp(-hr), xr).to(dt), bcast(torch.exp(-hr / 2), xr).to(dt)
         d_s = denoise(xr, lr, rows)
         x1 = e1 * xr + (1 - e1) * d_s
         u = e2 * xr + (1 - e2) * d_s
         x2 = e1 * xr + (1 - e1) * denoise(u, lr + hr / 2, rows)
-        err = rms((x2 - x1) / (atol + rtol * torch.maximum(x1.abs(), x2.abs()))).to(f64)
-        check_error_finite(err, "dpm_adaptive")
-        logsnr_accept(err <= 1, rows, lr, hr, x2, lam, lam_end, xt, accepted, rejected)
-        h[rows] = hr * (safety * err.clamp_min(1e-10) ** -0.5).clamp(0.2, 5.0)
-        if ctx.progress is not None:
-            ctx.progress.update(1)
-    else:
-        raise RuntimeError(f"dpm_adaptive did not reach the end in {max_steps} steps")
-    report_step_counts(ctx, accepted, rejected)
+        err = rms((x2 - x1) / (atol + rtol * torch.maximum(x1.abs(), x2.abs())))
+        return Trial(x2, err.to(torch.float64))
+
+    control = StepController(order=2, safety=safety, max_factor=5.0, hold_after_reject=False)
+    xt = adaptive_loop(step, logsnr_state(sde, x, ts, h_init), control, ctx,
+                       name="dpm_adaptive", max_steps=max_steps, observe=logsnr_observe(sde, ts))
     return sde.s(ts[-1]) * xt
 
 

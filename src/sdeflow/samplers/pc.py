@@ -56,7 +56,7 @@ def _norm(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).norm(dim=1)
 
 
-def langevin(model, x, t, t_next, ctx: Context, snr: float = 0.16, sigma_L=None) -> Tensor:
+def langevin(model, x, t, t_next, ctx: Context, snr: float = 0.16) -> Tensor:
     if snr <= 0:
         raise ValueError(f"snr must be positive, got {snr}")
     a, _ = model.sde.transition(t_next, t)
@@ -68,7 +68,7 @@ def langevin(model, x, t, t_next, ctx: Context, snr: float = 0.16, sigma_L=None)
     return x + bcast(step, x) * score + bcast((2 * step).sqrt(), x) * z
 
 
-def ald(model, x, t, t_next, ctx: Context, step_lr: float = 2e-5, sigma_L=None) -> Tensor:
+def ald(model, x, t, t_next, ctx: Context, sigma_L: Tensor, step_lr: float = 2e-5) -> Tensor:
     if not 0 < step_lr < 2 * sigma_L**2:
         # ULA on N(0, σ²) is stable only for η < 4σ²; keep a factor 2 of margin at σ_L
         raise ValueError(f"step_lr must lie in (0, 2·σ_L²) = (0, {2 * float(sigma_L)**2:.3g}) for "
@@ -107,23 +107,22 @@ def pc_sample(model, x, ts, ctx: Context, predictor: str = "reverse_diffusion",
     if opts:
         raise TypeError(f"options {sorted(opts)} are not used by predictor={predictor!r}, "
                         f"corrector={corrector!r}")
+    if corrector == "ald":  # annealed Langevin scales its steps by the smallest σ of the grid
+        c_opts["sigma_L"] = model.sde.sigma(ts[-1])
     pred, corr = PREDICTORS[predictor], CORRECTORS[corrector]
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-    sigma_L = model.sde.sigma(ts[-1])
     if pred is None:  # pure annealed MCMC: one block of corrector steps at every level of ts
         for t in ts:
             for _ in range(n_corrector_steps):
-                x = ctx.constrain(t, corr(model, x, t * ones, t * ones, ctx, sigma_L=sigma_L, **c_opts))
+                x = ctx.constrain(t, corr(model, x, t * ones, t * ones, ctx, **c_opts))
             x = ctx.step_done(t, x)
         return x
     for t, t_next in zip(ts[:-1], ts[1:]):
         tb, tnb = t * ones, t_next * ones
         if corr is not None:
             for _ in range(n_corrector_steps):
-                x = ctx.constrain(tb, corr(model, x, tb, tnb, ctx, sigma_L=sigma_L, **c_opts))
-        if pred is not None:
-            x = pred(model, x, tb, tnb, ctx, **p_opts)
-        x = ctx.step_done(t_next, x)
+                x = ctx.constrain(tb, corr(model, x, tb, tnb, ctx, **c_opts))
+        x = ctx.step_done(t_next, pred(model, x, tb, tnb, ctx, **p_opts))
     return x
 
 

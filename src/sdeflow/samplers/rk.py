@@ -1,16 +1,16 @@
-r"""Explicit Runge–Kutta methods as Butcher tableaux, one fixed-step loop and one adaptive loop.
+r"""Explicit Runge–Kutta methods as Butcher tableaux: one fixed-step loop and one adaptive trial
+step.
 
 A method is data (:class:`Tableau`); :func:`rk_fixed` integrates any vector field
 ``F(t, x)`` over a given grid, :func:`rk_adaptive` with an embedded pair and per-sample step-size
-control (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4). The PF-ODE solvers ``euler``,
-``heun``, ``rk4`` and ``rk45`` (Dormand & Prince 1980) register at the bottom.
-
-The adaptive loop controls each sample's step size separately, so a sample's trajectory and
-result do not depend on which other samples share its batch.
+control (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4) on the loop of :mod:`.adaptive`. The
+PF-ODE solvers register at the bottom: every tableau of :data:`TABLEAUX` with default steps as a
+fixed-step solver under its name (``euler``, ``heun``, ``rk4``), and Dormand & Prince (1980) as
+``rk45`` and ``rk45_logsnr``. Adding a tableau is one entry in :data:`TABLEAUX`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -18,10 +18,10 @@ from torch import Tensor
 
 from ..reverse import pf_ode_drift
 from ..sde import bcast
+from .adaptive import AdaptiveState, StepController, Trial, adaptive_loop, rms, select_rows
 from .registry import Context, register_solver
 
-__all__ = ["Tableau", "TABLEAUX", "rk_fixed", "rk_adaptive", "select_rows", "report_step_counts",
-           "rms"]
+__all__ = ["Tableau", "TABLEAUX", "RK_SOLVERS", "rk_tableau", "rk_fixed", "rk_adaptive"]
 
 # F(t of shape (B,), x, rows) -> dx/dt. ``rows`` indexes the batch rows that x holds (the
 # adaptive solver evaluates only unfinished samples), or is None for the whole batch: per-sample
@@ -35,6 +35,8 @@ class Tableau:
 
     ``b_low`` (optional) is the embedded lower-order solution used for error control; ``fsal``
     marks methods whose last stage is F at the new point (reused as the next step's first stage).
+    ``default_steps`` (fixed-step methods) registers the method as a PF-ODE solver under
+    ``name`` with that many steps by default and ``description``.
     """
 
     name: str
@@ -44,12 +46,17 @@ class Tableau:
     b: tuple[float, ...]
     b_low: tuple[float, ...] | None = None
     fsal: bool = False
+    default_steps: int | None = None
+    description: str = ""
 
 
-EULER = Tableau("euler", 1, (0.0,), ((),), (1.0,))
-HEUN = Tableau("heun", 2, (0.0, 1.0), ((), (1.0,)), (0.5, 0.5))
+EULER = Tableau("euler", 1, (0.0,), ((),), (1.0,), default_steps=100,
+                description="explicit Euler, order 1, 1 NFE/step")
+HEUN = Tableau("heun", 2, (0.0, 1.0), ((), (1.0,)), (0.5, 0.5), default_steps=35,
+               description="Heun's method (EDM's 2nd-order sampler), order 2, 2 NFE/step")
 RK4 = Tableau("rk4", 4, (0.0, 0.5, 0.5, 1.0), ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
-              (1 / 6, 1 / 3, 1 / 3, 1 / 6))
+              (1 / 6, 1 / 3, 1 / 3, 1 / 6), default_steps=20,
+              description="classical Runge–Kutta, order 4, 4 NFE/step")
 DOPRI5 = Tableau(
     "dopri5", 5,
     (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
@@ -65,6 +72,16 @@ DOPRI5 = Tableau(
     fsal=True,
 )
 TABLEAUX = {tab.name: tab for tab in (EULER, HEUN, RK4, DOPRI5)}
+# registered solver name → the tableau it integrates with (filled at registration, below)
+RK_SOLVERS: dict[str, Tableau] = {}
+
+
+def rk_tableau(solver: str) -> Tableau:
+    """The tableau of a registered Runge–Kutta solver (for integrating other fields with it,
+    e.g. the likelihood ODE)."""
+    if solver not in RK_SOLVERS:
+        raise ValueError(f"{solver!r} is not a Runge–Kutta solver; choices: {sorted(RK_SOLVERS)}")
+    return RK_SOLVERS[solver]
 
 
 def _stages(F: Field, tab: Tableau, t: Tensor, x: Tensor, h: Tensor, k1: Tensor | None,
@@ -90,16 +107,17 @@ def rk_fixed(F: Field, x: Tensor, ts: Tensor, tab: Tableau, ctx: Context | None 
     return x
 
 
-def rms(e: Tensor) -> Tensor:
-    """Per-sample root-mean-square over all but the batch dimension."""
-    return e.reshape(e.shape[0], -1).pow(2).mean(1).sqrt()
-
-
-def check_error_finite(err: Tensor, solver: str) -> None:
-    """Adaptive loops: a non-finite error estimate would reject every step until max_steps."""
-    if not torch.isfinite(err).all():
-        raise FloatingPointError(f"{solver}: non-finite values in the solution (a NaN or inf "
-                                 "from the model?)")
+def _initial_step(F: Field, t: Tensor, x: Tensor, k1: Tensor, direction: float, order: int,
+                  scale: Callable) -> Tensor:
+    """Hairer, Nørsett & Wanner's starting-step heuristic (§II.4; one extra evaluation)."""
+    d0, d1 = rms(x / scale(x)), rms(k1 / scale(x))
+    h_a = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    x_try = x + bcast(direction * h_a, x) * k1
+    d2 = rms((F(t + direction * h_a, x_try, None) - k1) / scale(x)) / h_a
+    dmax = torch.maximum(d1, d2)
+    h_b = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h_a, 1e-6), h_a * 1e-3),
+                      (0.01 / dmax) ** (1.0 / order))
+    return torch.minimum(100 * h_a, h_b)
 
 
 def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5, *,
@@ -110,84 +128,43 @@ def rk_adaptive(F: Field, x: Tensor, t0: float, t1: float, tab: Tableau = DOPRI5
 
     Each sample's error is the RMS of :math:`(x_{high} - x_{low}) / (atol + rtol\max(|x|,|x'|))`;
     a step is accepted when it is ≤ 1 and the next step is
-    :math:`h \cdot \mathrm{clip}(0.9\,err^{-1/(q+1)}, 0.2, 10)` with q the lower order.
-    The first step follows Hairer's starting-step heuristic (one extra evaluation).
-    ``ctx.stats`` receives ``accepted``/``rejected`` step counts (mean and max over samples).
+    :math:`h \cdot \mathrm{clip}(0.9\,err^{-1/(q+1)}, 0.2, 10)` with q the lower order, never
+    growing on or right after a rejection. The first step follows Hairer's starting-step
+    heuristic (one extra evaluation). ``ctx.stats`` receives ``accepted``/``rejected`` step
+    counts (mean and max over samples).
     """
     if tab.b_low is None:
         raise ValueError(f"tableau {tab.name!r} has no embedded pair for error control")
     if rtol <= 0 or atol <= 0:
         raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
     B = x.shape[0]
-    dev, dt = x.device, x.dtype
     direction = 1.0 if t1 > t0 else -1.0
-    t = torch.full((B,), float(t0), dtype=dt, device=dev)
+    t = torch.full((B,), float(t0), dtype=x.dtype, device=x.device)
     x = x.clone()
-    expo = -1.0 / tab.order  # embedded order q = order − 1, exponent −1/(q+1)
     db = [b - bl for b, bl in zip(tab.b, tab.b_low)]
 
     def scale(*xs):
         return atol + rtol * torch.stack([v.abs() for v in xs]).amax(0)
 
     k1 = F(t, x, None)
-    if h0 is None:  # Hairer, Nørsett & Wanner, algorithm of §II.4
-        d0, d1 = rms(x / scale(x)), rms(k1 / scale(x))
-        h_a = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-        x_try = x + bcast(direction * h_a, x) * k1
-        d2 = rms((F(t + direction * h_a, x_try, None) - k1) / scale(x)) / h_a
-        dmax = torch.maximum(d1, d2)
-        h_b = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h_a, 1e-6), h_a * 1e-3),
-                          (0.01 / dmax) ** (1.0 / tab.order))
-        h = torch.minimum(100 * h_a, h_b)
-    else:
-        h = torch.full((B,), abs(float(h0)), dtype=dt, device=dev)
+    h = (_initial_step(F, t, x, k1, direction, tab.order, scale) if h0 is None
+         else torch.full((B,), abs(float(h0)), dtype=x.dtype, device=x.device))
     h = torch.minimum(h, torch.full_like(h, abs(t1 - t0)))
 
-    accepted = torch.zeros(B, dtype=torch.long, device=dev)
-    rejected = torch.zeros_like(accepted)
-    active = torch.ones(B, dtype=torch.bool, device=dev)
-    just_rejected = torch.zeros_like(active)
-    for _ in range(max_steps):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        ti, xi, hi = t[idx], x[idx], h[idx]
-        remaining = (t1 - ti) * direction
-        hi = torch.minimum(hi, remaining)
-        x_new, ks = _stages(F, tab, ti, xi, direction * hi, k1[idx] if tab.fsal else None,
-                            None if idx.numel() == B else idx)
-        err_vec = bcast(direction * hi, xi) * sum(d * k for d, k in zip(db, ks) if d != 0.0)
-        err = rms(err_vec / scale(xi, x_new))
-        check_error_finite(err, "rk_adaptive")
-        ok = err <= 1.0
-        factor = (safety * err.clamp_min(1e-10) ** expo).clamp(0.2, max_factor)
-        # no growth on a rejection, nor on the step right after one (as scipy's RK45)
-        factor = torch.where(ok & ~just_rejected[idx], factor, factor.clamp(max=1.0))
-        just_rejected[idx] = ~ok
-        acc = idx[ok]
-        x[acc] = x_new[ok]
-        t[acc] = torch.where(hi[ok] >= remaining[ok], torch.full_like(hi[ok], float(t1)),
-                             ti[ok] + direction * hi[ok])
-        if tab.fsal:
-            k1[acc] = ks[-1][ok]
-        accepted[acc] += 1
-        rejected[idx[~ok]] += 1
-        h[idx] = hi * factor
-        active[acc] = (t[acc] - t1) * direction < 0
-        if ctx is not None and ok.any():
-            ctx.step_done(t, x, advance=0)
-    else:
-        raise RuntimeError(f"adaptive solver did not reach t={t1} in {max_steps} steps "
-                           f"(rtol={rtol}, atol={atol}); loosen the tolerances")
-    if ctx is not None:
-        report_step_counts(ctx, accepted, rejected)
-    return x
+    def step(ti: Tensor, xi: Tensor, dt: Tensor, rows: Tensor) -> Trial:
+        x_new, ks = _stages(F, tab, ti, xi, dt, k1[rows] if tab.fsal else None,
+                            None if rows.numel() == B else rows)
+        err_vec = bcast(dt, xi) * sum(d * k for d, k in zip(db, ks) if d != 0.0)
 
+        def accept(ok: Tensor, acc: Tensor, t_acc: Tensor) -> None:
+            if tab.fsal:
+                k1[acc] = ks[-1][ok]
+        return Trial(x_new, rms(err_vec / scale(xi, x_new)), accept=accept)
 
-def report_step_counts(ctx: Context, accepted: Tensor, rejected: Tensor) -> None:
-    """Per-sample accepted/rejected step counts of an adaptive solver → ``ctx.stats``."""
-    ctx.stats.update(accepted_mean=accepted.double().mean().item(), accepted_max=int(accepted.max()),
-                     rejected_mean=rejected.double().mean().item(), rejected_max=int(rejected.max()))
+    # embedded order q = order − 1: exponent −1/(q + 1)
+    control = StepController(order=tab.order, safety=safety, max_factor=max_factor)
+    return adaptive_loop(step, AdaptiveState(t, x, h, t1), control, ctx, name="rk_adaptive",
+                         max_steps=max_steps)
 
 
 def _pf_field(model, ctx: Context) -> Field:
@@ -196,25 +173,19 @@ def _pf_field(model, ctx: Context) -> Field:
     return field
 
 
-def select_rows(cond: dict, rows: Tensor | None) -> dict:
-    """Per-sample conditioning restricted to ``rows`` (tensors with a batch dim are sliced)."""
-    if rows is None:
-        return cond
-    return {k: v[rows] if torch.is_tensor(v) and v.ndim > 0 else v for k, v in cond.items()}
-
-
-def _fixed_solver(tab: Tableau, description: str):
-    @register_solver(tab.name, kind="ode", order=tab.order,
-                     default_steps={1: 100, 2: 35, 4: 20}[tab.order], description=description)
+def _fixed_solver(tab: Tableau):
+    @register_solver(tab.name, kind="ode", order=tab.order, default_steps=tab.default_steps,
+                     description=tab.description)
     def solve(model, x, ts, ctx: Context):
         return rk_fixed(_pf_field(model, ctx), x, ts, tab, ctx)
-    solve.__doc__ = f"PF-ODE with the {tab.name} method ({description})."
+    solve.__doc__ = f"PF-ODE with the {tab.name} method ({tab.description})."
+    RK_SOLVERS[tab.name] = tab
     return solve
 
 
-sample_euler = _fixed_solver(EULER, "explicit Euler, order 1, 1 NFE/step")
-sample_heun = _fixed_solver(HEUN, "Heun's method (EDM's 2nd-order sampler), order 2, 2 NFE/step")
-sample_rk4 = _fixed_solver(RK4, "classical Runge–Kutta, order 4, 4 NFE/step")
+for _tab in TABLEAUX.values():
+    if _tab.default_steps is not None:
+        _fixed_solver(_tab)
 
 
 @register_solver("rk45", kind="ode", order=5, default_steps=None,
@@ -224,6 +195,9 @@ def sample_rk45(model, x, ts, ctx: Context, rtol: float = 1e-5, atol: float = 1e
     """PF-ODE with adaptive Dormand–Prince 5(4), per-sample step control; only ts[0], ts[-1] used."""
     return rk_adaptive(_pf_field(model, ctx), x, float(ts[0]), float(ts[-1]), DOPRI5,
                        rtol=rtol, atol=atol, h0=h0, max_steps=max_steps, ctx=ctx)
+
+
+RK_SOLVERS["rk45"] = DOPRI5
 
 
 @register_solver("rk45_logsnr", kind="ode", order=5, default_steps=None,
@@ -240,12 +214,20 @@ def sample_rk45_logsnr(model, x, ts, ctx: Context, rtol: float = 1e-5, atol: flo
     sde = model.sde
     t0, t1 = ts[0], ts[-1]
 
-    def field(u, xt, rows):
+    def t_of(u):
         t = sde.t_from_noise_level(u.exp())
-        t = torch.minimum(torch.maximum(t, t1.expand_as(t)), t0.expand_as(t))  # bisection slack
+        return torch.minimum(torch.maximum(t, t1.expand_as(t)), t0.expand_as(t))  # bisection slack
+
+    def field(u, xt, rows):
+        t = t_of(u)
         return xt - model.x0(bcast(sde.s(t), xt) * xt, t, **select_rows(ctx.cond, rows))
 
+    def callback(u, xt):  # the user's callback sees t and x, not u and x̃
+        t = t_of(u)
+        ctx.callback(t, bcast(sde.s(t), xt) * xt)
+
     u0, u1 = sde.noise_level(t0).log(), sde.noise_level(t1).log()
+    inner = replace(ctx, callback=None if ctx.callback is None else callback)  # same stats dict
     xt = rk_adaptive(field, x / sde.s(t0), float(u0), float(u1), DOPRI5, rtol=rtol, atol=atol,
-                     h0=h0, max_steps=max_steps, ctx=ctx)
+                     h0=h0, max_steps=max_steps, ctx=inner)
     return sde.s(t1) * xt

@@ -6,7 +6,7 @@ import pytest
 
 from sdeflow.cli import main
 
-from .conftest import TINY_UNET
+from ..conftest import TINY_UNET
 
 UNET = ["--model-kwargs", json.dumps(TINY_UNET), "--batch-size", "16", "--log-every", "2",
         "--no-tensorboard"]

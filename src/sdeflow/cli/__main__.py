@@ -1,0 +1,6 @@
+"""``python -m sdeflow.cli`` (and ``torchrun ... -m sdeflow.cli train``)."""
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""What the command modules share: the device, JSON options, the sampling arguments, loading a
+run, held-out data and input images, and writing outputs (reports, grids, arrays)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+__all__ = ["add_command", "device", "json_dict", "add_sampling_args", "grid_args", "load_run",
+           "latest_checkpoint", "held_out", "load_images", "repeat", "write_report",
+           "write_panels", "SPLIT_DATA"]
+
+# Embedded data sets with a held-out ``test`` split.
+SPLIT_DATA = ("digits", "color_digits", "photos")
+
+
+def add_command(sub, name: str, func, checkpoint: bool = False, **parser_kw):
+    """The parser of subcommand ``name`` (defaults shown in its --help; ``parser_kw``: help and
+    description) that runs ``func(args)``; with ``checkpoint`` its first argument is the run
+    directory or checkpoint folder to load."""
+    p = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **parser_kw)
+    p.set_defaults(func=func)
+    if checkpoint:
+        p.add_argument("checkpoint", help="run directory or ckpt-* folder")
+    return p
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def json_dict(text: str) -> dict:
+    """argparse type of the ``--*-kwargs`` and ``--solver-opts`` options: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"rtol\": 1e-4}'")
+    return value
+
+
+def add_sampling_args(p, solver: str | None = "heun", grid: bool = True) -> None:
+    """--solver, --steps, --solver-opts and --seed; with ``grid`` also the time grid's
+    --schedule and --timesteps-file, and --no-denoise (read back by :func:`grid_args`)."""
+    from ..samplers import list_solvers
+    from ..schedules import list_schedules
+    p.add_argument("--solver", default=solver, choices=list_solvers(), help="sampler")
+    p.add_argument("--steps", type=int, default=None, help="steps (default: the solver's)")
+    if grid:
+        p.add_argument("--schedule", default=None, choices=list_schedules(),
+                       help="time-step schedule (default: the SDE's)")
+    p.add_argument("--solver-opts", type=json_dict, default={},
+                   help="solver options as JSON, e.g. '{\"rtol\": 1e-4}' or '{\"snr\": 0.1}'")
+    if grid:
+        p.add_argument("--timesteps-file", default=None,
+                       help="a tuned schedule (JSON from `sdeflow tune-steps`) instead of "
+                            "--steps/--schedule")
+        p.add_argument("--no-denoise", action="store_true", help="skip the final denoising step")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def grid_args(a, model) -> dict:
+    """solver/steps/schedule from the arguments, or the solver and grid of --timesteps-file."""
+    if not getattr(a, "timesteps_file", None):
+        return dict(solver=a.solver, steps=a.steps, schedule=a.schedule)
+    from ..tuning import TunedSchedule
+    tuned = TunedSchedule.load(a.timesteps_file)
+    if a.steps is not None or a.schedule is not None:
+        raise ValueError("--timesteps-file replaces --steps and --schedule")
+    return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **tuned.solver_opts)
+
+
+def load_run(path, kind: str, device=None):
+    """(model, config) of the EMA network in a run directory or checkpoint folder, which must
+    hold a ``kind`` model: "score" (a Denoiser and its TrainConfig) or "classifier" (a
+    NoisyClassifier and its ClassifierConfig). A missing, damaged or foreign file is a
+    CheckpointError (a ValueError) whose message starts with the file's path."""
+    from ..loading import load
+    return load(path, ema=True, device=device, kind=kind)
+
+
+def latest_checkpoint(run_dir) -> Path:
+    """The checkpoint folder a run directory's ``latest`` file names."""
+    run_dir = Path(run_dir)
+    return run_dir / (run_dir / "latest").read_text().strip()
+
+
+def held_out(cfg, n: int):
+    """The first n images (and labels) of the model's held-out data: the ``test`` split of the
+    embedded sets, else the training data."""
+    from ..data import get_data
+    kw = dict(cfg.data_kwargs)
+    if cfg.data in SPLIT_DATA:
+        kw["split"] = "test"
+    data = get_data(cfg.data, **kw)
+    return data.x[:n], (None if data.y is None else data.y[:n])
+
+
+def load_images(paths, size: int, channels: int) -> torch.Tensor:
+    """Image files as a batch (N, channels, size, size) in [−1, 1], resized and centre-cropped."""
+    from PIL import Image
+
+    from ..data.images import pil_to_tensor, resize
+    xs = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"input image {p} not found")
+        with Image.open(p) as img:
+            xs.append(resize(pil_to_tensor(img, channels)[None], size)[0])
+    return torch.stack(xs)
+
+
+def repeat(x, k: int):
+    """Each row of ``x`` k times in a row (None stays None)."""
+    return None if x is None else x.repeat_interleave(k, dim=0)
+
+
+def write_report(path, report: dict, indent: int | None = 2) -> None:
+    """The report as JSON to ``path`` and to stdout."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=indent))
+
+
+def write_panels(out: Path, panels: dict, report: dict, arrays: dict, title: str) -> None:
+    """OUT/grid.png (one labelled column of images per panel), OUT/<name>.npy per array and
+    OUT/report.json."""
+    import numpy as np
+
+    from ..plotting import labelled_grids
+    out.mkdir(parents=True, exist_ok=True)
+    nrow = max(1, int(len(next(iter(panels.values()))) ** 0.5))
+    labelled_grids({k: v.cpu() for k, v in panels.items()}, out / "grid.png", nrow=nrow, title=title)
+    for k, v in arrays.items():
+        np.save(out / f"{k}.npy", v.cpu().numpy())
+    write_report(out / "report.json", report)
+    print(f"wrote {out / 'grid.png'}, {out / 'report.json'} and the arrays ({', '.join(arrays)}.npy)")

@@ -1,0 +1,162 @@
+"""``sdeflow sample``, ``sdeflow evaluate`` and ``sdeflow tune-steps``: draw from a trained
+score model with any registered solver, score the draws, or tune a solver's time grid."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .common import add_command, add_sampling_args, device, grid_args, load_run, write_report
+from .controllable import add_guidance_args, guided_model
+
+__all__ = ["add_sample", "cmd_sample", "add_evaluate", "cmd_evaluate", "add_tune_steps",
+           "cmd_tune_steps"]
+
+
+def add_sample(sub) -> None:
+    p = add_command(sub, "sample", cmd_sample, checkpoint=True,
+                    help="sample a trained checkpoint",
+                    description="Load a checkpoint (run directory or ckpt folder), draw samples "
+                                "with any registered solver, save them (.npy) and a scatter "
+                                "plot (2-D) or an image grid.")
+    p.add_argument("-n", "--num", type=int, default=2000, help="number of samples")
+    add_guidance_args(p)
+    add_sampling_args(p)
+    p.add_argument("--out", default="outputs/samples", help="output prefix (.npy, .png, .json)")
+
+
+def _toy_reference(cfg, x, seed: int, stats: dict):
+    """For toy data: fresh data draws to plot beside ``x``, and their sliced Wasserstein
+    distance to ``x`` in ``stats``; None for images."""
+    from ..data import get_data, list_toy
+    from ..metrics import sliced_wasserstein
+    if cfg.data not in list_toy():
+        return None
+    data = get_data(cfg.data).draw(len(x), torch.Generator().manual_seed(seed + 1))[0]
+    stats["sliced_wasserstein_to_data"] = sliced_wasserstein(x, data)
+    return {f"data ({cfg.data})": data}
+
+
+def cmd_sample(a) -> int:
+    import numpy as np
+
+    from ..plotting import save_samples
+    from ..samplers import sample
+    dev = device()
+    model, cfg = load_run(a.checkpoint, "score", device=dev)
+    if cfg.task is not None:
+        raise ValueError(f"this model was trained for --task {cfg.task}: use `sdeflow "
+                         f"{'sr' if cfg.task == 'sr' else 'colorize'}`")
+    model, cond = guided_model(a, model, cfg, a.num, dev)
+    with torch.no_grad():
+        x, stats = sample(model, shape=(a.num, *cfg.shape), denoise=not a.no_denoise, seed=a.seed,
+                          device=dev, cond=cond, progress=True, return_stats=True,
+                          **grid_args(a, model), **a.solver_opts)
+    x = x.cpu()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out.with_suffix(".npy"), x.numpy())
+    reference = _toy_reference(cfg, x, a.seed, stats)
+    save_samples(x, out.with_suffix(".png"), f"{stats['solver']}, NFE={stats['nfe']}", reference)
+    write_report(out.with_suffix(".json"), stats, indent=None)
+    print(f"wrote {out.with_suffix('.npy')}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
+    return 0
+
+
+def add_evaluate(sub) -> None:
+    p = add_command(sub, "evaluate", cmd_evaluate, checkpoint=True,
+                    help="sample a checkpoint and score it: metrics JSON + grid",
+                    description="Draw --num samples from a checkpoint with any solver and score "
+                                "them against the model's data: MMD²/sliced Wasserstein for toy "
+                                "data; for the digits, the Fréchet distance in a digit "
+                                "classifier's feature space (FDD) beside its train-vs-test noise "
+                                "floor, classifier confidence and class balance; FID/KID for "
+                                "image data when --inception-weights is given. Writes "
+                                "OUT/metrics.json and OUT/samples.png.")
+    p.add_argument("-n", "--num", type=int, default=1437, help="number of samples")
+    add_sampling_args(p)
+    p.add_argument("--batch", type=int, default=500, help="samples per batch")
+    p.add_argument("--inception-weights", default=None,
+                   help="path to pt_inception-2015-12-05 weights, for FID/KID (offline)")
+    p.add_argument("--out", default="outputs/eval", help="output folder")
+
+
+def cmd_evaluate(a) -> int:
+    from ..evaluate import draw_samples, evaluate_samples
+    from ..plotting import save_samples
+    model, cfg = load_run(a.checkpoint, "score", device=device())
+    labels = torch.arange(a.num) % cfg.num_classes if cfg.class_cond else None
+    grid = grid_args(a, model)
+    x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
+                         progress=True, denoise=not a.no_denoise, **grid, **a.solver_opts)
+    steps = len(grid["timesteps"]) - 1 if "timesteps" in grid else a.steps
+    report = dict(checkpoint=str(a.checkpoint), data=cfg.data, solver=grid["solver"], steps=steps,
+                  timesteps_file=a.timesteps_file,
+                  **st, **evaluate_samples(x, cfg, labels=labels,
+                                           inception_weights=a.inception_weights, seed=a.seed))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_samples(x, out / "samples.png", f"{grid['solver']}, NFE {st['nfe']}")
+    write_report(out / "metrics.json", report)
+    print(f"wrote {out / 'metrics.json'} and {out / 'samples.png'}")
+    return 0
+
+
+def _tunable_solvers() -> list[str]:
+    """Fixed-step ODE solvers whose grid tune-steps can move (bns is tune-steps' own output)."""
+    from ..samplers import get_solver, list_solvers
+    return [s for s in list_solvers("ode") if not get_solver(s).adaptive and s != "bns"]
+
+
+def add_tune_steps(sub) -> None:
+    p = add_command(sub, "tune-steps", cmd_tune_steps, checkpoint=True,
+                    help="optimise a solver's time steps for a trained model",
+                    description="Tune the time grid of a fixed-step ODE solver for a checkpoint "
+                                "and a step budget: the grid is moved (in log-SNR) to minimise "
+                                "the RMS distance of the solver's samples to an adaptive RK45 "
+                                "reference on --n-calib calibration noise draws (by gradient "
+                                "descent through the solver, or a derivative-free pattern "
+                                "search), validated on as many separate draws; with "
+                                "--coefficients the solver's multistep coefficients are tuned "
+                                "too (a bespoke non-stationary 'bns' solver). Evaluation noise "
+                                "(sample/evaluate --seed) is a third, separate set. Writes a "
+                                "JSON schedule for `sdeflow sample/evaluate --timesteps-file`.")
+    p.add_argument("--solver", default="dpmpp_2m", choices=_tunable_solvers(),
+                   help="the solver whose grid is tuned (with --coefficients: the starting "
+                        "solver, one network call per step)")
+    p.add_argument("--steps", type=int, default=9, help="grid intervals (NFE ≈ steps × NFE/step + 1)")
+    p.add_argument("--n-calib", type=int, default=128, help="calibration (and validation) draws")
+    p.add_argument("--calib-seed", type=int, default=1000,
+                   help="seed of the calibration draws (validation uses calib-seed + 1)")
+    p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",
+                   help="Adam on the grid through solver and network, or pattern search "
+                        "(no gradients; for models that cannot be differentiated)")
+    p.add_argument("--fixed-end", action="store_true",
+                   help="keep the last time at t_min (default: tune where the final denoising "
+                        "happens too)")
+    p.add_argument("--coefficients", action="store_true",
+                   help="tune the solver's linear-multistep coefficients with the grid (gradient "
+                        "method; Shaul et al. 2024); for few steps (≤ 8–10 NFE); give it more "
+                        "calibration draws (--n-calib 512 or more) than a grid")
+    p.add_argument("--max-evals", type=int, default=200,
+                   help="iterations (gradient: one forward + backward pass each) or solver runs "
+                        "(pattern) the search may spend")
+    p.add_argument("--out", default="outputs/tuned_schedule.json")
+
+
+def cmd_tune_steps(a) -> int:
+    from ..tuning import tune_timesteps
+    dev = device()
+    model, cfg = load_run(a.checkpoint, "score", device=dev)
+    shape = (a.n_calib, *cfg.shape)
+    draws = [model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(a.calib_seed + k))
+             .to(dev) for k in (0, 1)]
+    res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=a.solver, steps=a.steps,
+                         max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True,
+                         method=a.method, free_end=not a.fixed_end, coefficients=a.coefficients)
+    res.save(a.out)
+    print(json.dumps({k: v for k, v in res.__dict__.items() if k not in ("timesteps", "solver_opts")},
+                     indent=2))
+    print(f"wrote {a.out}")
+    return 0

@@ -1,0 +1,154 @@
+"""Score matching as a training program: every loss of :mod:`sdeflow.losses` (DSM with its
+weightings, EDM, ε, v, likelihood weighting, sliced score matching) on toy data or images,
+optionally class-conditional (with label dropout for classifier-free guidance) or conditioned
+on an image (SR3/Palette tasks, :mod:`sdeflow.tasks`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..data import list_toy
+from ..denoiser import PREDICTIONS, Denoiser
+from ..losses import draw_noise, list_losses, loss_fn
+from ..models import IMAGE_MODELS, build_model, default_model_kwargs, list_models
+from ..sde import get_sde, list_sdes
+from ..tasks import get_task, list_tasks
+from .config import EngineConfig
+from .objective import Objective, register_objective
+
+__all__ = ["TrainConfig", "ScoreMatching", "build_denoiser"]
+
+
+@dataclass
+class TrainConfig(EngineConfig):
+    """A score model's run: data, SDE, parameterisation, loss, network and conditioning."""
+
+    KIND = "score"
+
+    sde: str = "edm"
+    sde_kwargs: dict = field(default_factory=dict)
+    prediction: str = "x0"
+    precondition: str | None = "edm"
+    sigma_data: float = 1.0
+    loss: str = "edm"
+    class_cond: bool = False
+    p_uncond: float = 0.0
+    task: str | None = None
+    task_kwargs: dict = field(default_factory=dict)
+    hflip: bool = False
+    sample_solver: str = "heun"
+    sample_steps: int = 18
+    sample_num: int = 64
+
+    def checks(self) -> list[tuple[bool, str]]:
+        image_data = self.data not in list_toy()
+        return super().checks() + [
+            (self.sde in list_sdes(), f"sde {self.sde!r} not in {list_sdes()}"),
+            (self.prediction in PREDICTIONS, f"prediction {self.prediction!r} not in {list(PREDICTIONS)}"),
+            (self.loss in list_losses(), f"loss {self.loss!r} not in {list_losses()}"),
+            (self.model in list_models(), f"model {self.model!r} not in {list_models()}"),
+            (not (image_data and self.model not in IMAGE_MODELS),
+             f"image data {self.data!r} needs an image model ({', '.join(IMAGE_MODELS)})"),
+            (not (not image_data and self.model in IMAGE_MODELS),
+             f"toy data {self.data!r} needs model 'mlp'"),
+            (self.precondition in (None, "edm"), "precondition must be None or 'edm'"),
+            (not (self.precondition == "edm" and self.prediction != "x0"),
+             "precondition='edm' needs prediction='x0'"),
+            (self.sigma_data > 0, "sigma_data must be positive"),
+            (0 <= self.p_uncond < 1, "p_uncond must lie in [0, 1)"),
+            (not (self.p_uncond > 0 and not self.class_cond), "p_uncond needs class_cond"),
+            (self.task is None or self.task in list_tasks(),
+             f"task {self.task!r} not in {list_tasks()}"),
+            (self.task is None or image_data, "image-to-image tasks need image data"),
+            (self.sample_steps > 0 and self.sample_num > 0,
+             "sample_steps and sample_num must be positive")]
+
+    def resolve_model(self, data) -> None:
+        """The default network of the data's shape (:func:`~sdeflow.models.default_model_kwargs`)
+        under the user's arguments, plus the conditioning inputs the config asks for."""
+        if self.class_cond and (self.num_classes == 0 or getattr(data, "y", None) is None):
+            raise ValueError(f"class_cond needs labelled data; {self.data!r} has none")
+        for k, v in default_model_kwargs(self.model, self.shape).items():
+            self.model_kwargs.setdefault(k, v)
+        if self.model != "mlp":
+            if self.class_cond:
+                self.model_kwargs.setdefault("num_classes", self.num_classes)
+            if self.task is not None:
+                self.model_kwargs.setdefault("cond_channels",
+                                             self.get_task().cond_channels(self.shape[0]))
+
+    def get_task(self):
+        """The image-to-image task (:mod:`sdeflow.tasks`) or None."""
+        return None if self.task is None else get_task(self.task, **self.task_kwargs)
+
+
+def build_denoiser(cfg: TrainConfig) -> Denoiser:
+    """The network of a resolved ``cfg`` wrapped as a Denoiser under its SDE."""
+    sde = get_sde(cfg.sde, **cfg.sde_kwargs)
+    net = build_model(cfg.model, **cfg.model_kwargs)
+    return Denoiser(net, sde, prediction=cfg.prediction, precondition=cfg.precondition,
+                    sigma_data=cfg.sigma_data)
+
+
+@register_objective
+class ScoreMatching(Objective):
+    """The loss ``cfg.loss`` of a :class:`~sdeflow.Denoiser` on x_t = s x0 + σ ε."""
+
+    Config = TrainConfig
+    how_to_train = "train one with `sdeflow train`"
+
+    def __init__(self, cfg: TrainConfig, data):
+        super().__init__(cfg, data)
+        self.loss_fn = loss_fn(cfg.loss)
+        self.task = cfg.get_task()
+        self.sde = get_sde(cfg.sde, **cfg.sde_kwargs)
+
+    @classmethod
+    def build(cls, cfg: TrainConfig) -> dict[str, nn.Module]:
+        return {"model": build_denoiser(cfg)}
+
+    def view(self, name, net: Denoiser, wrap):
+        return net.with_net(wrap(net.net), check_finite=False)
+
+    def batch(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        cfg, g = self.cfg, generator
+        x0, y = self.data.draw(n, g)
+        if cfg.hflip:
+            flip = torch.rand(n, generator=g) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        out = dict(x0=x0)
+        if cfg.class_cond:
+            if cfg.p_uncond > 0:
+                drop = torch.rand(n, generator=g) < cfg.p_uncond
+                y = torch.where(drop, torch.full_like(y, cfg.num_classes), y)
+            out["class_labels"] = y
+        if self.task is not None:
+            out["x_cond"] = self.task.condition(x0)
+        out["t"], out["eps"] = draw_noise(self.sde, x0, cfg.loss, g)
+        return out
+
+    def loss(self, nets, batch, generator):
+        cond = {k: batch[k] for k in ("class_labels", "x_cond") if k in batch}
+        loss = self.loss_fn(nets["model"], batch["x0"], generator=generator, cond=cond,
+                            noise=(batch["t"], batch["eps"]))
+        return loss, {}
+
+    def preview(self, model: Denoiser, path: Path, step: int, device) -> Path:
+        """EMA samples with the config's sampler and a fixed seed: a grid (images) or a
+        scatter plot (2-D)."""
+        from ..plotting import save_samples
+        from ..samplers import sample
+        cfg, cond, n = self.cfg, {}, self.cfg.sample_num
+        if cfg.class_cond:
+            cond["class_labels"] = torch.arange(n, device=device) % cfg.num_classes
+        if self.task is not None:  # condition on the first images of the data set
+            x0 = self.data.x[:n] if hasattr(self.data, "x") else \
+                self.data.draw(n, torch.Generator().manual_seed(cfg.seed))[0]
+            cond["x_cond"] = self.task.condition(x0).to(device)
+            n = len(x0)
+        x = sample(model, shape=(n, *cfg.shape), solver=cfg.sample_solver,
+                   steps=cfg.sample_steps, seed=cfg.seed, device=device, cond=cond)
+        return save_samples(x, path, f"step {step}")
