@@ -38,3 +38,14 @@ def gen(seed):
 # A U-Net small enough to train a few steps in a test (8 channels, two levels, attention at 4×4).
 TINY_UNET = dict(channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], head_dim=8)
 TINY_DIT = dict(patch_size=2, hidden=32, depth=2, heads=2)
+
+
+def train_interrupted(make_cfg, tmp_path, split: int):
+    """(a run trained straight to make_cfg().steps, one stopped at ``split`` and resumed):
+    the exact-resume check every training program shares."""
+    from sdeflow.training import train
+    full = train(make_cfg(), tmp_path / "a", progress=False)
+    cfg = make_cfg()
+    cfg.steps = split
+    train(cfg, tmp_path / "b", progress=False)
+    return full, train(make_cfg(), tmp_path / "b", resume=True, progress=False)

@@ -21,6 +21,12 @@ def run(tmp_path):
     return out
 
 
+def _header(h: dict) -> bytes:
+    """A safetensors file with header ``h`` and 8 data bytes (a crafted, damaged file)."""
+    text = json.dumps(h).encode()
+    return len(text).to_bytes(8, "little") + text + bytes(8)
+
+
 def _ck(run):
     return run / "ckpt-00000002"
 
@@ -55,6 +61,10 @@ def test_missing_paths(tmp_path, run):
     (lambda f: f.write_bytes(f.read_bytes()[:-50]), r"truncated \(header says \d+ bytes, file has \d+\)"),
     (lambda f: f.write_bytes(b""), "truncated or empty"),
     (lambda f: f.write_bytes(bytes(range(256)) * 8), "not a safetensors file|corrupted"),
+    (lambda f: f.write_bytes(_header({"w": {"dtype": "F32", "shape": [1], "data_offsets": "ab"}})),
+     "no valid data offsets"),
+    (lambda f: f.write_bytes(_header({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0]}})),
+     "no valid data offsets"),
 ])
 def test_damaged_weights(run, damage, match):
     f = _ck(run) / "ema.safetensors"

@@ -15,7 +15,7 @@ from sdeflow.data import TOY_MIXTURE
 from sdeflow.metrics import mmd2
 from sdeflow.train import TrainConfig, TrainState, load_denoiser, train
 
-from .conftest import gen
+from .conftest import gen, train_interrupted
 
 
 def test_trained_model_samples_the_mixture(tmp_path):
@@ -47,11 +47,7 @@ def _small(**kw):
 
 def test_resume_continues_exactly(tmp_path):
     """20 steps + resume to 40 gives bit-identical weights, EMA and losses to 40 straight."""
-    full = train(_small(), tmp_path / "a", progress=False)
-    cfg = _small()
-    cfg.steps = 20
-    train(cfg, tmp_path / "b", progress=False)
-    resumed = train(_small(), tmp_path / "b", resume=True, progress=False)
+    full, resumed = train_interrupted(_small, tmp_path, 20)
     assert resumed.step == full.step == 40
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)

@@ -140,8 +140,10 @@ def _check_safetensors(f: Path) -> None:
                                      "safetensors file?") from None
     if not isinstance(header, dict):
         raise CheckpointError(f, "corrupted (its header is not a JSON object)")
-    ends = [v["data_offsets"][1] for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    try:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise CheckpointError(f, "corrupted (its header lists no valid data offsets)") from None
     need = 8 + n + max(ends, default=0)
     if need > size:
         raise CheckpointError(f, f"truncated (header says {need} bytes, file has {size})")

@@ -19,6 +19,16 @@ only talk to it. With ``precondition="edm"`` the network is wrapped as in Karras
     c_{skip} = \frac{\sigma_d^2}{\tilde\sigma^2+\sigma_d^2},\ c_{out} = \frac{\tilde\sigma\sigma_d}
     {\sqrt{\tilde\sigma^2+\sigma_d^2}},\ c_{in} = \frac{1}{\sqrt{\tilde\sigma^2+\sigma_d^2}},\
     c_{noise} = \tfrac14\log\tilde\sigma.
+
+With ``precondition="consistency"`` the same network is a consistency function (Song et al.
+2023, "Consistency Models", §3): with :math:`\tilde\sigma_{\min} = \tilde\sigma(t_{\min})`,
+
+.. math:: f(x,t) = c_{skip}\tilde x + c_{out} F(c_{in}\tilde x,\ c_{noise}),\quad
+    c_{skip} = \frac{\sigma_d^2}{(\tilde\sigma-\tilde\sigma_{\min})^2+\sigma_d^2},\
+    c_{out} = \frac{\sigma_d(\tilde\sigma-\tilde\sigma_{\min})}{\sqrt{\tilde\sigma^2+\sigma_d^2}},
+
+(c_in and c_noise as EDM's), so c_skip = 1 and c_out = 0 at t_min and the boundary condition
+:math:`f(x, t_{\min}) = x/s(t_{\min})` (= x for VE and EDM) holds exactly, whatever F is.
 """
 from __future__ import annotations
 
@@ -29,9 +39,10 @@ from torch import Tensor, nn
 
 from .sde import SDE, bcast
 
-__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "check_batch", "edm_scalings"]
+__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "PRECONDITIONS", "check_batch", "edm_scalings"]
 
 PREDICTIONS = ("x0", "eps", "v", "score")
+PRECONDITIONS = (None, "edm", "consistency")
 
 
 def check_batch(x, name: str = "x") -> None:
@@ -44,14 +55,20 @@ def check_batch(x, name: str = "x") -> None:
         raise ValueError(f"{name} contains non-finite values")
 
 
-def edm_scalings(sde: SDE, t: Tensor, sigma_data: float, like: Tensor):
+def edm_scalings(sde: SDE, t: Tensor, sigma_data: float, like: Tensor,
+                 consistency: bool = False):
     r"""EDM's (c_in, c_skip, c_out, c_noise) at noise level σ̃ = σ(t)/s(t) (Karras et al. 2022,
     Table 1), the first three broadcast against ``like``: c_in = (σ̃² + σ_d²)^{-1/2},
-    c_skip = σ_d²/(σ̃² + σ_d²), c_out = σ̃σ_d c_in, c_noise = ¼ log σ̃ (shape (B,))."""
+    c_skip = σ_d²/(σ̃² + σ_d²), c_out = σ̃σ_d c_in, c_noise = ¼ log σ̃ (shape (B,)).
+
+    ``consistency=True``: the consistency model's c_skip and c_out, with σ̃ − σ̃_min in place of
+    σ̃ (Song et al. 2023), so c_skip = 1 and c_out = 0 exactly at t = t_min."""
     nu = sde.noise_level(t)
-    nu_b, sd2 = bcast(nu, like), sigma_data**2
+    # σ̃_min from a tensor like t: the same kernel as σ̃, so σ̃ − σ̃_min is exactly 0 at t_min
+    shift = nu - sde.noise_level(torch.full_like(t, sde.t_min)) if consistency else nu
+    nu_b, shift_b, sd2 = bcast(nu, like), bcast(shift, like), sigma_data**2
     c_in = (nu_b**2 + sd2).rsqrt()
-    return c_in, sd2 / (nu_b**2 + sd2), nu_b * sigma_data * c_in, 0.25 * nu.log()
+    return c_in, sd2 / (shift_b**2 + sd2), shift_b * sigma_data * c_in, 0.25 * nu.log()
 
 
 class Prediction(NamedTuple):
@@ -70,9 +87,10 @@ class Denoiser(nn.Module):
         net: callable (usually an ``nn.Module``); ``t`` is the SDE's continuous time, shape (B,).
         sde: the forward SDE the net was trained for.
         prediction: one of ``"x0"``, ``"eps"``, ``"v"``, ``"score"``.
-        precondition: ``None`` (call the net on (x, t) as is) or ``"edm"`` (EDM's c_skip, c_out,
-            c_in, c_noise around an F-network; then ``prediction`` must be ``"x0"``).
-        sigma_data: σ_d of EDM preconditioning.
+        precondition: ``None`` (call the net on (x, t) as is), ``"edm"`` (EDM's c_skip, c_out,
+            c_in, c_noise around an F-network) or ``"consistency"`` (a consistency model's
+            c_skip, c_out with f(x, t_min) = x/s(t_min)); with either, ``prediction`` is ``"x0"``.
+        sigma_data: σ_d of the preconditioning.
         check_finite: raise if the network returns NaN/inf (one host sync per call).
 
     ``nfe`` counts network evaluations since construction (samplers report differences of it).
@@ -84,10 +102,10 @@ class Denoiser(nn.Module):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choices: {list(PREDICTIONS)}")
-        if precondition not in (None, "edm"):
-            raise ValueError(f"unknown precondition {precondition!r}; choices: [None, 'edm']")
-        if precondition == "edm" and prediction != "x0":
-            raise ValueError("precondition='edm' wraps an F-network into a denoiser: "
+        if precondition not in PRECONDITIONS:
+            raise ValueError(f"unknown precondition {precondition!r}; choices: {list(PRECONDITIONS)}")
+        if precondition is not None and prediction != "x0":
+            raise ValueError(f"precondition={precondition!r} wraps an F-network into a denoiser: "
                              "use prediction='x0'")
         if not callable(net):
             raise TypeError("net must be callable as net(x, t, **cond)")
@@ -111,8 +129,9 @@ class Denoiser(nn.Module):
         """The network's output in its own parameterisation (after preconditioning: x̂0)."""
         t = self._time(x, t)
         self.nfe += 1
-        if self.precondition == "edm":
-            c_in, c_skip, c_out, c_noise = edm_scalings(self.sde, t, self.sigma_data, x)
+        if self.precondition is not None:
+            c_in, c_skip, c_out, c_noise = edm_scalings(
+                self.sde, t, self.sigma_data, x, consistency=self.precondition == "consistency")
             xt = x / bcast(self.sde.s(t), x)
             out = c_skip * xt + c_out * self.net(c_in * xt, c_noise, **cond)
         else:

@@ -43,11 +43,11 @@ def draw_samples(model, cfg, n: int, *, batch: int = 500, seed: int = 0, labels=
 def evaluate_samples(x: torch.Tensor, cfg, *, labels=None, inception_weights=None,
                      seed: int = 0) -> dict:
     """Scores of samples ``x`` of a model trained with config ``cfg`` (see module docstring)."""
-    from .data import get_data, list_toy
+    from .data import get_data, list_vector_data
     out = {}
-    if cfg.data in list_toy():
+    if cfg.data in list_vector_data():
         from .metrics import mmd2, sliced_wasserstein
-        data = get_data(cfg.data)
+        data = get_data(cfg.data, **cfg.data_kwargs)
         g = torch.Generator().manual_seed(seed + 1)
         ref, ref2 = data.draw(len(x), g)[0], data.draw(len(x), g)[0]
         out.update(sliced_wasserstein=sliced_wasserstein(x, ref), mmd2=mmd2(x, ref),

@@ -33,7 +33,7 @@ from .reverse import pf_ode_drift
 from .rng import make_generator
 from .samplers.adaptive import select_rows
 from .samplers.registry import Context, get_solver, list_solvers
-from .samplers.rk import rk_adaptive, rk_fixed, rk_tableau
+from .samplers.rk import RK_SOLVERS, rk_adaptive, rk_fixed, rk_tableau
 from .schedules import get_timesteps
 
 __all__ = ["log_likelihood", "bits_per_dim", "BitsPerDim", "encode", "decode", "slerp",
@@ -77,6 +77,11 @@ def _check_data(model: Denoiser, x: Tensor) -> None:
     if not isinstance(model, Denoiser):
         raise TypeError("model must be an sdeflow.Denoiser")
     check_batch(x)
+
+
+def likelihood_solvers() -> list[str]:
+    """The solvers the likelihood ODE can be integrated with: the registered Runge–Kutta ones."""
+    return sorted(RK_SOLVERS)
 
 
 def _integrate(F: Callable, y: Tensor, model: Denoiser, t0: float, t1: float, solver: str,

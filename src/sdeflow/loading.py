@@ -43,7 +43,9 @@ def load(path, *, ema: bool = True, device=None, kind: str | None = None):
         path: a run directory (its ``latest`` checkpoint is used) or a checkpoint folder.
         ema: the EMA weights (default) or the raw trained ones.
         device: where to put the model (default CPU).
-        kind: the kind expected (``"score"``, ``"classifier"``, …); another kind is refused.
+        kind: the kind expected (``"score"``, ``"classifier"``, …; ``"denoiser"``: any
+            program whose model is a :class:`~sdeflow.Denoiser` — score models, distilled
+            students, consistency models); another kind is refused.
 
     The model is in eval mode with gradients off. Raises
     :class:`~sdeflow.checkpoint.CheckpointError` for every bad file."""
@@ -52,7 +54,7 @@ def load(path, *, ema: bool = True, device=None, kind: str | None = None):
     ck = resolve_checkpoint(path)
     raw = read_config(ck)
     found = raw.get("kind", "score")
-    if kind is not None and found != kind:
+    if kind is not None and found != kind and not _exports(found, kind):
         hint = get_objective(kind).how_to_train if kind in list_objectives() else ""
         raise CheckpointError(ck / "config.json", f"not a {kind} checkpoint (it holds a "
                                                   f"{found} model){'; ' + hint if hint else ''}")
@@ -68,3 +70,9 @@ def load(path, *, ema: bool = True, device=None, kind: str | None = None):
         load_weights(net, read_weights(ck, stem), ck / f"{stem}.safetensors")
     model: nn.Module = program.export(nets, cfg)
     return model.eval().requires_grad_(False).to(device or "cpu"), cfg
+
+
+def _exports(found: str, kind: str) -> bool:
+    """A checkpoint of kind ``found`` gives what ``kind`` asks for (e.g. a denoiser)."""
+    from .training.objective import get_objective, list_objectives
+    return found in list_objectives() and get_objective(found).exports == kind

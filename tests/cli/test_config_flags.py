@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from sdeflow.cli import build_parser
-from sdeflow.cli.train import NOT_FLAGS, classifier_config, score_config
+from sdeflow.cli.config_flags import NOT_FLAGS
+from sdeflow.cli.train import classifier_config, score_config
 from sdeflow.guidance import ClassifierConfig
 from sdeflow.train import TrainConfig
 

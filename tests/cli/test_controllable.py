@@ -19,8 +19,12 @@ def train(tmp_path, name, *args, steps=4):
     return str(run)
 
 
-def report(folder):
-    return json.loads((folder / "report.json").read_text())
+def run_image_command(runs, command, model, out_name, *args):
+    """``sdeflow COMMAND RUN ARGS --out OUT`` on the tiny run ``model``: (OUT, its report)."""
+    tmp, r = runs
+    out = tmp / out_name
+    assert main([command, r[model], *args, "--out", str(out)]) == 0
+    return out, json.loads((out / "report.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -35,37 +39,28 @@ def runs(tmp_path_factory):
 
 
 def test_inpaint_and_repaint_keep_known_pixels(runs):
-    tmp, r = runs
-    out = tmp / "inp"
-    assert main(["inpaint", r["digits"], "-n", "4", "--steps", "3", "--mask", "left",
-                 "--out", str(out)]) == 0
-    rep = report(out)
+    out, rep = run_image_command(runs, "inpaint", "digits", "inp", "-n", "4", "--steps", "3",
+                                 "--mask", "left")
     assert rep["known_max_abs_error"] == 0 and rep["nfe"] > 0
     assert 0 <= rep["classifier_agrees_with_original"] <= 1
     assert (out / "grid.png").stat().st_size > 0 and (out / "inpainted.npy").exists()
-    assert main(["inpaint", r["digits"], "-n", "2", "--samples", "2", "--method", "repaint",
-                 "--steps", "4", "--jump-length", "2", "--resamplings", "2", "--out", str(out)]) == 0
-    rep = report(out)
+    _, rep = run_image_command(runs, "inpaint", "digits", "inp", "-n", "2", "--samples", "2",
+                               "--method", "repaint", "--steps", "4", "--jump-length", "2",
+                               "--resamplings", "2")
     assert rep["known_max_abs_error"] == 0 and rep["steps_down"] == 4 + 2 * 2
 
 
 def test_colorize_score_sde_keeps_grey_and_palette_runs(runs):
-    tmp, r = runs
-    out = tmp / "col"
-    assert main(["colorize", r["color"], "-n", "3", "--samples", "2", "--steps", "3",
-                 "--out", str(out)]) == 0
-    rep = report(out)
+    _, rep = run_image_command(runs, "colorize", "color", "col", "-n", "3", "--samples", "2",
+                               "--steps", "3")
     assert rep["grey_max_abs_error"] < 1e-5 and rep["method"] == "score_sde replace"
     assert rep["colour_fd_floor_train_vs_test"] >= 0 and rep["colour_diversity"] >= 0
-    assert main(["colorize", r["palette"], "-n", "3", "--steps", "3", "--out", str(out)]) == 0
-    assert report(out)["method"] == "palette"
+    _, rep = run_image_command(runs, "colorize", "palette", "col", "-n", "3", "--steps", "3")
+    assert rep["method"] == "palette"
 
 
 def test_sr_reports_bicubic_and_sr3(runs):
-    tmp, r = runs
-    out = tmp / "sr"
-    assert main(["sr", r["sr"], "-n", "4", "--samples", "2", "--steps", "3", "--out", str(out)]) == 0
-    rep = report(out)
+    _, rep = run_image_command(runs, "sr", "sr", "sr", "-n", "4", "--samples", "2", "--steps", "3")
     assert {"psnr_bicubic", "psnr_sr3_sample", "psnr_sr3_mean", "ssim_bicubic", "fdd_sr3",
             "fdd_bicubic", "consistency_psnr"} <= set(rep)
 

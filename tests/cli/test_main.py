@@ -1,7 +1,9 @@
-"""The command-line package itself: every command answers --help, ``python -m sdeflow.cli``
+"""The command-line package itself: every command answers --help and says what it does (its
+one-line help and description come from its function's docstring), ``python -m sdeflow.cli``
 runs, user errors are one line while bugs keep their traceback, and the command modules form
 no import circle and import nothing private."""
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +12,17 @@ import pytest
 
 import sdeflow.cli
 from sdeflow.cli import build_parser, main, one_line
+from sdeflow.cli.common import add_command
 
 PACKAGE = Path(sdeflow.cli.__file__).parent
-COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
+SUBPARSERS = build_parser()._subparsers._group_actions[0]
+COMMANDS = sorted(SUBPARSERS.choices)
 
 
 def test_the_commands_are_all_there():
     assert COMMANDS == sorted(["train", "sample", "evaluate", "tune-steps", "train-classifier",
-                               "inpaint", "colorize", "sr", "demo", "likelihood", "interpolate",
-                               "list"])
+                               "distill", "inpaint", "colorize", "sr", "demo", "likelihood",
+                               "interpolate", "list"])
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -27,6 +31,26 @@ def test_every_command_has_help(command, capsys):
         main([command, "--help"])
     assert e.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: sdeflow {command}")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_a_help_line_and_a_description(command):
+    """The one-line help under `sdeflow --help` and the description of `sdeflow COMMAND --help`
+    are the first line and the rest of the command function's docstring."""
+    help_ = next(a.help for a in SUBPARSERS._choices_actions if a.dest == command)
+    description = SUBPARSERS.choices[command].description
+    func = SUBPARSERS.choices[command].get_default("func")
+    assert help_ and "\n" not in help_ and help_ == func.__doc__.strip().splitlines()[0]
+    assert description and len(description.split()) >= 10  # a sentence or more, not a stub
+    assert " ".join(description.split()) in " ".join(func.__doc__.split())
+
+
+def test_a_command_without_a_docstring_is_refused_by_name():
+    def cmd_nameless(a):
+        return 0
+    sub = build_parser()._subparsers._group_actions[0]
+    with pytest.raises(ValueError, match="cmd_nameless needs a docstring"):
+        add_command(sub, "nameless", cmd_nameless)
 
 
 def test_python_dash_m_runs_the_cli():
@@ -43,6 +67,7 @@ def test_a_user_error_is_one_line_and_status_2(tmp_path, capsys):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
+    @functools.wraps(sdeflow.cli.info.cmd_list)  # its help and description
     def broken(a):
         raise RuntimeError("an internal bug")
     monkeypatch.setattr(sdeflow.cli.info, "cmd_list", broken)

@@ -24,7 +24,7 @@ CASES = [
     ("unet", build_model, "unet", IMAGE, dict(channel_mult=[]), "channel_mult"),
     ("unet", build_model, "unet", IMAGE, dict(channel_mult=[1, 0]), "channel_mult"),
     ("unet", build_model, "unet", IMAGE, dict(channel_mult="12"), "channel_mult"),
-    ("unet", build_model, "unet", IMAGE, dict(num_res_blocks=0), "num_res_blocks"),
+    ("unet", build_model, "unet", IMAGE, dict(num_res_blocks=-1), "num_res_blocks"),
     ("unet", build_model, "unet", IMAGE, dict(attn_resolutions=["16"]), "attn_resolutions"),
     ("unet", build_model, "unet", IMAGE, dict(attn_resolutions=4), "attn_resolutions"),
     ("unet", build_model, "unet", IMAGE, dict(channels=200, channel_mult=[1]), "head_dim"),

@@ -150,3 +150,26 @@ def test_callback_sees_t_and_x_of_the_sampler(references, solver):
     t, x_last = seen[-1]
     torch.testing.assert_close(t, torch.full_like(t, model.sde.t_min))
     torch.testing.assert_close(x_last, x)
+
+
+def test_mixed_start_sides_and_non_positive_steps_are_refused():
+    x = torch.zeros(2, 1)
+    with pytest.raises(ValueError, match="same side"):
+        AdaptiveState(torch.tensor([0.2, 0.8]), x, torch.full((2,), 0.1), 0.5)
+    with pytest.raises(ValueError, match="positive"):
+        AdaptiveState(torch.tensor([0.2, 0.2]), x, torch.tensor([0.1, 0.0]), 0.5)
+
+
+def test_step_size_underflow_stops_at_once():
+    """An error estimate that is never small enough drives h below the resolution of t; the
+    loop says so instead of spinning until max_steps."""
+    calls = []
+
+    def step(t, x, dt, rows):
+        calls.append(1)
+        return Trial(x + dt[:, None], torch.where(dt.abs() < 1e-9, 0.5, 1e3) * torch.ones_like(dt))
+    state = AdaptiveState(torch.full((1,), 1.0, dtype=torch.float32), torch.zeros(1, 1),
+                          torch.full((1,), 0.5), 0.0)
+    with pytest.raises(FloatingPointError, match="step size underflow"):
+        adaptive_loop(step, state, StepController(order=2), name="test", max_steps=10_000)
+    assert len(calls) < 200

@@ -2,6 +2,7 @@
 (here a two-network toy distillation, registered in this file); the engine saves and restores
 all of its networks exactly, and checkpoints written before the engine existed still load,
 give the same outputs and resume."""
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,13 @@ import torch
 from torch.nn import functional as F
 
 import sdeflow
+from sdeflow.checkpoint import CheckpointError
 from sdeflow.models import build_model
 from sdeflow.train import TrainConfig
 from sdeflow.training import (ClassifierConfig, EngineConfig, Objective, Trainer,
                               get_objective, register_objective, train)
+
+from ..conftest import train_interrupted
 
 OLD = Path(__file__).parent.parent / "fixtures" / "v0_1"
 
@@ -58,11 +62,7 @@ def _toy(**kw):
 
 
 def test_a_new_program_is_one_objective_and_resumes_every_network_exactly(tmp_path):
-    full = train(_toy(), tmp_path / "a", progress=False)
-    cfg = _toy()
-    cfg.steps = 3
-    train(cfg, tmp_path / "b", progress=False)
-    resumed = train(_toy(), tmp_path / "b", resume=True, progress=False)
+    full, resumed = train_interrupted(_toy, tmp_path, 3)
     for name in ("teacher", "student"):
         for a, b in zip(full.nets[name].state_dict().values(),
                         resumed.nets[name].state_dict().values()):
@@ -115,3 +115,72 @@ def test_a_run_written_before_the_engine_resumes(tmp_path, kind):
     cfg.steps = 4
     st = train(cfg, run, resume=True, progress=False)
     assert st.step == 4 and (run / "ckpt-00000004" / "config.json").is_file()
+
+
+def _small_mixture(**kw):
+    return TrainConfig(data="mixture", data_kwargs={"dim": 16}, steps=4, batch_size=16,
+                       ckpt_every=2, log_every=1, tensorboard=False, **kw)
+
+
+def test_a_started_run_keeps_its_architecture_when_the_defaults_change(tmp_path):
+    """A run whose config names only some network arguments (as every run before the default
+    architectures did) resumes with the network it was built with; a new run gets today's
+    default for 16-D data (hidden 256), and an argument the user gives must still match."""
+    run = tmp_path / "old"
+    old = _small_mixture(model_kwargs=dict(hidden=128, depth=3, emb_dim=64))
+    old.steps = 2
+    train(old, run, progress=False)
+    cfg_file = run / "ckpt-00000002" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["model_kwargs"] = {"dim": 16}  # what an older run saved: the constructor did the rest
+    cfg_file.write_text(json.dumps(cfg))
+    st = train(_small_mixture(), run, resume=True, progress=False)
+    assert st.step == 4 and st.model.net.emb_mlp[0].out_features == 128
+    assert st.cfg.model_kwargs == {"dim": 16}
+    assert Trainer(_small_mixture()).model.net.emb_mlp[0].out_features == 256
+    with pytest.raises(ValueError, match=r"differs from the checkpoint's in \['model_kwargs'\]"):
+        train(_small_mixture(model_kwargs=dict(hidden=64)), run, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(steps=2.5), "steps must be int, got 2.5"),
+    (dict(batch_size=16.0), "batch_size must be int"),
+    (dict(compile="false"), "compile must be bool"),
+    (dict(ema_decay="0.9"), "ema_decay must be float"),
+    (dict(model_kwargs=[1]), "model_kwargs must be dict"),
+    (dict(shape=[2, 0]), "shape must be a list of positive integers"),
+    (dict(shape=[3], model_kwargs={"dim": 2}), r"shape \[3\] disagrees with model_kwargs dim=2"),
+    (dict(hflip=True), "hflip needs image data"),
+])
+def test_config_values_of_the_wrong_type_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw).validate()
+
+
+def test_resume_names_the_damaged_file(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(OLD / "score", run)
+    ck = run / "ckpt-00000002"
+    (ck / "state.pt").rename(tmp_path / "state.pt")
+    torch.save({"step": 2}, ck / "state.pt")
+    with pytest.raises(CheckpointError, match=r"state.pt: does not fit this run \(KeyError"):
+        Trainer.load(run)
+    (tmp_path / "state.pt").rename(ck / "state.pt")
+    (ck / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors: missing"):
+        Trainer.load(run)
+
+
+def test_resuming_an_older_log_keeps_its_columns_apart(tmp_path):
+    """A classifier run of sdeflow 0.1 logged step,loss,accuracy; resumed, its rows move
+    into the new columns by name (no accuracy under lr)."""
+    run = tmp_path / "clf"
+    shutil.copytree(OLD / "classifier", run)
+    (run / "loss.csv").write_text("step,loss,accuracy\n1,2.3,0.1\n2,2.2,0.2\n3,2.1,0.3\n")
+    _, cfg = sdeflow.load(run)
+    cfg.steps = 3
+    train(cfg, run, resume=True, progress=False)
+    rows = [r.split(",") for r in (run / "loss.csv").read_text().splitlines()]
+    assert rows[0] == ["step", "loss", "lr", "img_per_s", "accuracy"]
+    assert rows[1] == ["1", "2.3", "", "", "0.1"] and rows[2] == ["2", "2.2", "", "", "0.2"]
+    assert rows[3][0] == "3" and len(rows) == 4

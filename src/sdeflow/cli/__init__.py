@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import controllable, info, likelihood, sample, train
+from . import controllable, distill, info, likelihood, sample, train
 
 __all__ = ["main", "build_parser"]
 
@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 USER_ERRORS = (ValueError, OSError, TypeError)
 
 COMMANDS = (train.add_train, sample.add_sample, sample.add_evaluate, sample.add_tune_steps,
-            train.add_train_classifier, controllable.add_inpaint, controllable.add_colorize,
+            train.add_train_classifier, distill.add_distill, controllable.add_inpaint, controllable.add_colorize,
             controllable.add_sr, info.add_demo, likelihood.add_likelihood,
             likelihood.add_interpolate, info.add_list)
 

@@ -3,24 +3,38 @@ run, held-out data and input images, and writing outputs (reports, grids, arrays
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 
 import torch
 
-__all__ = ["add_command", "device", "json_dict", "add_sampling_args", "grid_args", "load_run",
-           "latest_checkpoint", "held_out", "load_images", "repeat", "write_report",
+__all__ = ["command_help", "add_command", "device", "json_dict", "add_sampling_args", "grid_args",
+           "load_run", "latest_checkpoint", "held_out", "load_images", "repeat", "write_report",
            "write_panels", "SPLIT_DATA"]
 
 # Embedded data sets with a held-out ``test`` split.
 SPLIT_DATA = ("digits", "color_digits", "photos")
 
 
-def add_command(sub, name: str, func, checkpoint: bool = False, **parser_kw):
-    """The parser of subcommand ``name`` (defaults shown in its --help; ``parser_kw``: help and
-    description) that runs ``func(args)``; with ``checkpoint`` its first argument is the run
-    directory or checkpoint folder to load."""
-    p = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **parser_kw)
+def command_help(func) -> tuple[str, str]:
+    """(help, description) of a command from the docstring of the function it runs: the first
+    line is the one-line ``help`` of ``sdeflow --help``, the paragraphs after it the
+    ``description`` of ``sdeflow COMMAND --help`` (argparse re-wraps them)."""
+    first, _, rest = inspect.cleandoc(func.__doc__ or "").partition("\n")
+    if not first or not rest.strip():
+        raise ValueError(f"{func.__module__}.{func.__qualname__} needs a docstring: a one-line "
+                         "help, a blank line, then the command's description")
+    return first.strip(), rest.strip()
+
+
+def add_command(sub, name: str, func, checkpoint: bool = False):
+    """The parser of subcommand ``name`` (defaults shown in its --help; help and description
+    from :func:`command_help`) that runs ``func(args)``; with ``checkpoint`` its first argument
+    is the run directory or checkpoint folder to load."""
+    help_, description = command_help(func)
+    p = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help=help_, description=description)
     p.set_defaults(func=func)
     if checkpoint:
         p.add_argument("checkpoint", help="run directory or ckpt-* folder")
@@ -42,12 +56,14 @@ def json_dict(text: str) -> dict:
     return value
 
 
-def add_sampling_args(p, solver: str | None = "heun", grid: bool = True) -> None:
+def add_sampling_args(p, grid: bool = True) -> None:
     """--solver, --steps, --solver-opts and --seed; with ``grid`` also the time grid's
-    --schedule and --timesteps-file, and --no-denoise (read back by :func:`grid_args`)."""
+    --schedule and --timesteps-file, --no-denoise and --force (read back by
+    :func:`grid_args`)."""
     from ..samplers import list_solvers
     from ..schedules import list_schedules
-    p.add_argument("--solver", default=solver, choices=list_solvers(), help="sampler")
+    p.add_argument("--solver", default=None, choices=list_solvers(),
+                   help="sampler (default: heun; a distilled model: DDIM on its own grid)")
     p.add_argument("--steps", type=int, default=None, help="steps (default: the solver's)")
     if grid:
         p.add_argument("--schedule", default=None, choices=list_schedules(),
@@ -59,24 +75,30 @@ def add_sampling_args(p, solver: str | None = "heun", grid: bool = True) -> None
                        help="a tuned schedule (JSON from `sdeflow tune-steps`) instead of "
                             "--steps/--schedule")
         p.add_argument("--no-denoise", action="store_true", help="skip the final denoising step")
+        p.add_argument("--force", action="store_true",
+                       help="sample a distilled model on another grid than its own")
     p.add_argument("--seed", type=int, default=0)
 
 
 def grid_args(a, model) -> dict:
-    """solver/steps/schedule from the arguments, or the solver and grid of --timesteps-file."""
+    """solver/steps/schedule (or the solver and grid of --timesteps-file), denoise and force
+    from the arguments, as ``sdeflow.sample`` takes them (None: the model's own default)."""
+    own = dict(denoise=False if a.no_denoise else None, force=a.force)
     if not getattr(a, "timesteps_file", None):
-        return dict(solver=a.solver, steps=a.steps, schedule=a.schedule)
+        return dict(solver=a.solver, steps=a.steps, schedule=a.schedule, **own)
     from ..tuning import TunedSchedule
     tuned = TunedSchedule.load(a.timesteps_file)
     if a.steps is not None or a.schedule is not None:
         raise ValueError("--timesteps-file replaces --steps and --schedule")
-    return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **tuned.solver_opts)
+    return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **own,
+                **tuned.solver_opts)
 
 
 def load_run(path, kind: str, device=None):
     """(model, config) of the EMA network in a run directory or checkpoint folder, which must
-    hold a ``kind`` model: "score" (a Denoiser and its TrainConfig) or "classifier" (a
-    NoisyClassifier and its ClassifierConfig). A missing, damaged or foreign file is a
+    hold a ``kind`` model: "denoiser" (a Denoiser — a score model, a distilled student, a
+    consistency model — and its config) or "classifier" (a NoisyClassifier and its
+    ClassifierConfig). A missing, damaged or foreign file is a
     CheckpointError (a ValueError) whose message starts with the file's path."""
     from ..loading import load
     return load(path, ema=True, device=device, kind=kind)

@@ -43,11 +43,11 @@ def guided_model(a, model, cfg, n: int, device):
     if a.classifier:
         clf, _ = load_run(a.classifier, "classifier", device=device)
         _check_class(a.class_label, clf.num_classes)
-        if cfg.class_cond:
+        if getattr(cfg, "class_cond", False):
             raise ValueError("--classifier guides an unconditional model; this one is "
                              "class-conditional (use --guidance alone for classifier-free guidance)")
         return ClassifierGuidance(model, clf, 1.0 if a.guidance is None else a.guidance), cond
-    if not cfg.class_cond:
+    if not getattr(cfg, "class_cond", False):  # only score models are class-conditional
         raise ValueError("--class needs a class-conditional model (trained with --class-cond) "
                          "or a --classifier")
     _check_class(a.class_label, cfg.num_classes)
@@ -70,38 +70,31 @@ def _digit_labels(x: torch.Tensor) -> torch.Tensor:
     return digits_features(x)[1].argmax(1)
 
 
-def _add_image_command(sub, name: str, func, default_out: str, **parser_kw):
+def _add_image_command(sub, name: str, func, default_out: str):
     """The parser of an image command: checkpoint, --input or -n held-out images, --samples per
     image, the solver options (default solver: the method's) and --out."""
-    p = add_command(sub, name, func, checkpoint=True, **parser_kw)
+    p = add_command(sub, name, func, checkpoint=True)
     p.add_argument("--input", nargs="+", default=None,
                    help="image files to process (default: the first --num held-out images)")
     p.add_argument("-n", "--num", type=int, default=16, help="held-out images to process")
     p.add_argument("--samples", type=int, default=None, help="samples per image")
-    add_sampling_args(p, solver=None, grid=False)
+    add_sampling_args(p, grid=False)
     p.add_argument("--out", default=default_out, help="output folder")
     return p
 
 
-def _add_samples(panels: dict, out, k: int, name: str) -> None:
-    """One panel per sample index j of the k samples drawn for each input."""
-    for j in range(k):
-        panels[f"{name} {j + 1}"] = out[j::k]
+def _panels(inputs: dict, out, k: int, name: str, original=None) -> dict:
+    """The grid's columns: the ``inputs`` panels, one panel per sample index j of the k samples
+    drawn for each input, and the original images when they are known."""
+    samples = {f"{name} {j + 1}": out[j::k] for j in range(k)}
+    return {**inputs, **samples, **({} if original is None else {"original": original})}
 
 
 # --- inpaint ------------------------------------------------------------------------------------
 
 def add_inpaint(sub) -> None:
     from ..inpainting import MASKS
-    p = _add_image_command(
-        sub, "inpaint", cmd_inpaint, "outputs/inpaint",
-        help="fill in the masked part of images with a trained model",
-        description="Inpaint with an unconditional (or class-conditional) model: 'replace' runs "
-                    "any fixed-grid sampler with the known pixels replaced by forward-noised "
-                    "copies after every step (score_sde; default solver pc); 'repaint' walks the "
-                    "time grid with jumps back up (RePaint, --jump-length, --resamplings). Known "
-                    "pixels are kept exactly. Writes OUT/grid.png (masked input | completions | "
-                    "original) and OUT/report.json.")
+    p = _add_image_command(sub, "inpaint", cmd_inpaint, "outputs/inpaint")
     p.add_argument("--mask", default="center",
                    help=f"mask: one of {', '.join(MASKS)}, or an image file (bright = known)")
     p.add_argument("--mask-fraction", type=float, default=0.5, help="hidden fraction for --mask random")
@@ -138,6 +131,14 @@ def _agreement(out, y, m, labels, k: int) -> dict:
 
 
 def cmd_inpaint(a) -> int:
+    """fill in the masked part of images with a trained model
+
+    Inpaint with an unconditional (or class-conditional) model: 'replace' runs any fixed-grid
+    sampler with the known pixels replaced by forward-noised copies after every step
+    (score_sde; default solver pc); 'repaint' walks the time grid with jumps back up (RePaint,
+    --jump-length, --resamplings). Known pixels are kept exactly. Writes OUT/grid.png (masked
+    input | completions | original) and OUT/report.json.
+    """
     dev = device()
     model, cfg = load_run(a.checkpoint, "score", device=dev)
     if len(cfg.shape) != 3 or cfg.task is not None:
@@ -158,10 +159,9 @@ def cmd_inpaint(a) -> int:
                   known_max_abs_error=(out - y).abs().mul(m).max().item(), **st)
     if _is_digits(cfg) and labels is not None:
         report.update(_agreement(out, y, m, labels, k))
-    panels = {"masked input (grey = unknown)": torch.where(m.bool(), y, torch.zeros_like(y))[::k]}
-    _add_samples(panels, out, k, "completion")
-    panels["original"] = x
-    write_panels(Path(a.out), panels, report, dict(inpainted=out, mask=mask),
+    masked = {"masked input (grey = unknown)": torch.where(m.bool(), y, torch.zeros_like(y))[::k]}
+    write_panels(Path(a.out), _panels(masked, out, k, "completion", x), report,
+                 dict(inpainted=out, mask=mask),
                  f"inpainting ({a.method}, {st['solver']}), NFE {st['nfe']}")
     return 0
 
@@ -169,15 +169,7 @@ def cmd_inpaint(a) -> int:
 # --- colorize -----------------------------------------------------------------------------------
 
 def add_colorize(sub) -> None:
-    p = _add_image_command(
-        sub, "colorize", cmd_colorize, "outputs/colorize",
-        help="colour grey images with a trained RGB model",
-        description="With an unconditional RGB model: score_sde's colorization (inpainting in a "
-                    "decoupled colour basis; the grey level is kept exactly). With a Palette "
-                    "model (trained with --task colorize): conditional sampling given the grey "
-                    "image. Writes OUT/grid.png (grey | colourings | original), OUT/report.json "
-                    "(grey-level error, colour diversity across samples, colour statistics vs "
-                    "the data).")
+    p = _add_image_command(sub, "colorize", cmd_colorize, "outputs/colorize")
     p.add_argument("--method", default="replace", choices=["replace", "repaint"],
                    help="for unconditional models")
 
@@ -227,6 +219,14 @@ def _colorize(a, model, cfg, g, dev):
 
 
 def cmd_colorize(a) -> int:
+    """colour grey images with a trained RGB model
+
+    With an unconditional RGB model: score_sde's colorization (inpainting in a decoupled colour
+    basis; the grey level is kept exactly). With a Palette model (trained with --task
+    colorize): conditional sampling given the grey image. Writes OUT/grid.png (grey |
+    colourings | original), OUT/report.json (grey-level error, colour diversity across
+    samples, colour statistics vs the data).
+    """
     from ..inpainting import grey
     dev = device()
     model, cfg = load_run(a.checkpoint, "score", device=dev)
@@ -238,9 +238,7 @@ def cmd_colorize(a) -> int:
     out = out.cpu()  # not clamped: clamping would change the grey level kept exactly
     report = dict(checkpoint=str(a.checkpoint), method=method, images=len(x), samples_per_image=k,
                   **st, **colour_report(out, x, k, cfg))
-    panels = {"grey input": grey(x).expand(-1, 3, -1, -1)}
-    _add_samples(panels, out, k, "colouring")
-    panels["original"] = x
+    panels = _panels({"grey input": grey(x).expand(-1, 3, -1, -1)}, out, k, "colouring", x)
     write_panels(Path(a.out), panels, report, dict(colorized=out), f"colorization ({method})")
     return 0
 
@@ -248,16 +246,7 @@ def cmd_colorize(a) -> int:
 # --- super-resolution ---------------------------------------------------------------------------
 
 def add_sr(sub) -> None:
-    p = _add_image_command(
-        sub, "sr", cmd_sr, "outputs/sr",
-        help="super-resolve images with an SR3 model (--task sr)",
-        description="Sample an SR3 model (trained with `sdeflow train --task sr`) conditioned on "
-                    "the bicubic upsampling of low-resolution images: held-out images are "
-                    "box-downsampled by the model's factor (or --input gives low-resolution "
-                    "files). Writes OUT/grid.png (low-res | bicubic | SR3 samples | original) "
-                    "and OUT/report.json: PSNR/SSIM of bicubic, of single SR3 samples and of "
-                    "their mean, consistency with the low-res input, and the digits metric (FDD) "
-                    "of bicubic and SR3 for digit models.")
+    _add_image_command(sub, "sr", cmd_sr, "outputs/sr")
 
 
 def sr_report(out, hr, low, task, k, cfg) -> dict:
@@ -284,6 +273,15 @@ def sr_report(out, hr, low, task, k, cfg) -> dict:
 
 
 def cmd_sr(a) -> int:
+    """super-resolve images with an SR3 model (--task sr)
+
+    Sample an SR3 model (trained with `sdeflow train --task sr`) conditioned on the bicubic
+    upsampling of low-resolution images: held-out images are box-downsampled by the model's
+    factor (or --input gives low-resolution files). Writes OUT/grid.png (low-res | bicubic |
+    SR3 samples | original) and OUT/report.json: PSNR/SSIM of bicubic, of single SR3 samples
+    and of their mean, consistency with the low-res input, and the digits metric (FDD) of
+    bicubic and SR3 for digit models.
+    """
     from torch.nn import functional as F
 
     from ..samplers import sample
@@ -306,10 +304,8 @@ def cmd_sr(a) -> int:
     out = out.cpu().clamp(-1, 1)
     report = dict(checkpoint=str(a.checkpoint), factor=task.factor, images=len(low),
                   samples_per_image=k, **st, **sr_report(out, hr, low, task, k, cfg))
-    panels = {"low-res": F.interpolate(low, scale_factor=task.factor, mode="nearest"),
+    inputs = {"low-res": F.interpolate(low, scale_factor=task.factor, mode="nearest"),
               "bicubic": task.upsample(low)}
-    _add_samples(panels, out, k, "SR3")
-    if hr is not None:
-        panels["original"] = hr
+    panels = _panels(inputs, out, k, "SR3", hr)
     write_panels(Path(a.out), panels, report, dict(sr=out), f"SR3 ×{task.factor}, NFE {st['nfe']}")
     return 0

@@ -11,15 +11,7 @@ __all__ = ["add_demo", "cmd_demo", "add_list", "cmd_list"]
 
 
 def add_demo(sub) -> None:
-    p = add_command(sub, "demo", cmd_demo,
-                    help="train toy and digits models, plot SDE, PC and ODE samples",
-                    description="Part 1 (toy): train the MLP on the 8-Gaussian ring, sample it "
-                                "with an SDE (Euler–Maruyama), a predictor–corrector and an ODE "
-                                "(Heun) sampler; scatter plots, PF-ODE trajectories, metrics. "
-                                "Part 2 (digits): train the default U-Net on the embedded 8×8 "
-                                "digits for a few minutes on CPU, sample it with SDE, PC and ODE "
-                                "samplers; image grids and the digits metric (FDD vs its noise "
-                                "floor). Everything goes to --out.")
+    p = add_command(sub, "demo", cmd_demo)
     p.add_argument("--part", default="all", choices=["all", "toy", "digits"])
     p.add_argument("--out", default="outputs", help="where pictures and metrics go")
     p.add_argument("--run", default="runs/demo", help="run directory of the toy checkpoint")
@@ -33,6 +25,14 @@ def add_demo(sub) -> None:
 
 
 def cmd_demo(a) -> int:
+    """train toy and digits models, plot SDE, PC and ODE samples
+
+    Part 1 (toy): train the MLP on the 8-Gaussian ring, sample it with an SDE (Euler–Maruyama),
+    a predictor–corrector and an ODE (Heun) sampler; scatter plots, PF-ODE trajectories,
+    metrics. Part 2 (digits): train the default U-Net on the embedded 8×8 digits for a few
+    minutes on CPU, sample it with SDE, PC and ODE samplers; image grids and the digits metric
+    (FDD vs its noise floor). Everything goes to --out.
+    """
     from ..demo import digits_demo, toy_demo
     out = Path(a.out)
     if a.part in ("all", "toy"):
@@ -48,16 +48,17 @@ def cmd_demo(a) -> int:
 
 
 def add_list(sub) -> None:
-    p = add_command(sub, "list", cmd_list,
-                    help="list solvers, schedules, SDEs, losses, data sets",
-                    description="Print the names every registry accepts: solvers (by kind, "
-                                "with what they are), time-step schedules, SDEs, training "
-                                "losses, data sets and networks. Use them with --solver, "
-                                "--schedule, --sde, --loss and --data, or in Python as "
-                                "sdeflow.sample(model, solver=..., schedule=...).")
+    add_command(sub, "list", cmd_list)
 
 
 def cmd_list(a) -> int:
+    """list solvers, schedules, SDEs, losses, data sets
+
+    Print the names every registry accepts: solvers (by kind, with what they are), time-step
+    schedules, SDEs, training losses, data sets and networks. Use them with --solver,
+    --schedule, --sde, --loss and --data, or in Python as sdeflow.sample(model, solver=...,
+    schedule=...).
+    """
     from ..data import list_data
     from ..inpainting import MASKS
     from ..losses import list_losses

@@ -15,11 +15,7 @@ __all__ = ["add_sample", "cmd_sample", "add_evaluate", "cmd_evaluate", "add_tune
 
 
 def add_sample(sub) -> None:
-    p = add_command(sub, "sample", cmd_sample, checkpoint=True,
-                    help="sample a trained checkpoint",
-                    description="Load a checkpoint (run directory or ckpt folder), draw samples "
-                                "with any registered solver, save them (.npy) and a scatter "
-                                "plot (2-D) or an image grid.")
+    p = add_command(sub, "sample", cmd_sample, checkpoint=True)
     p.add_argument("-n", "--num", type=int, default=2000, help="number of samples")
     add_guidance_args(p)
     add_sampling_args(p)
@@ -29,28 +25,34 @@ def add_sample(sub) -> None:
 def _toy_reference(cfg, x, seed: int, stats: dict):
     """For toy data: fresh data draws to plot beside ``x``, and their sliced Wasserstein
     distance to ``x`` in ``stats``; None for images."""
-    from ..data import get_data, list_toy
+    from ..data import get_data, list_vector_data
     from ..metrics import sliced_wasserstein
-    if cfg.data not in list_toy():
+    if cfg.data not in list_vector_data():
         return None
-    data = get_data(cfg.data).draw(len(x), torch.Generator().manual_seed(seed + 1))[0]
+    data = get_data(cfg.data, **cfg.data_kwargs).draw(len(x), torch.Generator().manual_seed(seed + 1))[0]
     stats["sliced_wasserstein_to_data"] = sliced_wasserstein(x, data)
     return {f"data ({cfg.data})": data}
 
 
 def cmd_sample(a) -> int:
+    """sample a trained checkpoint
+
+    Load a checkpoint (run directory or ckpt folder), draw samples with any registered solver,
+    save them (.npy) and a scatter plot (2-D) or an image grid.
+    """
     import numpy as np
 
     from ..plotting import save_samples
     from ..samplers import sample
     dev = device()
-    model, cfg = load_run(a.checkpoint, "score", device=dev)
-    if cfg.task is not None:
-        raise ValueError(f"this model was trained for --task {cfg.task}: use `sdeflow "
-                         f"{'sr' if cfg.task == 'sr' else 'colorize'}`")
+    model, cfg = load_run(a.checkpoint, "denoiser", device=dev)
+    task = getattr(cfg, "task", None)  # score models may be image-to-image models
+    if task is not None:
+        raise ValueError(f"this model was trained for --task {task}: use `sdeflow "
+                         f"{'sr' if task == 'sr' else 'colorize'}`")
     model, cond = guided_model(a, model, cfg, a.num, dev)
     with torch.no_grad():
-        x, stats = sample(model, shape=(a.num, *cfg.shape), denoise=not a.no_denoise, seed=a.seed,
+        x, stats = sample(model, shape=(a.num, *cfg.shape), seed=a.seed,
                           device=dev, cond=cond, progress=True, return_stats=True,
                           **grid_args(a, model), **a.solver_opts)
     x = x.cpu()
@@ -65,15 +67,7 @@ def cmd_sample(a) -> int:
 
 
 def add_evaluate(sub) -> None:
-    p = add_command(sub, "evaluate", cmd_evaluate, checkpoint=True,
-                    help="sample a checkpoint and score it: metrics JSON + grid",
-                    description="Draw --num samples from a checkpoint with any solver and score "
-                                "them against the model's data: MMD²/sliced Wasserstein for toy "
-                                "data; for the digits, the Fréchet distance in a digit "
-                                "classifier's feature space (FDD) beside its train-vs-test noise "
-                                "floor, classifier confidence and class balance; FID/KID for "
-                                "image data when --inception-weights is given. Writes "
-                                "OUT/metrics.json and OUT/samples.png.")
+    p = add_command(sub, "evaluate", cmd_evaluate, checkpoint=True)
     p.add_argument("-n", "--num", type=int, default=1437, help="number of samples")
     add_sampling_args(p)
     p.add_argument("--batch", type=int, default=500, help="samples per batch")
@@ -83,13 +77,21 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(a) -> int:
+    """sample a checkpoint and score it: metrics JSON + grid
+
+    Draw --num samples from a checkpoint with any solver and score them against the model's
+    data: MMD²/sliced Wasserstein for toy data; for the digits, the Fréchet distance in a digit
+    classifier's feature space (FDD) beside its train-vs-test noise floor, classifier
+    confidence and class balance; FID/KID for image data when --inception-weights is given.
+    Writes OUT/metrics.json and OUT/samples.png.
+    """
     from ..evaluate import draw_samples, evaluate_samples
     from ..plotting import save_samples
-    model, cfg = load_run(a.checkpoint, "score", device=device())
-    labels = torch.arange(a.num) % cfg.num_classes if cfg.class_cond else None
+    model, cfg = load_run(a.checkpoint, "denoiser", device=device())
+    labels = torch.arange(a.num) % cfg.num_classes if getattr(cfg, "class_cond", False) else None
     grid = grid_args(a, model)
     x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
-                         progress=True, denoise=not a.no_denoise, **grid, **a.solver_opts)
+                         progress=True, **grid, **a.solver_opts)
     steps = len(grid["timesteps"]) - 1 if "timesteps" in grid else a.steps
     report = dict(checkpoint=str(a.checkpoint), data=cfg.data, solver=grid["solver"], steps=steps,
                   timesteps_file=a.timesteps_file,
@@ -110,18 +112,7 @@ def _tunable_solvers() -> list[str]:
 
 
 def add_tune_steps(sub) -> None:
-    p = add_command(sub, "tune-steps", cmd_tune_steps, checkpoint=True,
-                    help="optimise a solver's time steps for a trained model",
-                    description="Tune the time grid of a fixed-step ODE solver for a checkpoint "
-                                "and a step budget: the grid is moved (in log-SNR) to minimise "
-                                "the RMS distance of the solver's samples to an adaptive RK45 "
-                                "reference on --n-calib calibration noise draws (by gradient "
-                                "descent through the solver, or a derivative-free pattern "
-                                "search), validated on as many separate draws; with "
-                                "--coefficients the solver's multistep coefficients are tuned "
-                                "too (a bespoke non-stationary 'bns' solver). Evaluation noise "
-                                "(sample/evaluate --seed) is a third, separate set. Writes a "
-                                "JSON schedule for `sdeflow sample/evaluate --timesteps-file`.")
+    p = add_command(sub, "tune-steps", cmd_tune_steps, checkpoint=True)
     p.add_argument("--solver", default="dpmpp_2m", choices=_tunable_solvers(),
                    help="the solver whose grid is tuned (with --coefficients: the starting "
                         "solver, one network call per step)")
@@ -146,9 +137,19 @@ def add_tune_steps(sub) -> None:
 
 
 def cmd_tune_steps(a) -> int:
+    """optimise a solver's time steps for a trained model
+
+    Tune the time grid of a fixed-step ODE solver for a checkpoint and a step budget: the grid
+    is moved (in log-SNR) to minimise the RMS distance of the solver's samples to an adaptive
+    RK45 reference on --n-calib calibration noise draws (by gradient descent through the
+    solver, or a derivative-free pattern search), validated on as many separate draws; with
+    --coefficients the solver's multistep coefficients are tuned too (a bespoke
+    non-stationary 'bns' solver). Evaluation noise (sample/evaluate --seed) is a third,
+    separate set. Writes a JSON schedule for `sdeflow sample/evaluate --timesteps-file`.
+    """
     from ..tuning import tune_timesteps
     dev = device()
-    model, cfg = load_run(a.checkpoint, "score", device=dev)
+    model, cfg = load_run(a.checkpoint, "denoiser", device=dev)
     shape = (a.n_calib, *cfg.shape)
     draws = [model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(a.calib_seed + k))
              .to(dev) for k in (0, 1)]

@@ -1,16 +1,19 @@
 """Pick training data by name: ``get_data("digits")``, ``get_data("moons")``,
-``get_data("folder", root=...)``. Every source has ``shape``, ``num_classes`` and
-``draw(n, generator) -> (x, labels or None)``, so the trainer never looks inside it."""
+``get_data("folder", root=...)``, ``get_data("mixture", dim=16, k=4, seed=0)``. Every source has
+``shape``, ``num_classes`` and ``draw(n, generator) -> (x, labels or None)``, so the trainer
+never looks inside it; sources with a closed form (``gmm``, ``mixture``) also expose it as
+``mixture`` (a :class:`~sdeflow.oracle.GaussianMixture`: exact scores and teachers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
+from ..oracle import GaussianMixture
 from . import images, rgb
-from .toy import list_toy, toy_sample
+from .toy import TOY_MIXTURE, list_toy, toy_sample
 
-__all__ = ["get_data", "list_data", "ToyData"]
+__all__ = ["get_data", "list_data", "list_vector_data", "ToyData", "MixtureData"]
 
 
 @dataclass
@@ -24,20 +27,47 @@ class ToyData:
     def draw(self, n: int, generator: torch.Generator | None = None):
         return toy_sample(self.name, n, generator).to(torch.float32), None
 
+    @property
+    def mixture(self) -> GaussianMixture | None:
+        return TOY_MIXTURE if self.name == "gmm" else None
+
+
+class MixtureData:
+    """A random anisotropic Gaussian mixture in ``dim`` dimensions
+    (:meth:`GaussianMixture.random`): high-dimensional data whose score is known exactly."""
+
+    num_classes = 0
+
+    def __init__(self, dim: int = 16, k: int = 4, seed: int = 0, scale: float = 1.0):
+        if not (isinstance(dim, int) and dim > 0 and isinstance(k, int) and k > 0):
+            raise ValueError(f"mixture: dim and k must be positive integers, got {dim}, {k}")
+        self.mixture = GaussianMixture.random(dim, k=k, seed=seed, scale=scale)
+        self.shape = (dim,)
+
+    def draw(self, n: int, generator: torch.Generator | None = None):
+        return self.mixture.sample(n, generator=generator, dtype=torch.float32), None
+
 
 _IMAGES = {"digits": images.digits, "color_digits": rgb.color_digits, "photos": rgb.photos,
            "folder": images.image_folder,
            "torchvision": images.torchvision_data, "hf": images.hf_data}
 
 
+def list_vector_data() -> list[str]:
+    """Data sets of vectors (B, D), trained with an MLP; the others are images."""
+    return sorted([*list_toy(), "mixture"])
+
+
 def list_data() -> list[str]:
-    return sorted([*list_toy(), *_IMAGES])
+    return sorted([*list_toy(), *_IMAGES, "mixture"])
 
 
 def get_data(name: str, /, **kwargs):
     """A data source by name; ``kwargs`` go to the image loaders (see :mod:`.images`)."""
     if name in _IMAGES:
         return _IMAGES[name](**kwargs)
+    if name == "mixture":
+        return MixtureData(**kwargs)
     if name in list_toy():
         if kwargs:
             raise ValueError(f"toy data {name!r} takes no arguments, got {sorted(kwargs)}")

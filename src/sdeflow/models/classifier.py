@@ -23,7 +23,7 @@ __all__ = ["EncoderClassifier", "MLPClassifier", "build_classifier", "list_class
 _CLASSES = int_at_least(2)
 _ENCODER_RULES = dict(
     num_classes=_CLASSES, in_channels=POSITIVE_INT, resolution=POSITIVE_INT,
-    channels=POSITIVE_INT, channel_mult=POSITIVE_INT_LIST, num_res_blocks=POSITIVE_INT,
+    channels=POSITIVE_INT, channel_mult=POSITIVE_INT_LIST, num_res_blocks=NONNEGATIVE_INT,
     attn_resolutions=INT_LIST, dropout=DROPOUT, embedding=EMBEDDING)
 _ENCODER_HEADS = Relation(  # AttentionBlock's default head size, 64
     "channels", lambda a: not uneven_attention_widths(a, 64, middle=False),

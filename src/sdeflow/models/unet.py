@@ -99,7 +99,7 @@ LEVEL_RELATIONS = (
 
 _UNET_RULES = dict(
     in_channels=POSITIVE_INT, out_channels=OPTIONAL_POSITIVE_INT, resolution=POSITIVE_INT,
-    channels=POSITIVE_INT, channel_mult=POSITIVE_INT_LIST, num_res_blocks=POSITIVE_INT,
+    channels=POSITIVE_INT, channel_mult=POSITIVE_INT_LIST, num_res_blocks=NONNEGATIVE_INT,
     attn_resolutions=INT_LIST, dropout=DROPOUT, embedding=EMBEDDING,
     embedding_scale=OPTIONAL_POSITIVE_REAL, num_classes=NONNEGATIVE_INT,
     cond_channels=NONNEGATIVE_INT, head_dim=POSITIVE_INT)

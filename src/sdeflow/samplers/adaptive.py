@@ -109,7 +109,12 @@ class AdaptiveState:
 
     def __post_init__(self):
         self.t_end = float(self.t_end)
-        self.direction = 1.0 if self.t_end > float(self.t.max()) else -1.0
+        ahead, behind = bool((self.t < self.t_end).any()), bool((self.t > self.t_end).any())
+        if ahead and behind:
+            raise ValueError(f"all samples must start on the same side of t_end={self.t_end:g}")
+        if not bool((self.h > 0).all()):
+            raise ValueError("initial step sizes must be positive")
+        self.direction = 1.0 if ahead else -1.0
 
 
 class _Counts:
@@ -159,6 +164,11 @@ def _advance(state: AdaptiveState, trial: Trial, ok: Tensor, idx: Tensor, hi: Te
     state.x[acc] = trial.x[ok]
     t_acc = torch.where(hi[ok] >= remaining[ok], torch.full_like(hi[ok], state.t_end),
                         state.t[acc] + d * hi[ok])
+    stuck = t_acc == state.t[acc]
+    if stuck.any():  # h below the resolution of t: the loop would spin until max_steps
+        raise FloatingPointError(f"step size underflow at t={float(t_acc[stuck][0]):g} "
+                                 f"(h={float(hi[ok][stuck][0]):.3g}); loosen rtol/atol or "
+                                 "integrate in float64")
     state.t[acc] = t_acc
     if trial.accept is not None:
         trial.accept(ok, acc, t_acc)

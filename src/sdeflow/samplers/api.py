@@ -16,23 +16,26 @@ from .registry import Context, get_solver
 __all__ = ["sample"]
 
 
-def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: str = "heun",
+def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: str | None = None,
            steps: int | None = None, schedule: str | None = None, t_start: float | None = None,
-           t_end: float | None = None, denoise: bool = True, generator: torch.Generator | None = None,
+           t_end: float | None = None, denoise: bool | None = None,
+           generator: torch.Generator | None = None,
            seed: int | None = None, dtype=None, device=None, cond: dict | None = None,
            callback: Callable[[Tensor, Tensor], None] | None = None, progress: bool = False,
            return_stats: bool = False, schedule_opts: dict | None = None,
-           timesteps=None, constraint=None, **solver_opts):
+           timesteps=None, constraint=None, force: bool = False, **solver_opts):
     """Draw samples by integrating a reverse-time process of ``model.sde`` from t_start to t_end.
 
     Args:
         model: a :class:`~sdeflow.Denoiser`.
         x_T: starting point at ``t_start``; if None, drawn from the SDE's prior with ``shape``.
-        solver: a name from :func:`sdeflow.list_solvers` (``kind="ode"`` or ``"sde"``).
+        solver: a name from :func:`sdeflow.list_solvers` (``kind="ode"`` or ``"sde"``); default
+            ``"heun"``, or ``"ddim"`` for a distilled model.
         steps: number of grid intervals (default: the solver's own; unused by adaptive solvers).
         schedule: a name from :func:`sdeflow.list_schedules` (default: the SDE's).
         t_start, t_end: integration interval, default [T → t_min].
-        denoise: finish with x̂0(x, t_end) (one extra NFE), as score_sde and EDM do.
+        denoise: finish with x̂0(x, t_end) (one extra NFE), as score_sde and EDM do; default
+            True, False for a distilled model (never trained at t_end).
         generator / seed: randomness for x_T and stochastic solvers (``seed`` makes a generator).
         cond: keyword conditioning passed to the network.
         callback: called as ``callback(t, x)`` after each step (e.g. to record trajectories).
@@ -40,6 +43,10 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
             pretrained model's discrete steps) instead of ``steps``/``schedule``.
         constraint: ``constraint(t, x, ctx) -> x`` applied after every step (fixed-grid solvers
             only), e.g. :class:`sdeflow.inpainting.Observation`'s replacement of known values.
+        force: sample a *distilled* model — one carrying ``model.timesteps``, the grid it was
+            distilled for (:mod:`sdeflow.training.progressive`) — with another grid, steps count
+            or solver. Without it a distilled model samples with deterministic DDIM on its own
+            grid by default, and any other request is a ValueError naming that grid.
         progress: show a progress bar.
         return_stats: also return a dict with ``nfe``, ``seconds``, ``steps``, ``solver``,
             ``schedule`` and solver-specific entries (accepted/rejected steps of adaptive ones).
@@ -52,6 +59,9 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     if not isinstance(model, Denoiser):
         raise TypeError("model must be an sdeflow.Denoiser (wrap your network with Denoiser(net, sde, "
                         "prediction=...))")
+    solver, denoise, timesteps, own_grid = _distilled_defaults(
+        model, solver, denoise, timesteps, force, solver_opts,
+        asked=any(a is not None for a in (steps, schedule, t_start, t_end)))
     info = get_solver(solver)
     sde = model.sde
     generator = make_generator(seed, generator, x_T.device if x_T is not None else device)
@@ -81,6 +91,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         steps = info.default_steps if steps is None else steps
         ts = get_timesteps(sde, steps, schedule, t_start=t_start, t_end=t_end, dtype=x_T.dtype,
                            device=x_T.device, **(schedule_opts or {}))
+    if own_grid is not None:
+        _check_distilled(own_grid, f"{steps} steps on t = {_fmt(ts)}", same_as=ts)
     bar = progress_bar(total=None if info.adaptive else steps, desc=f"sampling ({solver})",
                        leave=False) if progress else None
     ctx = Context(generator=generator, cond=cond or {}, callback=callback, progress=bar,
@@ -99,3 +111,36 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
                  if info.adaptive else steps, nfe=model.nfe - nfe0,
                  seconds=time.perf_counter() - t0, **ctx.stats)
     return x, stats
+
+
+def _fmt(ts) -> str:
+    return "[" + ", ".join(f"{t:.4g}" for t in torch.as_tensor(ts).tolist()) + "]"
+
+
+def _check_distilled(grid: Tensor, asked: str, same_as: Tensor | None = None) -> None:
+    """Raise unless ``same_as`` is the distilled ``grid`` (to float32 round-off)."""
+    if same_as is not None and len(same_as) == len(grid) and torch.allclose(
+            same_as.detach().to("cpu", torch.float64), grid, rtol=1e-6, atol=0.0):
+        return
+    n = len(grid) - 1
+    raise ValueError(f"this model was distilled for {n} deterministic DDIM step{'s' * (n > 1)} "
+                     f"on t = {_fmt(grid)} (model.timesteps), not for {asked}; sample it with "
+                     "the defaults, or pass force=True to sample it anyway")
+
+
+def _distilled_defaults(model, solver, denoise, timesteps, force: bool, opts: dict, asked: bool):
+    """(solver, denoise, timesteps, grid to check ts against or None). A distilled model
+    (``model.timesteps``) defaults to deterministic DDIM on its grid without the final
+    denoising; without ``force`` another solver is refused here, another grid after it is
+    built."""
+    grid = getattr(model, "timesteps", None)
+    if grid is None:
+        return solver or "heun", True if denoise is None else denoise, timesteps, None
+    grid = torch.as_tensor(grid, dtype=torch.float64).cpu()
+    solver = solver or "ddim"
+    if not force and (solver != "ddim" or opts.get("eta", 0.0)):
+        _check_distilled(grid, f"solver {solver!r}" + (f" with eta={opts['eta']}"
+                                                       if solver == "ddim" else ""))
+    if timesteps is None and not asked and not get_solver(solver).adaptive:
+        timesteps = grid
+    return solver, False if denoise is None else denoise, timesteps, None if force else grid

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..data import list_toy
+from ..data import list_vector_data
 from ..guidance.classifier import NoisyClassifier, sample_noise_levels
 from ..models.classifier import build_classifier, list_classifiers
 from ..sde import get_sde, list_sdes
@@ -42,11 +42,11 @@ class ClassifierConfig(EngineConfig):
         return super().checks() + [
             (self.sde in list_sdes(), f"sde {self.sde!r} not in {list_sdes()}"),
             (self.model in list_classifiers(), f"model {self.model!r} not in {list_classifiers()}"),
-            ((self.model == "mlp") == (self.data in list_toy()),
+            ((self.model == "mlp") == (self.data in list_vector_data()),
              "use model 'mlp' for toy data and 'encoder' for images"),
             (self.sigma_data > 0, "sigma_data must be positive")]
 
-    def resolve_model(self, data) -> None:
+    def resolve_model(self, data, fresh: bool) -> None:
         if not self.num_classes or getattr(data, "y", None) is None:
             raise ValueError(f"data {self.data!r} has no labels to train a classifier on")
         self.model_kwargs.setdefault("num_classes", self.num_classes)
@@ -58,6 +58,7 @@ class NoisyClassification(Objective):
 
     Config = ClassifierConfig
     how_to_train = "train one with `sdeflow train-classifier`"
+    exports = "classifier"
     metrics = ("accuracy",)
 
     @classmethod

@@ -21,6 +21,17 @@ __all__ = ["EngineConfig", "PRECISIONS"]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "dict": dict,
+          "list": list, "None": type(None)}
+
+
+def _is(value, kind: str) -> bool:
+    """``value`` is of the annotated type ``kind`` (a bool is not an int here)."""
+    if isinstance(value, bool) and kind in ("int", "float"):
+        return False
+    return kind not in _TYPES or isinstance(value, _TYPES[kind])  # other annotations: unchecked
+
+
 @dataclass
 class EngineConfig:
     """Optimisation, EMA, precision, checkpointing and logging: what the engine reads.
@@ -68,8 +79,34 @@ class EngineConfig:
                 (isinstance(self.data_kwargs, dict) and isinstance(self.model_kwargs, dict),
                  "data_kwargs and model_kwargs must be JSON objects")]
 
+    def type_checks(self) -> list[tuple[bool, str]]:
+        """Every field holds a value of its annotated type (a JSON config or a Python caller
+        can give ``steps=2.5`` or ``compile="false"``): ints are ints (not bools), floats
+        ints or floats, bools bools, and so on; ``X | None`` also admits None."""
+        out = []
+        for f in dataclasses.fields(self):
+            ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            v, kinds = getattr(self, f.name), ann.replace(" ", "").split("|")
+            ok = any(_is(v, k) for k in kinds)
+            out.append((ok, f"{f.name} must be {' or '.join(kinds)}, got {v!r}"))
+        return out
+
+    def shape_checks(self) -> list[tuple[bool, str]]:
+        """A started run's data shape is positive sizes the network's input agrees with."""
+        shape, kw = self.shape, self.model_kwargs
+        if shape is None:
+            return []
+        if not (shape and all(_is(n, "int") and n > 0 for n in shape)):
+            return [(False, f"shape must be a list of positive integers, got {shape!r}")]
+        return [(kw.get(k, v) == v, f"shape {shape} disagrees with model_kwargs {k}={kw.get(k)}")
+                for k, v in (("dim", math.prod(shape)), ("in_channels", shape[0]),
+                             ("resolution", shape[-1])) if k in kw]
+
     def validate(self):
-        bad = [msg for ok, msg in self.checks() if not ok]
+        types = self.type_checks()
+        bad = [msg for ok, msg in types if not ok]
+        if not bad:  # the other checks compare values of the right types
+            bad = [msg for ok, msg in self.checks() + self.shape_checks() if not ok]
         if bad:
             raise ValueError(f"invalid {self.KIND or 'training'} config: " + "; ".join(bad))
         return self
@@ -98,7 +135,7 @@ class EngineConfig:
         """A copy with ``shape``, ``num_classes`` and the network's input size taken from
         ``data``; subclasses add what their networks need (:meth:`resolve_model`)."""
         cfg = copy.deepcopy(self)
-        shape = list(data.shape)
+        fresh, shape = cfg.shape is None, list(data.shape)
         if cfg.shape is not None and list(cfg.shape) != shape:
             raise ValueError(f"config shape {cfg.shape} does not match the data's {shape}")
         cfg.shape, cfg.num_classes = shape, int(data.num_classes)
@@ -108,8 +145,9 @@ class EngineConfig:
         else:
             kw.setdefault("in_channels", shape[0])
             kw.setdefault("resolution", shape[-1])
-        cfg.resolve_model(data)
+        cfg.resolve_model(data, fresh)
         return cfg
 
-    def resolve_model(self, data) -> None:
-        """Hook: fill in further network arguments from the data (in place)."""
+    def resolve_model(self, data, fresh: bool) -> None:
+        """Hook: fill in further network arguments from the data (in place); ``fresh``: the
+        run has not started (a started run keeps the architecture it was built with)."""

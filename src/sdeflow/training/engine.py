@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_weights, read_checkpoint, save_checkpoint
+from ..checkpoint import (CheckpointError, load_weights, read_checkpoint, read_weights,
+                          save_checkpoint)
 from ..data import get_data
 from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from .config import PRECISIONS, EngineConfig
@@ -57,7 +58,8 @@ class Trainer:
     training program: saved and restored together. ``dist`` says which slice of the global
     batch this process trains on."""
 
-    def __init__(self, cfg: EngineConfig, dist: DistInfo | None = None, device=None, data=None):
+    def __init__(self, cfg: EngineConfig, dist: DistInfo | None = None, device=None, data=None,
+                 fresh: bool = True):
         cfg.validate()
         self.dist = dist or DistInfo()
         if cfg.batch_size % self.dist.world_size:
@@ -70,8 +72,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.nets = {k: v.to(self.device) for k, v in program.build(self.cfg).items()}
         self.objective: Objective = program(self.cfg, self.data)
+        if fresh:
+            self.objective.initialize(self.nets)
         self.trainable = program.trainable
         self.ema = {k: copy.deepcopy(self.nets[k]).requires_grad_(False) for k in self.trainable}
+        self.objective.ema = self.ema  # read by programs that hand EMA weights on (after_step)
         self.opt = torch.optim.AdamW(self._params(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
@@ -152,19 +157,28 @@ class Trainer:
         """The trainer of a checkpoint, ready to continue; every file error is a
         :class:`~sdeflow.checkpoint.CheckpointError` naming the file."""
         from ..loading import read_config_of
-        ck = read_checkpoint(path)
-        st = cls(read_config_of(ck), dist, device)
-        for k, net in st.nets.items():
-            load_weights(net, ck[weight_file(k)], ck["path"] / f"{weight_file(k)}.safetensors")
-        for k, net in st.ema.items():
-            load_weights(net, ck[ema_file(k)], ck["path"] / f"{ema_file(k)}.safetensors")
-        state = ck["state"]
-        st.opt.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            st.scaler.load_state_dict(state["scaler"])
-        st.step = int(state["step"])
-        st.generator.set_state(state["generator"])
+        ck = read_checkpoint(path, weights=[])
+        cfg, folder = read_config_of(ck), ck["path"]
+        try:
+            st = cls(cfg, dist, device, fresh=False)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(folder / "config.json", f"cannot rebuild the run ({e})") from None
+        for stem, net in [*((weight_file(k), v) for k, v in st.nets.items()),
+                          *((ema_file(k), v) for k, v in st.ema.items())]:
+            load_weights(net, read_weights(folder, stem), folder / f"{stem}.safetensors")
+        try:
+            st._restore(ck["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(folder / "state.pt", f"does not fit this run "
+                                                       f"({type(e).__name__}: {e})") from None
         return st
+
+    def _restore(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
 
     @torch.no_grad()
     def preview(self, path) -> Path | None:
@@ -179,14 +193,23 @@ def _resume_or_start(cfg: EngineConfig, run_dir: Path, dist: DistInfo, resume: b
     st = Trainer.load(run_dir, dist, device)
     if type(st.cfg) is not type(cfg):
         raise ValueError(f"{run_dir} holds a {st.cfg.KIND!r} run, not a {cfg.KIND!r} one")
-    ours = dataclasses.replace(cfg.resolved(st.data), steps=st.cfg.steps).to_dict()
-    saved = st.cfg.to_dict()
-    if saved != ours:
-        diff = sorted(k for k, v in ours.items() if saved.get(k) != v)
+    diff = _config_changes(cfg, st)
+    if diff:
         raise ValueError(f"the config differs from the checkpoint's in {diff}; resume with "
                          f"the same settings")
     st.cfg.steps = cfg.steps
     return st
+
+
+def _config_changes(cfg: EngineConfig, st: Trainer) -> list[str]:
+    """Fields where ``cfg`` asks for something else than the run ``st`` was started with.
+    Network arguments count only where the user gave them: the run keeps the architecture it
+    was built with (a newer default architecture applies to new runs only)."""
+    given = dict(cfg.model_kwargs)
+    ours = dataclasses.replace(cfg.resolved(st.data), steps=st.cfg.steps).to_dict()
+    saved = st.cfg.to_dict()
+    ours["model_kwargs"] = {**saved["model_kwargs"], **given}
+    return sorted(k for k, v in ours.items() if saved.get(k) != v)
 
 
 class _Meter:

@@ -7,6 +7,15 @@ from pathlib import Path
 __all__ = ["RunLog"]
 
 
+def _kept_rows(path: Path, step: int, header: list[str]) -> list[list[str]]:
+    """The rows up to ``step`` of an earlier log, in the columns of ``header`` (a log written
+    by an older version may have other columns; what it lacks stays empty)."""
+    with open(path, newline="") as fh:
+        old = list(csv.DictReader(fh))
+    return [[r.get(k) or "" for k in header] for r in old
+            if r.get("step") and int(r["step"]) <= step]
+
+
 class RunLog:
     """Rows ``step, loss, lr, img_per_s, <metrics…>``. Opened at ``step`` > 0 (a resume), it
     drops what a killed run logged after its last checkpoint, so the log reads as if the run
@@ -14,13 +23,11 @@ class RunLog:
 
     def __init__(self, run_dir: Path, step: int, tensorboard: bool, metrics=()):
         path = Path(run_dir) / "loss.csv"
-        rows = []
-        if step > 0 and path.exists():
-            with open(path, newline="") as fh:
-                rows = [r for r in list(csv.reader(fh))[1:] if r and int(r[0]) <= step]
+        header = ["step", "loss", "lr", "img_per_s", *metrics]
+        rows = _kept_rows(path, step, header) if step > 0 and path.exists() else []
         self.fh = open(path, "w", newline="")
         self.csv = csv.writer(self.fh)
-        self.csv.writerow(["step", "loss", "lr", "img_per_s", *metrics])
+        self.csv.writerow(header)
         self.csv.writerows(rows)
         self.fh.flush()
         self.tb = None

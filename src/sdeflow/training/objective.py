@@ -32,6 +32,9 @@ class Objective:
     trainable: ClassVar[tuple[str, ...]] = ("model",)
     metrics: ClassVar[tuple[str, ...]] = ()
     how_to_train: ClassVar[str] = ""  # for errors: how a user gets a checkpoint of this kind
+    # what export() gives: "denoiser" (a Denoiser every sampler takes) or another model type;
+    # sdeflow.load(kind="denoiser") accepts every program that exports one
+    exports: ClassVar[str] = "denoiser"
 
     def __init__(self, cfg: EngineConfig, data):
         self.cfg, self.data = cfg, data
@@ -51,6 +54,10 @@ class Objective:
         """(scalar loss, {metric: scalar}) on this rank's slice of the batch; ``nets`` holds
         the views to train through (DDP/compile-wrapped)."""
         raise NotImplementedError
+
+    def initialize(self, nets: dict[str, nn.Module]) -> None:
+        """Hook for a fresh run, before the EMA copies are taken (e.g. load a teacher and
+        start the student as its copy); a resumed run takes its weights from the checkpoint."""
 
     def view(self, name: str, net: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
         """What :meth:`loss` calls for a trainable network, with ``wrap`` (DDP, compile)
@@ -72,7 +79,8 @@ class Objective:
 
 _OBJECTIVES: dict[str, type[Objective]] = {}
 # modules holding the built-in programs, imported on first look-up (they import the engine)
-_BUILTIN = ("sdeflow.training.score", "sdeflow.training.classifier")
+_BUILTIN = ("sdeflow.training.score", "sdeflow.training.classifier",
+            "sdeflow.training.progressive", "sdeflow.training.consistency")
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..data import list_toy
+from ..data import list_vector_data
 from ..denoiser import PREDICTIONS, Denoiser
 from ..losses import draw_noise, list_losses, loss_fn
 from ..models import IMAGE_MODELS, build_model, default_model_kwargs, list_models
@@ -44,7 +44,7 @@ class TrainConfig(EngineConfig):
     sample_num: int = 64
 
     def checks(self) -> list[tuple[bool, str]]:
-        image_data = self.data not in list_toy()
+        image_data = self.data not in list_vector_data()
         return super().checks() + [
             (self.sde in list_sdes(), f"sde {self.sde!r} not in {list_sdes()}"),
             (self.prediction in PREDICTIONS, f"prediction {self.prediction!r} not in {list(PREDICTIONS)}"),
@@ -63,16 +63,19 @@ class TrainConfig(EngineConfig):
             (self.task is None or self.task in list_tasks(),
              f"task {self.task!r} not in {list_tasks()}"),
             (self.task is None or image_data, "image-to-image tasks need image data"),
+            (not self.hflip or image_data, "hflip needs image data"),
             (self.sample_steps > 0 and self.sample_num > 0,
              "sample_steps and sample_num must be positive")]
 
-    def resolve_model(self, data) -> None:
+    def resolve_model(self, data, fresh: bool) -> None:
         """The default network of the data's shape (:func:`~sdeflow.models.default_model_kwargs`)
-        under the user's arguments, plus the conditioning inputs the config asks for."""
+        under the user's arguments for a new run, plus the conditioning inputs the config asks
+        for."""
         if self.class_cond and (self.num_classes == 0 or getattr(data, "y", None) is None):
             raise ValueError(f"class_cond needs labelled data; {self.data!r} has none")
-        for k, v in default_model_kwargs(self.model, self.shape).items():
-            self.model_kwargs.setdefault(k, v)
+        if fresh:
+            for k, v in default_model_kwargs(self.model, self.shape).items():
+                self.model_kwargs.setdefault(k, v)
         if self.model != "mlp":
             if self.class_cond:
                 self.model_kwargs.setdefault("num_classes", self.num_classes)
