@@ -37,7 +37,7 @@ def test_consistency_distillation_cli(tmp_path):
                  "--out", str(run)]) == 0
     for steps in (1, 2):
         rc, st = _sample(run, tmp_path / f"s{steps}", "--solver", "consistency",
-                         "--steps", str(steps), "--no-denoise")
+                         "--steps", str(steps))  # no final denoising call: NFE = steps
         assert rc == 0 and st["nfe"] == steps
 
 
@@ -47,8 +47,7 @@ def test_consistency_training_from_scratch_cli(tmp_path, capsys):
     assert main([*args, "--out", str(run)]) == 0
     cfg = json.loads((run / "ckpt-00000004" / "config.json").read_text())
     assert cfg["kind"] == "consistency_training" and cfg["loss"] == "pseudo_huber"
-    rc, st = _sample(run, tmp_path / "s", "--solver", "consistency", "--steps", "1",
-                     "--no-denoise")
+    rc, st = _sample(run, tmp_path / "s", "--solver", "consistency", "--steps", "1")
     assert rc == 0 and st["nfe"] == 1
     args[args.index("4")] = "6"
     assert main([*args, "--out", str(run), "--resume"]) == 0

@@ -35,7 +35,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         schedule: a name from :func:`sdeflow.list_schedules` (default: the SDE's).
         t_start, t_end: integration interval, default [T → t_min].
         denoise: finish with x̂0(x, t_end) (one extra NFE), as score_sde and EDM do; default
-            True, False for a distilled model (never trained at t_end).
+            True, False for a distilled model (never trained at t_end) and for solvers whose
+            answer is x̂0 already (``consistency``).
         generator / seed: randomness for x_T and stochastic solvers (``seed`` makes a generator).
         cond: keyword conditioning passed to the network.
         callback: called as ``callback(t, x)`` after each step (e.g. to record trajectories).
@@ -63,6 +64,9 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         model, solver, denoise, timesteps, force, solver_opts,
         asked=any(a is not None for a in (steps, schedule, t_start, t_end)))
     info = get_solver(solver)
+    if info.returns_data:  # the answer is x̂0 already: a final denoising call is a wasted NFE
+        denoise = False if denoise is None else denoise
+    denoise = True if denoise is None else denoise
     sde = model.sde
     generator = make_generator(seed, generator, x_T.device if x_T is not None else device)
     if x_T is None:
@@ -135,7 +139,7 @@ def _distilled_defaults(model, solver, denoise, timesteps, force: bool, opts: di
     built."""
     grid = getattr(model, "timesteps", None)
     if grid is None:
-        return solver or "heun", True if denoise is None else denoise, timesteps, None
+        return solver or "heun", denoise, timesteps, None
     grid = torch.as_tensor(grid, dtype=torch.float64).cpu()
     solver = solver or "ddim"
     if not force and (solver != "ddim" or opts.get("eta", 0.0)):

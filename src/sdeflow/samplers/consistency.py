@@ -27,9 +27,9 @@ from .registry import Context, register_solver
 __all__ = ["sample_consistency"]
 
 
-@register_solver("consistency", kind="sde", order=None, default_steps=1,
+@register_solver("consistency", kind="sde", order=None, default_steps=1, returns_data=True,
                  description="consistency-model sampling: x̂0 = f(x, τ_i), re-noised to τ_{i+1} "
-                             "(1 NFE/step; returns x̂0, use denoise=False)")
+                             "(1 NFE/step; returns x̂0, no final denoising call)")
 def sample_consistency(model, x: Tensor, ts: Tensor, ctx: Context) -> Tensor:
     sde, ones = model.sde, torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
     x = ctx.constrain(ts[0], x)

@@ -53,6 +53,7 @@ class SolverInfo:
     order: float | None
     default_steps: int | None  # None: adaptive, steps are not used
     description: str
+    returns_data: bool = False  # the solver's answer is already x̂0 (no final denoising call)
 
     @property
     def adaptive(self) -> bool:
@@ -63,7 +64,7 @@ _SOLVERS: dict[str, SolverInfo] = {}
 
 
 def register_solver(name: str, *, kind: str, order: float | None, default_steps: int | None,
-                    description: str):
+                    description: str, returns_data: bool = False):
     """Decorator registering ``fn(model, x, ts, ctx, **opts)`` under ``name``."""
     if kind not in ("ode", "sde"):
         raise ValueError(f"kind must be 'ode' or 'sde', got {kind!r}")
@@ -71,7 +72,8 @@ def register_solver(name: str, *, kind: str, order: float | None, default_steps:
     def wrap(fn):
         if name in _SOLVERS:
             raise ValueError(f"solver {name!r} is already registered")
-        _SOLVERS[name] = SolverInfo(name, fn, kind, order, default_steps, description)
+        _SOLVERS[name] = SolverInfo(name, fn, kind, order, default_steps, description,
+                                    returns_data)
         return fn
     return wrap
 
