@@ -148,6 +148,15 @@ class EngineConfig:
         cfg.resolve_model(data, fresh)
         return cfg
 
+    def default_network(self, fresh: bool) -> None:
+        """Lay the default architecture of the data's shape
+        (:func:`~sdeflow.models.default_model_kwargs`) under the user's network arguments —
+        for a new run only: a started run keeps the architecture it was built with."""
+        if fresh:
+            from ..models import default_model_kwargs
+            self.model_kwargs = {**default_model_kwargs(self.model, self.shape),
+                                 **self.model_kwargs}
+
     def resolve_model(self, data, fresh: bool) -> None:
         """Hook: fill in further network arguments from the data (in place); ``fresh``: the
         run has not started (a started run keeps the architecture it was built with)."""

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..data import list_vector_data
 from ..denoiser import Denoiser
-from ..models import build_model, default_model_kwargs, list_models
+from ..models import build_model, list_models
 from ..samplers import get_solver, list_solvers
 from ..samplers.registry import Context
 from ..schedules import get_timesteps
@@ -139,8 +139,7 @@ class ConsistencyFields:
                  "sample_steps and sample_num must be positive")]
 
     def resolve_model(self, data, fresh: bool = True) -> None:
-        for k, v in default_model_kwargs(self.model, self.shape).items():
-            self.model_kwargs.setdefault(k, v)
+        self.default_network(fresh)
 
 
 @dataclass

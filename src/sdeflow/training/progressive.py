@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import PREDICTIONS, Denoiser
-from ..models import default_model_kwargs, list_models
+from ..models import list_models
 from ..samplers.ddim import ddim_step
 from ..samplers.registry import Context
 from ..schedules import get_timesteps, list_schedules
@@ -112,8 +112,7 @@ class ProgressiveConfig(TeacherFields, EngineConfig):
         teacher's, or the default network of the data's shape) and the schedule's name."""
         self.resolve_teacher(data)
         if self.teacher == "exact":
-            for k, v in (default_model_kwargs(self.model, self.shape) if fresh else {}).items():
-                self.model_kwargs.setdefault(k, v)
+            self.default_network(fresh)
         else:
             from .score import TrainConfig
             tc = TrainConfig.from_dict(self.teacher_config)

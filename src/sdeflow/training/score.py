@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..data import list_vector_data
 from ..denoiser import PREDICTIONS, Denoiser
 from ..losses import draw_noise, list_losses, loss_fn
-from ..models import IMAGE_MODELS, build_model, default_model_kwargs, list_models
+from ..models import IMAGE_MODELS, build_model, list_models
 from ..sde import get_sde, list_sdes
 from ..tasks import get_task, list_tasks
 from .config import EngineConfig
@@ -73,9 +73,7 @@ class TrainConfig(EngineConfig):
         for."""
         if self.class_cond and (self.num_classes == 0 or getattr(data, "y", None) is None):
             raise ValueError(f"class_cond needs labelled data; {self.data!r} has none")
-        if fresh:
-            for k, v in default_model_kwargs(self.model, self.shape).items():
-                self.model_kwargs.setdefault(k, v)
+        self.default_network(fresh)
         if self.model != "mlp":
             if self.class_cond:
                 self.model_kwargs.setdefault("num_classes", self.num_classes)
