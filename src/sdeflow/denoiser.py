@@ -29,6 +29,16 @@ With ``precondition="consistency"`` the same network is a consistency function (
 
 (c_in and c_noise as EDM's), so c_skip = 1 and c_out = 0 at t_min and the boundary condition
 :math:`f(x, t_{\min}) = x/s(t_{\min})` (= x for VE and EDM) holds exactly, whatever F is.
+
+With ``learn_sigma=True`` the network returns twice the channels (dim 1) of x: the first half
+is its prediction as above, the second half r gives the *variance interpolation*
+:math:`v = (r + 1)/2` of a learned reverse variance (Nichol & Dhariwal 2021, "Improved DDPM",
+eq. 15; r = 0 at initialisation is the midpoint)
+
+.. math:: \Sigma_\theta = \exp\big(v\log\beta + (1 - v)\log\tilde\beta\big)
+
+between the forward step's variance β and the posterior's β̃ of whatever step the sampler or
+the bound (:mod:`sdeflow.vlb`) takes. Every other method ignores those channels.
 """
 from __future__ import annotations
 
@@ -39,7 +49,8 @@ from torch import Tensor, nn
 
 from .sde import SDE, bcast
 
-__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "PRECONDITIONS", "check_batch", "edm_scalings"]
+__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "PRECONDITIONS", "check_batch", "edm_scalings",
+           "learned_log_variance"]
 
 PREDICTIONS = ("x0", "eps", "v", "score")
 PRECONDITIONS = (None, "edm", "consistency")
@@ -71,6 +82,12 @@ def edm_scalings(sde: SDE, t: Tensor, sigma_data: float, like: Tensor,
     return c_in, sd2 / (shift_b**2 + sd2), shift_b * sigma_data * c_in, 0.25 * nu.log()
 
 
+def learned_log_variance(v: Tensor, log_beta: Tensor, log_beta_tilde: Tensor) -> Tensor:
+    """log Σθ = v log β + (1 − v) log β̃: the learned reverse variance of Improved DDPM, with
+    ``log_beta`` and ``log_beta_tilde`` of shape () or (B,) broadcast against ``v`` (B, ...)."""
+    return v * bcast(log_beta, v) + (1 - v) * bcast(log_beta_tilde, v)
+
+
 class Prediction(NamedTuple):
     """All four targets at one (x, t)."""
 
@@ -92,13 +109,17 @@ class Denoiser(nn.Module):
             c_skip, c_out with f(x, t_min) = x/s(t_min)); with either, ``prediction`` is ``"x0"``.
         sigma_data: σ_d of the preconditioning.
         check_finite: raise if the network returns NaN/inf (one host sync per call).
+        learn_sigma: the network also returns the variance interpolation v (twice the channels,
+            see the module docstring; :meth:`predict_variance`).
 
     ``nfe`` counts network evaluations since construction (samplers report differences of it).
     """
 
+    learn_sigma: bool = False  # the class default: guided wrappers have no variance output
+
     def __init__(self, net: Callable[..., Tensor], sde: SDE, prediction: str = "x0",
                  precondition: str | None = None, sigma_data: float = 0.5,
-                 check_finite: bool = True):
+                 check_finite: bool = True, learn_sigma: bool = False):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choices: {list(PREDICTIONS)}")
@@ -115,6 +136,7 @@ class Denoiser(nn.Module):
         self.precondition = precondition
         self.sigma_data = float(sigma_data)
         self.check_finite = check_finite
+        self.learn_sigma = bool(learn_sigma)
         self.nfe = 0
 
     def _time(self, x: Tensor, t) -> Tensor:
@@ -125,28 +147,54 @@ class Denoiser(nn.Module):
             raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
         return t
 
-    def raw(self, x: Tensor, t, **cond) -> Tensor:
-        """The network's output in its own parameterisation (after preconditioning: x̂0)."""
-        t = self._time(x, t)
+    def _split(self, out: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(prediction channels, variance channels or None) of a network output."""
+        if not self.learn_sigma:
+            return out, None
+        want = (x.shape[0], 2 * x.shape[1], *x.shape[2:])
+        if out.shape != want:
+            raise ValueError(f"a learn_sigma network returns twice the channels of x: expected "
+                             f"shape {want}, got {tuple(out.shape)}")
+        return out.chunk(2, dim=1)
+
+    def _evaluate(self, x: Tensor, t: Tensor, cond: dict) -> tuple[Tensor, Tensor | None]:
+        """One network evaluation: (output in its parameterisation, raw variance channels)."""
         self.nfe += 1
         if self.precondition is not None:
             c_in, c_skip, c_out, c_noise = edm_scalings(
                 self.sde, t, self.sigma_data, x, consistency=self.precondition == "consistency")
             xt = x / bcast(self.sde.s(t), x)
-            out = c_skip * xt + c_out * self.net(c_in * xt, c_noise, **cond)
+            f, var = self._split(self.net(c_in * xt, c_noise, **cond), x)
+            out = c_skip * xt + c_out * f
         else:
-            out = self.net(x, t, **cond)
+            out, var = self._split(self.net(x, t, **cond), x)
         if out.shape != x.shape:
             raise ValueError(f"network returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
-        if self.check_finite and not torch.isfinite(out).all():
+        if self.check_finite and not (torch.isfinite(out).all()
+                                      and (var is None or torch.isfinite(var).all())):
             raise FloatingPointError(
                 f"network returned non-finite values at t in [{t.min().item():g}, {t.max().item():g}]")
-        return out
+        return out, var
+
+    def raw(self, x: Tensor, t, **cond) -> Tensor:
+        """The network's output in its own parameterisation (after preconditioning: x̂0)."""
+        return self._evaluate(x, self._time(x, t), cond)[0]
 
     def predict(self, x: Tensor, t, **cond) -> Prediction:
         """All of x̂0, ε̂, v̂ and the score at (x, t), from one network evaluation."""
         t = self._time(x, t)
-        out = self.raw(x, t, **cond)
+        return self._convert(x, t, self.raw(x, t, **cond))
+
+    def predict_variance(self, x: Tensor, t, **cond) -> tuple[Prediction, Tensor]:
+        """(all targets, the variance interpolation v) at (x, t) from one evaluation of a
+        ``learn_sigma`` network; v is shaped like x (see :func:`learned_log_variance`)."""
+        if not self.learn_sigma:
+            raise ValueError("this model has no learned variance (train it with learn_sigma=True)")
+        t = self._time(x, t)
+        out, var = self._evaluate(x, t, cond)
+        return self._convert(x, t, out), (var + 1) / 2
+
+    def _convert(self, x: Tensor, t: Tensor, out: Tensor) -> Prediction:
         s, sig = bcast(self.sde.s(t), x), bcast(self.sde.sigma(t), x)
         r = (s**2 + sig**2).sqrt()
         if self.prediction == "x0":
@@ -189,4 +237,5 @@ class Denoiser(nn.Module):
         the DDP- or compile-wrapped network a trainer calls)."""
         return Denoiser(net, self.sde, prediction=self.prediction, precondition=self.precondition,
                         sigma_data=self.sigma_data,
-                        check_finite=self.check_finite if check_finite is None else check_finite)
+                        check_finite=self.check_finite if check_finite is None else check_finite,
+                        learn_sigma=self.learn_sigma)

@@ -34,7 +34,8 @@ from torch import Tensor
 from .denoiser import Denoiser
 from .sde import SDE
 
-__all__ = ["dsm_loss", "ssm_loss", "loss_fn", "list_losses", "sample_t", "draw_noise", "WEIGHTINGS"]
+__all__ = ["dsm_loss", "ssm_loss", "loss_fn", "list_losses", "sample_t", "draw_noise", "WEIGHTINGS",
+           "weighted_x0_error"]
 
 
 def _snr(sde: SDE, t: Tensor) -> Tensor:
@@ -85,7 +86,13 @@ def dsm_loss(model: Denoiser, x0: Tensor, weighting: str = "dsm", *, generator=N
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choices: {sorted(WEIGHTINGS)}")
     t, xt = _perturb(model, x0, generator, weighting, noise)
-    x0_hat = model.x0(xt, t, **(cond or {}))
+    return weighted_x0_error(model, weighting, t, model.x0(xt, t, **(cond or {})), x0)
+
+
+def weighted_x0_error(model: Denoiser, weighting: str, t: Tensor, x0_hat: Tensor,
+                      x0: Tensor) -> Tensor:
+    """E[w(t)‖x̂0 − x0‖²] (errors averaged over dimensions) for a named weighting: the loss of
+    :func:`dsm_loss` given the model's x̂0, for objectives that need more of the same pass."""
     w = WEIGHTINGS[weighting](model.sde, t, sigma_data=model.sigma_data)
     per_sample = (x0_hat - x0).pow(2).reshape(x0.shape[0], -1).mean(1)
     return (w * per_sample).mean()

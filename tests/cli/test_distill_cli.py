@@ -63,3 +63,21 @@ def test_bad_distillation_requests_are_one_line(tmp_path, capsys, argv, match):
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = [r for r in capsys.readouterr().err.strip().splitlines() if "training" not in r]
     assert len(err) == 1 and match in err[0], err
+
+
+def test_a_run_teacher_brings_its_data_and_sigma_data(tmp_path):
+    """Without --data (and --sigma-data) a distillation takes the teacher run's data set, data
+    arguments and σ_data: distilling the digits model needs no repeated flags."""
+    teacher = tmp_path / "teacher"
+    assert main(["train", "--data", "mixture", "--data-kwargs", '{"dim": 3}', "--sigma-data",
+                 "0.7", "--steps", "2", "--batch-size", "16", "--no-tensorboard",
+                 "--out", str(teacher)]) == 0
+    for method, extra in (("consistency", ["--N", "4"]),
+                          ("progressive", ["--start-steps", "2", "--steps-per-round", "2"])):
+        run = tmp_path / method
+        assert main(["distill", method, str(teacher), "--steps", "1" if method == "progressive"
+                     else "2", "--batch-size", "16", "--no-tensorboard", *extra,
+                     "--out", str(run)]) == 0
+        cfg = json.loads((run / "ckpt-00000002" / "config.json").read_text())
+        assert (cfg["data"], cfg["data_kwargs"], cfg["shape"]) == ("mixture", {"dim": 3}, [3])
+        assert cfg["sigma_data"] == 0.7

@@ -20,8 +20,13 @@ def test_likelihood_command_reports_nats_and_truth(run, tmp_path):
     rep = json.loads(out.read_text())
     assert rep["dims"] == 2 and rep["nfe"] > 0 and rep["offset_bits"] == 0.0
     assert rep["bits_per_dim"] == pytest.approx(-rep["nats"] / (2 * np.log(2)))
-    # a model can't beat the true density on average by more than sampling noise
-    assert rep["nats"] < rep["true_log_density_nats"] + 4 * rep["nats_se"]
+    # Scored on the same draws as the truth, the model's mean log-density sits below the true
+    # one by its KL from the data (this 300-step model: 0.92 nats here; 0.75–0.99 over draw
+    # seeds 0–2 at n = 64, 0.80–0.83 at n = 512) — and never above it by more than noise. A
+    # dropped prior term (≈ −12 nats: EDM's N(0, 80² I) in 2-D) or a sign error in the
+    # divergence integral falls outside either side.
+    gap = rep["nats"] - rep["true_log_density_nats"]
+    assert -1.0 - 4 * rep["nats_se"] < gap < 4 * rep["nats_se"], (gap, rep["nats_se"])
 
 
 def test_likelihood_command_on_discrete_data_applies_the_offset(run, tmp_path):

@@ -10,7 +10,8 @@ from ..conftest import SDES, gen
 @pytest.fixture(scope="session")
 def references(mixture2d):
     """name → (model, x_T, schedule, x(t_min) by RK4 with 4096 steps); RK4 at 4096 steps agrees
-    with RK45 at rtol = atol = 1e-11 to ~1e-11."""
+    with RK45 at rtol = atol = 1e-11 to ~1e-11, and with SciPy's DOP853 to 6e-11
+    (test_ode.py::test_reference_agrees_with_scipy)."""
     refs = {}
     for name in ("vp", "ve", "subvp", "edm"):
         make, schedule = SDES[name]

@@ -5,11 +5,8 @@ import pytest
 import torch
 
 import sdeflow
-from sdeflow.metrics import mmd2
 from sdeflow.samplers.exponential import deis, dpm_solver_singlestep, dpmpp_multistep
 from sdeflow.samplers.registry import Context
-
-from ..conftest import gen
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +64,6 @@ def test_first_order_dpmpp_is_ddim(problems):
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_dpmpp_2m_sde_samples_the_mixture(ring):
-    """SDE-DPM-Solver++(2M), 100 steps on VP: MMD² below 2 × the true-vs-true floor (n=3000)."""
-    model = ring.denoiser(sdeflow.VPSDE())
-    x = sdeflow.sample(model, shape=(3000, 2), dtype=torch.float64, solver="dpmpp_2m_sde",
-                       steps=100, schedule="logsnr", seed=2)
-    ref = ring.sample(3000, generator=gen(999))
-    g = gen(0)
-    floor = max(abs(mmd2(ring.sample(3000, generator=g), ref)) for _ in range(6))
-    assert mmd2(x, ref) < 2 * floor
-
-
 def test_nfe_and_errors(problems):
     model, x_T, _ = problems["edm"]
     _, st = sdeflow.sample(model, x_T, solver="dpmpp_3m", steps=7, return_stats=True)
@@ -131,14 +117,29 @@ def test_first_order_deis_is_ddim(problems):
 
 
 def test_ipndm_orders(problems):
-    """iPNDM's fixed Adams–Bashforth weights: order 4 on a grid uniform in σ̃ (EDM 'uniform':
-    measured 3.41 from 2000 → 4000 steps, still rising), but order 2 on the non-uniform
-    Karras grid for every order ≥ 2 (measured 1.99–2.02) — which is why DEIS ρAB integrates
-    the Lagrange polynomials instead."""
+    """iPNDM's fixed Adams–Bashforth weights are exact for steps equal in σ̃, and there each
+    order p converges at order p: on EDM's uniform grid over σ ∈ [80, 5], 800 → 1600 steps
+    measure 3.87 for order 4 and 2.94 for order 3, which the window of ±0.25 around 4 rejects
+    (the old check, > 3.2 over the whole interval, passed order 3 at 3.58). Why that
+    interval: at σ = 80 ε̂ barely changes, so the lower-order warm-up steps add next to
+    nothing, and by σ = 5 the grid resolves the ODE; over the whole [80, 0.002] the uniform
+    grid is too coarse at small σ for any asymptotic order (orders 3 and 4 both measure
+    3.2–3.6 at 2000 → 4000 steps). On the non-uniform Karras grid every order ≥ 2 is order 2
+    (measured 1.99–2.02) — which is why DEIS ρAB integrates the Lagrange polynomials
+    instead."""
     model, x_T, ref = problems["edm"]
-    errs = [(sdeflow.sample(model, x_T, solver="ipndm", steps=n, schedule="uniform",
-                            denoise=False) - ref).abs().max().item() for n in (2000, 4000)]
-    assert _orders(errs, [2000, 4000])[0] > 3.2, errs
+    # RK4 on 512 Karras steps is within 1.1e-11 of 4096 steps here, far below the 4e-9 error
+    # of iPNDM-4 at 1600 steps
+    ref_5 = sdeflow.sample(model, x_T, solver="rk4", steps=512, schedule="karras", t_end=5.0,
+                           denoise=False)
+
+    def observed_order(order):
+        errs = [(sdeflow.sample(model, x_T, solver="ipndm", order=order, steps=n, t_end=5.0,
+                                schedule="uniform", denoise=False) - ref_5).abs().max().item()
+                for n in (800, 1600)]
+        return _orders(errs, [800, 1600])[0]
+    assert abs(observed_order(4) - 4) < 0.25
+    assert abs(observed_order(3) - 3) < 0.25  # so a third-order method fails the check above
     for order in (2, 4):
         errs = [(sdeflow.sample(model, x_T, solver="ipndm", order=order, steps=n, schedule="karras",
                                 denoise=False) - ref).abs().max().item() for n in (160, 320)]

@@ -20,6 +20,26 @@ def _observed_orders(errs, steps):
             for i in range(len(errs) - 1)]
 
 
+def test_reference_agrees_with_scipy(references, mixture2d):
+    """The shared reference (our RK4, 4096 steps) against SciPy's DOP853 at rtol = atol = 1e-10
+    on dx/dt = f(t)x − ½g(t)²∇log p_t(x), built here from the mixture's score and the SDE's
+    coefficients (not from Denoiser or pf_ode_drift): within 2e-10 on every SDE (measured
+    2.3e-11 – 5.9e-11 with |x| ≤ 1.3), so errors down to ~1e-9 measured against it are real."""
+    solve_ivp = pytest.importorskip("scipy.integrate").solve_ivp
+    for name, (model, x_T, _, ref) in references.items():
+        sde = model.sde
+
+        def pf_ode(t, y):
+            x, t = torch.from_numpy(y).reshape(x_T.shape), torch.tensor(t, dtype=torch.float64)
+            score = mixture2d.score(x, sde.s(t), sde.sigma(t))
+            return (sde.f(t) * x - 0.5 * sde.g2(t) * score).reshape(-1).numpy()
+        sol = solve_ivp(pf_ode, (sde.T, sde.t_min), x_T.reshape(-1).numpy(), method="DOP853",
+                        rtol=1e-10, atol=1e-10)
+        assert sol.success, (name, sol.message)
+        scipy_ref = torch.from_numpy(sol.y[:, -1]).reshape(x_T.shape)
+        assert (scipy_ref - ref).abs().max() < 2e-10, name
+
+
 @pytest.mark.parametrize("solver", sorted(ORDER_STEPS))
 def test_fixed_step_solver_converges_at_its_order(references, solver):
     """Observed order between successive halvings of the step within ±0.25 of theory

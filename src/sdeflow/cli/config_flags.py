@@ -48,6 +48,10 @@ def field_flags() -> dict:
         sde_kwargs="SDE arguments as JSON",
         sigma_data="σ_data of the data (EDM preconditioning)",
         model_kwargs="network arguments as JSON, e.g. '{\"channels\": 32}'",
+        learn_sigma="also learn the reverse variance (Improved DDPM; VP SDE, twice the "
+                    "network's outputs, loss L_simple + vlb_weight·L_vlb)",
+        vlb_weight="λ of the L_vlb term with --learn-sigma",
+        ddpm_steps="DDPM's T: steps of the discrete chain --learn-sigma trains on",
         class_cond="condition on the data's labels",
         p_uncond="label dropout for classifier-free guidance (needs --class-cond)",
         hflip="random horizontal flips",

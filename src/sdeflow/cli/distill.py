@@ -32,6 +32,10 @@ DISTILL_FLAGS = dict(
     huber_c=dict(show_default=False, help="pseudo-Huber c (default 0.00054·√dim)"),
     model=dict(help="the student's network ('teacher': the teacher's architecture; with "
                     "--teacher exact an MLP)"),
+    data=dict(show_default=False, help="data set (default: the teacher run's; gmm for "
+                                       "--teacher exact)"),
+    sigma_data=dict(show_default=False, help="σ_data of the student's preconditioning "
+                                             "(default: the teacher run's; 1.0 for --teacher exact)"),
     teacher_config=None)
 ICT_FLAGS = dict(
     s0="iCT: grid size N(k) at the start of training", s1="iCT: the largest grid size N(k)",

@@ -1,5 +1,6 @@
 """``sdeflow likelihood`` and ``sdeflow interpolate``: the probability-flow ODE as an
-invertible map — exact log-likelihoods, and interpolation between data points through latents."""
+invertible map — exact log-likelihoods, and interpolation between data points through latents —
+and, with ``--bound vlb``, DDPM's variational bound (:mod:`sdeflow.vlb`)."""
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,24 @@ def add_likelihood(sub) -> None:
                         "--rtol/--atol, fixed-step ones --steps)")
     p.add_argument("--steps", type=int, default=None, help="steps of a fixed-step solver")
     _add_tolerances(p)
+    _add_vlb_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/likelihood.json", help="JSON report")
+
+
+def _add_vlb_flags(p) -> None:
+    from ..vlb import VARIANCES
+    p.add_argument("--bound", default="ode", choices=["ode", "vlb"],
+                   help="ode: exact log-likelihood by the PF-ODE; vlb: DDPM's variational bound "
+                        "(VP models; a discretised decoder with --num-bins, else a Gaussian one)")
+    p.add_argument("--ddpm-steps", type=int, default=None,
+                   help="vlb: DDPM's T (default: the run's ddpm_steps, else 1000)")
+    p.add_argument("--variance", default=None, choices=list(VARIANCES),
+                   help="vlb: reverse variance (default: learned if the model learns it, "
+                        "else beta)")
+    p.add_argument("--full", action="store_true", help="vlb: sum every step exactly (T NFEs)")
+    p.add_argument("--t-draws", type=int, default=16,
+                   help="vlb without --full: steps drawn per sample for the unbiased estimate")
 
 
 def _add_tolerances(p) -> None:
@@ -52,22 +69,55 @@ def _data_to_score(a, cfg) -> torch.Tensor:
                      f"--data-file (a .npy array (N, C, H, W))")
 
 
+def _true_log_density(a, cfg, x) -> dict:
+    """For fresh draws of data with a closed form ('gmm', 'mixture'): their mean log-density."""
+    from ..data import get_data, list_vector_data
+    mixture = getattr(get_data(cfg.data, **cfg.data_kwargs), "mixture", None) \
+        if cfg.data in list_vector_data() else None
+    if a.data_file or mixture is None:
+        return {}
+    return dict(true_log_density_nats=mixture.log_prob(x.double()).mean().item())
+
+
 def _nats_report(a, cfg, model, x, opts: dict) -> dict:
     """log p(x) in nats (mean and standard error) and bits/dim of continuous data; for draws of
     data with a closed form ('gmm', 'mixture') also the true log-density."""
     import math
 
-    from ..data import get_data, list_vector_data
     from ..likelihood import log_likelihood
     logp, st = log_likelihood(model, x, seed=a.seed, progress=True, return_stats=True, **opts)
     rep = dict(nats=logp.mean().item(), nats_se=(logp.std() / math.sqrt(len(logp))).item(),
                bits_per_dim=(-logp.mean() / (x[0].numel() * math.log(2))).item(), offset_bits=0.0,
                nfe=st["nfe"], seconds=round(st["seconds"], 3))
-    mixture = getattr(get_data(cfg.data, **cfg.data_kwargs), "mixture", None) \
-        if cfg.data in list_vector_data() else None
-    if not a.data_file and mixture is not None:
-        rep["true_log_density_nats"] = mixture.log_prob(x.double()).mean().item()
-    return rep
+    return {**rep, **_true_log_density(a, cfg, x)}
+
+
+def _vlb_report(a, cfg, model, x) -> dict:
+    """DDPM's bound: −ELBO in bits/dim (an upper bound on the PF-ODE's bits/dim) with its
+    terms; ``elbo_nats`` ≤ log p(x) is comparable with the ODE's ``nats``."""
+    import math
+
+    from ..vlb import check_vp, ddpm_bound
+    check_vp(model.sde, "--bound vlb")
+    if a.t_draws < 1:
+        raise ValueError(f"--t-draws must be positive, got {a.t_draws}")
+    steps = a.ddpm_steps or getattr(cfg, "ddpm_steps", 1000)
+    opts = dict(decoder="gaussian")
+    if a.num_bins:  # integers in [0, num_bins) onto the levels lo … hi
+        if (x != x.round()).any() or x.min() < 0 or x.max() > a.num_bins - 1:
+            raise ValueError(f"with --num-bins the data must be integers in [0, {a.num_bins - 1}]")
+        lo, hi = a.data_range
+        x = lo + (hi - lo) * x / (a.num_bins - 1)
+        opts = dict(decoder="discrete", num_bins=a.num_bins, data_range=(lo, hi))
+    res = ddpm_bound(model, x, steps, variance=a.variance, full=a.full, t_draws=a.t_draws,
+                     seed=a.seed, progress=True, **opts)
+    elbo = -res.nats
+    return dict(bound="vlb", ddpm_steps=steps, variance=res.options.variance,
+                decoder=res.options.decoder, exact=res.exact, bits_per_dim=res.mean,
+                bits_per_dim_se=(res.bpd.std() / math.sqrt(len(elbo))).item(),
+                elbo_nats=elbo.mean().item(), terms_bits_per_dim=res.breakdown(), nfe=res.nfe,
+                seconds=round(res.seconds, 3), summary=res.report(),
+                **({} if a.num_bins else _true_log_density(a, cfg, x)))
 
 
 def cmd_likelihood(a) -> int:
@@ -78,11 +128,22 @@ def cmd_likelihood(a) -> int:
     of the checkpoint's toy distribution, or --data-file (a .npy array). With --num-bins the
     data are integers in [0, num_bins) that are uniformly dequantised and scaled to
     --data-range, and the change-of-variables offset is added to bits/dim.
+
+    With --bound vlb (models on the VP SDE): DDPM's variational bound on the T-step chain of the
+    SDE instead — L_T + Σ L_{t−1} + L_0 in bits/dim with its terms, exact with --full or
+    estimated from --t-draws sampled steps; with --num-bins the data's integers map onto
+    num_bins levels spanning --data-range and L_0 is DDPM's discretised decoder.
     """
     from ..likelihood import bits_per_dim
     from ..samplers import get_solver
     model, cfg = load_run(a.checkpoint, "denoiser")
     x = _data_to_score(a, cfg)
+    if a.bound == "vlb":
+        with torch.no_grad():
+            rep = _vlb_report(a, cfg, model, x)
+        write_report(a.out, dict(checkpoint=str(a.checkpoint), n=x.shape[0], dims=x[0].numel(),
+                                 **rep))
+        return 0
     opts = dict(divergence=a.divergence, n_probes=a.n_probes, solver=a.solver, steps=a.steps)
     if get_solver(a.solver).adaptive:
         opts.update(rtol=a.rtol, atol=a.atol)

@@ -4,12 +4,15 @@
 * :mod:`.frechet`: Fréchet distance and KID between feature sets (the maths of FID/KID).
 * :mod:`.digits`: the offline digits metric — a small classifier trained on the embedded 8×8
   digits, the Fréchet distance in its feature space (FDD) with its train-vs-test noise floor.
+* :mod:`.mixture`: do samples come from a known Gaussian mixture? Per-component weights, means
+  and widths with standard errors, and a Bonferroni threshold (the sharp test of SDE samplers).
 * :mod:`.image`: PSNR, SSIM, L1/L2 between image pairs.
 * :mod:`.inception`: FID/KID with Inception-v3 features and LPIPS, when their weights exist.
 """
 from .distances import mmd2, noise_floor, sliced_wasserstein
 from .frechet import frechet_distance, gaussian_stats, kernel_distance
 from .image import l1, mse, psnr, ssim
+from .mixture import mixture_moments
 
 __all__ = ["sliced_wasserstein", "mmd2", "noise_floor", "frechet_distance", "gaussian_stats",
-           "kernel_distance", "psnr", "ssim", "l1", "mse"]
+           "kernel_distance", "psnr", "ssim", "l1", "mse", "mixture_moments"]

@@ -9,12 +9,20 @@ where (a, v) is the exact forward transition t' → t (:meth:`SDE.transition`). 
 deterministic DDIM, a first-order discretisation of the PF-ODE (the Euler method for
 d(x/s)/dσ̃ = ε̂); η = 1 draws from the DDPM posterior q(x_{t'} | x_t, x̂0), i.e. the ancestral
 sampler of Ho et al. 2020 — so ``ancestral`` is this step with η = 1.
+
+A model with a learned variance (``Denoiser.learn_sigma``) takes, at η = 1, the same posterior
+mean with Improved DDPM's variance :math:`\exp(\hat v\log\beta + (1-\hat v)\log\tilde\beta)`
+(Nichol & Dhariwal 2021, eq. 15; v̂ the network's interpolation) in place of the posterior's
+:math:`c^2 = \tilde\beta = \beta\,\sigma(t')^2/\sigma(t)^2`, where β is the forward variance
+of this step (v above) — on any grid, as their strided sampling does; at η ≠ 1 the learned
+variance is not used.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from ..denoiser import learned_log_variance
 from ..sde import bcast
 from .registry import Context, register_solver
 
@@ -26,13 +34,17 @@ def ddim_step(model, x: Tensor, t: Tensor, t_next: Tensor, ctx: Context, eta: fl
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     sde = model.sde
-    pred = model.predict(x, t, **ctx.cond)
+    learned = eta == 1 and getattr(model, "learn_sigma", False)
+    pred, v_hat = model.predict_variance(x, t, **ctx.cond) if learned else \
+        (model.predict(x, t, **ctx.cond), None)
     sig, sig_next = sde.sigma(t), sde.sigma(t_next)
     _, v = sde.transition(t_next, t)
     c2 = (eta**2 * v * sig_next**2 / sig**2).clamp(max=sig_next**2)
     x_next = bcast(sde.s(t_next), x) * pred.x0 + bcast((sig_next**2 - c2).sqrt(), x) * pred.eps
     if eta > 0:
-        x_next = x_next + bcast(c2.sqrt(), x) * ctx.randn_like(x)
+        std = bcast(c2.sqrt(), x) if v_hat is None else \
+            (0.5 * learned_log_variance(v_hat, v.log(), c2.log())).exp()
+        x_next = x_next + std * ctx.randn_like(x)
     return x_next
 
 

@@ -102,7 +102,12 @@ class EngineConfig:
                 for k, v in (("dim", math.prod(shape)), ("in_channels", shape[0]),
                              ("resolution", shape[-1])) if k in kw]
 
+    def complete(self) -> None:
+        """Fill in (in place) defaults that depend on something outside the config — a
+        teacher's data, say; :meth:`validate` calls it first. Nothing to do here."""
+
     def validate(self):
+        self.complete()
         types = self.type_checks()
         bad = [msg for ok, msg in types if not ok]
         if not bad:  # the other checks compare values of the right types

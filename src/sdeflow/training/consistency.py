@@ -154,6 +154,13 @@ class ConsistencyDistillationConfig(TeacherFields, ConsistencyFields, EngineConf
     N: int = 18
     solver: str = "heun"
     mu: float = 0.95
+    sigma_data: float | None = None  # None: the teacher run's σ_data (1.0 for "exact")
+
+    def complete(self) -> None:
+        TeacherFields.complete(self)
+        if self.sigma_data is None:
+            tc = self.run_teacher_config() or {}
+            self.sigma_data = float(tc.get("sigma_data", 1.0))
 
     def checks(self) -> list[tuple[bool, str]]:
         ode = [s for s in list_solvers("ode") if not get_solver(s).adaptive]

@@ -244,6 +244,7 @@ def train(cfg: EngineConfig, run_dir, *, resume: bool = False, progress: bool = 
     logs and previews."""
     dist = init_distributed()
     run_dir = Path(run_dir)
+    cfg = copy.deepcopy(cfg).validate()  # the caller's config stays as given
     st = _resume_or_start(cfg, run_dir, dist, resume, device)
     cfg, main = st.cfg, dist.is_main
     log = bar = None

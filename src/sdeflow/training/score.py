@@ -1,7 +1,12 @@
 """Score matching as a training program: every loss of :mod:`sdeflow.losses` (DSM with its
 weightings, EDM, ε, v, likelihood weighting, sliced score matching) on toy data or images,
 optionally class-conditional (with label dropout for classifier-free guidance) or conditioned
-on an image (SR3/Palette tasks, :mod:`sdeflow.tasks`)."""
+on an image (SR3/Palette tasks, :mod:`sdeflow.tasks`).
+
+With ``learn_sigma`` (VP SDE) the network has twice the outputs and also learns the reverse
+variance (Nichol & Dhariwal 2021): training draws DDPM's discrete steps t_i of the
+``ddpm_steps``-step chain and minimises L_simple + ``vlb_weight``·L_vlb
+(:func:`sdeflow.vlb.hybrid_loss`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,6 +21,7 @@ from ..losses import draw_noise, list_losses, loss_fn
 from ..models import IMAGE_MODELS, build_model, list_models
 from ..sde import get_sde, list_sdes
 from ..tasks import get_task, list_tasks
+from ..vlb import ddpm_chain, hybrid_loss
 from .config import EngineConfig
 from .objective import Objective, register_objective
 
@@ -34,6 +40,9 @@ class TrainConfig(EngineConfig):
     precondition: str | None = "edm"
     sigma_data: float = 1.0
     loss: str = "edm"
+    learn_sigma: bool = False
+    vlb_weight: float = 0.001
+    ddpm_steps: int = 1000
     class_cond: bool = False
     p_uncond: float = 0.0
     task: str | None = None
@@ -65,7 +74,22 @@ class TrainConfig(EngineConfig):
             (self.task is None or image_data, "image-to-image tasks need image data"),
             (not self.hflip or image_data, "hflip needs image data"),
             (self.sample_steps > 0 and self.sample_num > 0,
-             "sample_steps and sample_num must be positive")]
+             "sample_steps and sample_num must be positive"),
+            *self.variance_checks()]
+
+    def variance_checks(self) -> list[tuple[bool, str]]:
+        """A learned variance interpolates DDPM's β_t and β̃_t: VP only, on discrete steps."""
+        out_keys = sorted({"out_dim", "out_channels"} & set(self.model_kwargs))
+        return [(self.vlb_weight >= 0, "vlb_weight must be ≥ 0"),
+                (self.ddpm_steps >= 2, "ddpm_steps must be at least 2"),
+                (not self.learn_sigma or self.sde == "vp",
+                 f"learn_sigma needs sde 'vp' (DDPM's β_t and β̃_t), not {self.sde!r}"),
+                (not self.learn_sigma or self.loss not in ("ssm", "edm"),
+                 f"learn_sigma trains on DDPM's discrete steps: use loss 'eps' (L_simple), "
+                 f"'dsm', 'v' or 'likelihood', not {self.loss!r}"),
+                (not (self.learn_sigma and out_keys),
+                 f"learn_sigma sets the network's output size (twice the data's channels): "
+                 f"remove {out_keys} from model_kwargs")]
 
     def resolve_model(self, data, fresh: bool) -> None:
         """The default network of the data's shape (:func:`~sdeflow.models.default_model_kwargs`)
@@ -87,11 +111,16 @@ class TrainConfig(EngineConfig):
 
 
 def build_denoiser(cfg: TrainConfig) -> Denoiser:
-    """The network of a resolved ``cfg`` wrapped as a Denoiser under its SDE."""
+    """The network of a resolved ``cfg`` wrapped as a Denoiser under its SDE (with
+    ``learn_sigma``: twice the outputs, the second half the variance interpolation)."""
     sde = get_sde(cfg.sde, **cfg.sde_kwargs)
-    net = build_model(cfg.model, **cfg.model_kwargs)
+    kw, learn_sigma = dict(cfg.model_kwargs), getattr(cfg, "learn_sigma", False)  # PD students too
+    if learn_sigma:
+        key, size = ("out_dim", "dim") if cfg.model == "mlp" else ("out_channels", "in_channels")
+        kw[key] = 2 * kw[size]
+    net = build_model(cfg.model, **kw)
     return Denoiser(net, sde, prediction=cfg.prediction, precondition=cfg.precondition,
-                    sigma_data=cfg.sigma_data)
+                    sigma_data=cfg.sigma_data, learn_sigma=learn_sigma)
 
 
 @register_objective
@@ -106,6 +135,9 @@ class ScoreMatching(Objective):
         self.loss_fn = loss_fn(cfg.loss)
         self.task = cfg.get_task()
         self.sde = get_sde(cfg.sde, **cfg.sde_kwargs)
+        self.chain = ddpm_chain(self.sde, cfg.ddpm_steps, dtype=torch.float32) \
+            if cfg.learn_sigma else None
+        self.metrics = ("vlb",) if cfg.learn_sigma else ()
 
     @classmethod
     def build(cls, cfg: TrainConfig) -> dict[str, nn.Module]:
@@ -128,14 +160,30 @@ class ScoreMatching(Objective):
             out["class_labels"] = y
         if self.task is not None:
             out["x_cond"] = self.task.condition(x0)
-        out["t"], out["eps"] = draw_noise(self.sde, x0, cfg.loss, g)
+        if cfg.learn_sigma:  # DDPM's discrete steps i ~ U{1, …, N}
+            out["step"] = torch.randint(1, cfg.ddpm_steps + 1, (n,), generator=g)
+            out["eps"] = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        else:
+            out["t"], out["eps"] = draw_noise(self.sde, x0, cfg.loss, g)
         return out
 
     def loss(self, nets, batch, generator):
         cond = {k: batch[k] for k in ("class_labels", "x_cond") if k in batch}
+        if self.cfg.learn_sigma:
+            return self._hybrid_loss(nets["model"], batch, cond)
         loss = self.loss_fn(nets["model"], batch["x0"], generator=generator, cond=cond,
                             noise=(batch["t"], batch["eps"]))
         return loss, {}
+
+    def _hybrid_loss(self, model: Denoiser, batch, cond):
+        x0 = batch["x0"]
+        if self.chain.t.device != x0.device:
+            self.chain = self.chain.to(device=x0.device)
+        decoder = "gaussian" if self.cfg.data in list_vector_data() else "discrete"
+        loss, vlb = hybrid_loss(model, x0, (batch["step"], batch["eps"]), self.chain,
+                                weighting=self.cfg.loss, vlb_weight=self.cfg.vlb_weight,
+                                decoder=decoder, cond=cond)
+        return loss, {"vlb": vlb}
 
     def preview(self, model: Denoiser, path: Path, step: int, device) -> Path:
         """EMA samples with the config's sampler and a fixed seed: a grid (images) or a

@@ -25,6 +25,30 @@ class TeacherFields:
     teacher_config: dict | None = None
     sde: str = "edm"  # the exact teacher's SDE (a run's teacher brings its own)
     sde_kwargs: dict = field(default_factory=dict)
+    data: str | None = None  # None: the teacher run's data (and data_kwargs); "gmm" for "exact"
+
+    def complete(self) -> None:
+        """``data=None``: the data (and, unless given, data arguments) the teacher run was
+        trained on, read from its checkpoint — ``gmm`` for the exact teacher."""
+        if self.data is not None:
+            return
+        tc = self.run_teacher_config()
+        if tc is None:
+            self.data = "gmm"
+            return
+        self.data = tc.get("data")
+        if not self.data_kwargs:
+            self.data_kwargs = dict(tc.get("data_kwargs") or {})
+
+    def run_teacher_config(self) -> dict | None:
+        """The teacher run's config (read from its checkpoint once, then kept in
+        ``teacher_config``); None for the exact teacher."""
+        if self.teacher == "exact" or not self.teacher:
+            return None
+        if self.teacher_config is None:
+            from ..checkpoint import read_config, resolve_checkpoint
+            self.teacher_config = read_config(resolve_checkpoint(self.teacher))
+        return self.teacher_config
 
     def teacher_checks(self) -> list[tuple[bool, str]]:
         return [(self.sde in list_sdes(), f"sde {self.sde!r} not in {list_sdes()}"),
@@ -37,10 +61,7 @@ class TeacherFields:
                 raise ValueError(f"teacher='exact' needs data with a closed form ('gmm', "
                                  f"'mixture'), not {self.data!r}")
             return
-        if self.teacher_config is None:
-            from ..checkpoint import read_config, resolve_checkpoint
-            self.teacher_config = read_config(resolve_checkpoint(self.teacher))
-        tc = self.teacher_config
+        tc = self.run_teacher_config()
         if tc.get("kind", "score") != "score":
             raise ValueError(f"teacher {self.teacher}: a {tc.get('kind')} checkpoint, not a "
                              "score model")
