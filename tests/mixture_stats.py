@@ -21,8 +21,9 @@ def assert_samples_mixture(gm, x: Tensor, alpha: float = ALPHA, what: str = "") 
 
 
 def rejects(gm, x: Tensor, alpha: float = ALPHA) -> bool:
-    """Whether :func:`assert_samples_mixture` fails on ``x`` (to show a check's power)."""
+    """Whether :func:`assert_samples_mixture` fails on ``x`` (to show a check's power); a NaN
+    z-score is a rejection."""
     if not torch.isfinite(x).all():
         return True
     m = mixture_moments(gm, x)
-    return m.max_z() >= m.threshold(alpha)
+    return not m.max_z() < m.threshold(alpha)

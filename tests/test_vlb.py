@@ -21,10 +21,12 @@ from torch.distributions import Normal, kl_divergence
 
 import sdeflow
 from sdeflow.cli import main
+from sdeflow.data import get_data
 from sdeflow.samplers.ddim import ddim_step
 from sdeflow.samplers.registry import Context
 from sdeflow.training import Trainer, TrainConfig
-from sdeflow.vlb import ddpm_bound, ddpm_chain
+from sdeflow.training.score import ScoreMatching
+from sdeflow.vlb import ddpm_bound, ddpm_chain, hybrid_loss
 
 MU = torch.tensor([0.5, -0.3], dtype=torch.float64)
 SD = 0.1                      # the data's std: v* then spans (0, 1) over the first steps
@@ -46,7 +48,7 @@ def exact_eps(sde, scale=1.0):
     """E[ε | x_t] for N(μ, s²I) data, optionally scaled (a model with a 10 % error)."""
     def net(x, t):
         s, sig = sde.s(t)[:, None], sde.sigma(t)[:, None]
-        return scale * sig * (x - s * MU) / (s**2 * SD**2 + sig**2)
+        return scale * sig * (x - s * MU.to(x)) / (s**2 * SD**2 + sig**2)
     return net
 
 
@@ -70,9 +72,10 @@ def reverse_moments(sde, n=N):
 
 
 def model_variance(sde, variance, n=N, scale=1.0):
-    """Σ_i of p_θ per step: β, β̃ (β̃_2 at i = 1) or the true reverse variance."""
+    """Σ_i of p_θ per step: β, β̃ or the true reverse variance — with β̃_2 at i = 1 for both
+    fixed ones (β̃_1 = 0; for β, Ho et al.'s fixedlarge)."""
     post, beta, true = reverse_moments(sde, n)
-    post = torch.cat([post[1:2], post[1:]])
+    post, beta = (torch.cat([post[1:2], v[1:]]) for v in (post, beta))
     return scale * {"beta": beta, "beta_tilde": post, "true": true}[variance]
 
 
@@ -228,8 +231,9 @@ def test_expected_bound_sits_above_the_entropy_by_the_closed_form_gap(variance):
     expected = expected_bound(sde, variance)
     se = res.nats.std().item() / math.sqrt(4000)
     assert abs(res.nats.mean().item() - expected) < 4 * se
-    # E[L] − H: 0.366 nats (β) and 0.582 nats (β̃) for N = 100, s = 0.1, D = 2
-    gap = {"beta": 0.3660, "beta_tilde": 0.5826}[variance]
+    # E[L] − H: 0.378 nats (β, with β̃_2 at i = 1) and 0.583 nats (β̃) for N = 100, s = 0.1,
+    # D = 2 (with β_1 at i = 1 the β gap would be 0.366)
+    gap = {"beta": 0.3780, "beta_tilde": 0.5826}[variance]
     assert expected - ENTROPY == pytest.approx(gap, abs=1e-3)
 
 
@@ -278,6 +282,35 @@ def test_ancestral_step_draws_the_learned_variance():
     torch.testing.assert_close(out.mean(0), mean[0], atol=4 * math.sqrt(want / 20000), rtol=0)
 
 
+def test_the_step_to_t_zero_of_a_learned_variance_is_noise_free():
+    """A variance output r = 1.2 (v = 1.1: Improved DDPM does not clamp v) on a grid ending at
+    t = 0, where β̃ = 0: log β̃ = −∞ must not reach exp(v log β + (1 − v) log β̃) (= +∞ there);
+    the last step lands on x̂0, like the posterior it stands for."""
+    sde = sdeflow.VPSDE()
+    eps = exact_eps(sde)
+    model = sdeflow.Denoiser(lambda x, t: torch.cat([eps(x, t), torch.full_like(x, 1.2)], 1), sde,
+                             prediction="eps", learn_sigma=True)
+    seen = []
+    x = sdeflow.sample(model, shape=(64, D), dtype=torch.float64, solver="ancestral",
+                       timesteps=[1.0, 0.5, 0.1, 0.0], denoise=False, seed=0,
+                       callback=lambda t, x: seen.append(x))
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(x, model.x0(seen[-2], 0.1), rtol=1e-12, atol=1e-12)
+
+
+def test_noise_follows_x0s_dtype():
+    """ε given in float64 for float32 data: the bound is computed (and returned) in float32, as
+    with ε in float32."""
+    sde = sdeflow.VPSDE()
+    model = sdeflow.Denoiser(exact_eps(sde), sde, prediction="eps")
+    x0 = data(8, seed=22).float()
+    steps, eps = full_noise(x0, seed=23)
+    res = ddpm_bound(model, x0, N, decoder="gaussian", noise=(steps, eps))
+    same = ddpm_bound(model, x0, N, decoder="gaussian", noise=(steps, eps.float()))
+    assert res.nats.dtype == torch.float32
+    torch.testing.assert_close(res.nats, same.nats, rtol=0, atol=0)
+
+
 # --- (b) a learned variance learns the optimum --------------------------------------------------
 
 class GaussianData:
@@ -324,12 +357,59 @@ def test_learned_variance_gives_the_tightest_bound(learned):
              for v in ("beta", "beta_tilde", "learned")}
     for fixed in ("beta", "beta_tilde"):
         diff = (bound["learned"] - bound[fixed]).double()
-        # measured: 0.350 ± 0.007 nats below β, 0.603 ± 0.018 below β̃
+        # measured: 0.352 ± 0.008 nats below β, 0.603 ± 0.018 below β̃
         assert diff.mean() + 5 * diff.std() / math.sqrt(2000) < -0.2
     # and close to the best any variance can do with an exact mean, H + KL(q(x_N) ‖ N(0, I))
     # ≈ H (measured H + 0.026 ± 0.033)
     nats = bound["learned"].double()
     assert nats.mean().item() - ENTROPY < 0.05 + 4 * nats.std().item() / math.sqrt(2000)
+
+
+def _objective_and_batch(data, shape, levels=None):
+    """ScoreMatching with learn_sigma on ``data``, a fixed ε-model with r = 0.3, and a float64
+    batch of 16 (on ``levels`` grey levels in [−1, 1] if given)."""
+    image = len(shape) > 1
+    cfg = TrainConfig(data=data, model="unet" if image else "mlp", sde="vp", prediction="eps",
+                      precondition=None, loss="eps", learn_sigma=True, ddpm_steps=N,
+                      **({"vlb_bins": levels} if levels else {}))
+    obj = ScoreMatching(cfg, data=None)
+    model = sdeflow.Denoiser(lambda x, t: torch.cat([0.5 * x, torch.full_like(x, 0.3)], 1),
+                             obj.sde, prediction="eps", learn_sigma=True)
+    g = gen(30)
+    x0 = torch.rand(16, *shape, generator=g, dtype=torch.float64) * 2 - 1
+    if levels:
+        x0 = torch.round((x0 + 1) / 2 * (levels - 1)) / (levels - 1) * 2 - 1
+    batch = dict(x0=x0, step=torch.randint(1, N + 1, (16,), generator=g),
+                 eps=torch.randn(x0.shape, generator=g, dtype=torch.float64))
+    return obj, model, batch
+
+
+def test_hybrid_loss_keeps_float64_data_in_float64():
+    """STYLE #8: the chain is float64 and follows the batch (a float32 chain would put its
+    rounding, ~1e-8 relative, into a float64 loss)."""
+    obj, model, batch = _objective_and_batch("gmm", (D,))
+    loss, metrics = obj.loss({"model": model}, batch, gen(0))
+    want, vlb = hybrid_loss(model, batch["x0"], (batch["step"], batch["eps"]),
+                            ddpm_chain(obj.sde, N), weighting="eps", vlb_weight=0.001)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, want, rtol=1e-13, atol=0)
+    torch.testing.assert_close(metrics["vlb"], vlb, rtol=1e-13, atol=0)
+
+
+def test_hybrid_loss_decodes_image_data_on_vlb_bins_levels():
+    """The embedded digits have 17 grey levels: with vlb_bins = 17 the decoder's bins are
+    theirs (2/16 wide), not 8-bit ones (2/255)."""
+    obj, model, batch = _objective_and_batch("digits", (1, 8, 8), levels=17)
+    batch["step"][:] = 1                                         # every sample on the decoder
+    _, metrics = obj.loss({"model": model}, batch, gen(0))
+    chain, noise = ddpm_chain(obj.sde, N), (batch["step"], batch["eps"])
+    vlb = {n: hybrid_loss(model, batch["x0"], noise, chain, decoder="discrete", num_bins=n)[1]
+           for n in (17, 256)}
+    torch.testing.assert_close(metrics["vlb"], vlb[17], rtol=1e-13, atol=0)
+    # L_vlb = N·L_0 here; 16× narrower bins cost ≈ log₂(255/16) = 4.0 bits/dim (measured 3.8)
+    assert (vlb[256] - vlb[17]) / N > 3
+    with pytest.raises(ValueError, match="vlb_bins"):
+        TrainConfig(data="digits", model="unet", vlb_bins=1).validate()
 
 
 # --- (c) the command line -------------------------------------------------------------------------
@@ -350,8 +430,12 @@ def test_likelihood_command_reports_the_bound_and_its_terms(vp_run, tmp_path):
     rep = json.loads(out.read_text())
     assert (rep["ddpm_steps"], rep["variance"], rep["decoder"], rep["exact"], rep["nfe"]) == \
         (50, "learned", "gaussian", True, 50)
-    assert sum(rep["terms_bits_per_dim"].values()) == pytest.approx(rep["bits_per_dim"])
-    assert rep["elbo_nats"] == pytest.approx(-rep["bits_per_dim"] * 2 * math.log(2))
+    # the library's bound on the same draws (the run's data, -n 200 at --seed 0) and noise
+    model, cfg = sdeflow.load(vp_run, kind="score")
+    x = get_data(cfg.data, **cfg.data_kwargs).draw(200, gen(0))[0]
+    res = ddpm_bound(model, x.float(), 50, decoder="gaussian", full=True, seed=0)
+    assert rep["bits_per_dim"] == pytest.approx(res.mean, rel=1e-6)
+    assert rep["terms_bits_per_dim"] == pytest.approx(res.breakdown(), rel=1e-6)
     # a bound on log p_θ, and E log p_θ ≤ E log p_data: the ELBO can't beat the true density
     se = rep["bits_per_dim_se"] * 2 * math.log(2)
     assert rep["elbo_nats"] < rep["true_log_density_nats"] + 4 * se
@@ -386,6 +470,7 @@ def test_bad_requests_are_one_line_errors(vp_run, tmp_path, capsys):
             str(tmp_path / "x.json")]
     _fails(base + ["--t-draws", "0"], capsys, "--t-draws must be positive")
     _fails(base + ["--ddpm-steps", "1"], capsys, "must be an integer ≥ 2")
+    _fails(base + ["--ddpm-steps", "0"], capsys, "must be an integer ≥ 2")   # not the run's T
     _fails(base + ["--num-bins", "256"], capsys, "must be integers in [0, 255]")
     _fails(["train", "--learn-sigma", "--steps", "1", "--out", str(tmp_path / "r")], capsys,
            "learn_sigma needs sde 'vp'")

@@ -33,7 +33,10 @@ Denoiser's at (x_i, t_i) — for an ε-network DDPM's μ_θ = (x_i − β_i ε̂
 variance Σ_i is ``"beta"`` (β_i), ``"beta_tilde"`` (β̃_i) or ``"learned"``,
 :math:`\exp(v\log\beta_i + (1-v)\log\tilde\beta_i)` with v from the network
 (:func:`~sdeflow.denoiser.learned_log_variance`). As β̃_1 = 0, β̃_2 stands in for it at i = 1
-(Improved DDPM's clipping). The decoder
+(Improved DDPM's clipping), and ``"beta"`` also takes β̃_2 rather than β_1 there, as Ho et
+al.'s ``fixedlarge`` and improved-diffusion's ``FIXED_LARGE`` do "to get a better decoder log
+likelihood" (Ho et al.'s code); the learned variance keeps β_1 as its upper end there, as
+Improved DDPM's does. The decoder
 :math:`p_\theta(x_0\mid x_1) = \mathcal N(\hat x_0(x_1), \Sigma_1)` is DDPM's ``"discrete"``
 one — the Gaussian's mass on x₀'s bin for data on the grid of ``num_bins`` levels spanning
 ``data_range`` (8-bit images in [−1, 1]: bins of width 2/255, the outer two reaching to ±∞), so
@@ -203,8 +206,9 @@ def step_terms(chain: DDPMChain, x0: Tensor, xt: Tensor, i: Tensor, x0_hat: Tens
     log_beta, log_bt = chain.log_variances(i)
     if opts.variance == "learned":
         logvar = learned_log_variance(v, log_beta, log_bt)
-    else:
-        logvar = bcast(log_beta if opts.variance == "beta" else log_bt, x0).expand_as(x0)
+    else:  # "beta" at i = 1: β̃_2 (fixedlarge; module docstring)
+        fixed = torch.where(i == 1, log_bt, log_beta) if opts.variance == "beta" else log_bt
+        logvar = bcast(fixed, x0).expand_as(x0)
     mean_p = chain.posterior_mean(x0_hat, xt, i)
     # at i = 1 the KL (with β̃_2 for β̃_1) is computed but not used: the decoder replaces it
     kl = normal_kl(chain.posterior_mean(x0, xt, i), bcast(log_bt, x0), mean_p, logvar)
@@ -286,6 +290,7 @@ def _bound_noise(x0: Tensor, n: int, full: bool, t_draws: int, noise, generator)
         if steps.shape != (B, K) or eps.shape != (K + 1, *x0.shape) or \
                 steps.min() < 2 or steps.max() > n:
             raise ValueError(f"noise must be (steps (B, K) in [2, {n}], eps (K+1, *x0.shape))")
+        eps = eps.to(dtype=x0.dtype, device=x0.device)
     elif full:
         steps, eps = torch.arange(2, n + 1, device=x0.device).expand(B, n - 1), None
     else:
@@ -325,8 +330,9 @@ def ddpm_bound(model: Denoiser, x0: Tensor, steps: int = 1000, *, variance: str 
 
     Args:
         steps: N, DDPM's T.
-        variance: ``"beta"``, ``"beta_tilde"`` or ``"learned"`` (default: ``"learned"`` for a
-            ``learn_sigma`` model, else ``"beta"``).
+        variance: ``"beta"`` (β̃_2 for the decoder at i = 1, as DDPM's ``fixedlarge``),
+            ``"beta_tilde"`` or ``"learned"`` (default: ``"learned"`` for a ``learn_sigma``
+            model, else ``"beta"``).
         decoder: ``"discrete"`` (x0 on ``num_bins`` levels spanning ``data_range``) or
             ``"gaussian"`` (continuous data).
         full: sum all N − 1 KL terms exactly; else ``t_draws`` steps drawn per sample.
@@ -366,17 +372,18 @@ def ddpm_bound(model: Denoiser, x0: Tensor, steps: int = 1000, *, variance: str 
 
 def hybrid_loss(model: Denoiser, x0: Tensor, noise: tuple[Tensor, Tensor], chain: DDPMChain, *,
                 weighting: str = "eps", vlb_weight: float = 0.001, decoder: str = "gaussian",
-                cond: dict | None = None) -> tuple[Tensor, Tensor]:
+                num_bins: int = 256, cond: dict | None = None) -> tuple[Tensor, Tensor]:
     """(L_simple + λ·L_vlb, the L_vlb estimate in bits/dim) of a ``learn_sigma`` model, from one
     network evaluation at the steps ``noise[0]`` (B,) in [1, N] with ε = ``noise[1]``: L_simple
     is :func:`~sdeflow.losses.dsm_loss`'s ``weighting`` at t_i and L_vlb = N·L_{i−1} (bits/dim,
-    x̂0 detached so that it trains the variance only)."""
+    x̂0 detached so that it trains the variance only); the ``"discrete"`` decoder takes data on
+    ``num_bins`` levels in [−1, 1]."""
     step, eps = noise
     xt = chain.marginal(x0, step, eps)
     t = chain.t[step].to(x0.dtype)
     pred, v = model.predict_variance(xt, t, **(cond or {}))
     simple = weighted_x0_error(model, weighting, t, pred.x0, x0)
-    opts = BoundOptions("learned", decoder)
+    opts = BoundOptions("learned", decoder, num_bins)
     nats = step_terms(chain, x0, xt, step, pred.x0.detach().to(x0.dtype), v.to(x0.dtype), opts)
     vlb = chain.steps * nats.mean() / (x0[0].numel() * math.log(2))
     return simple + vlb_weight * vlb, vlb.detach()

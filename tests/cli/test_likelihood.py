@@ -44,3 +44,18 @@ def test_interpolate_command_writes_a_picture(run, tmp_path):
     out = tmp_path / "interp.png"
     assert main(["interpolate", str(run), "--n", "5", "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("bound, flag", [
+    ("vlb", ["--solver", "euler"]), ("vlb", ["--steps", "10"]),
+    ("vlb", ["--divergence", "hutchinson"]), ("vlb", ["--n-probes", "2"]),
+    ("vlb", ["--rtol", "1e-3"]), ("vlb", ["--atol", "1e-3"]), ("vlb", ["--n-dequant", "2"]),
+    ("ode", ["--variance", "beta"]), ("ode", ["--full"]), ("ode", ["--t-draws", "4"]),
+    ("ode", ["--ddpm-steps", "10"])])
+def test_an_option_of_the_other_bound_is_a_one_line_error(tmp_path, capsys, bound, flag):
+    """Checked before the checkpoint is read: no run needed."""
+    assert main(["likelihood", str(tmp_path), "--bound", bound, *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    other = "ode" if bound == "vlb" else "vlb"
+    assert err == [f"sdeflow likelihood: error: {flag[0]}: option of --bound {other}, not of "
+                   f"--bound {bound}"], err

@@ -19,7 +19,7 @@ from sdeflow.oracle import GaussianMixture
 from sdeflow.samplers.exponential import dpmpp_multistep
 from sdeflow.samplers.pc import CORRECTORS
 from sdeflow.samplers.registry import Context
-from sdeflow.samplers.sa_solver import sa_solver
+from sdeflow.samplers.sa_solver import sa_solver, sa_update, sa_weights
 
 from ..conftest import SDES, gen
 from ..mixture_stats import assert_samples_mixture, mixture_moments, rejects
@@ -202,6 +202,51 @@ def test_sa_solver_with_tau_one_samples_the_ring(ring):
 
 def test_sa_solver_option_errors(ring):
     model = ring.denoiser(sdeflow.VPSDE())
-    for bad in (dict(predictor_order=5), dict(corrector_order=5), dict(tau=-0.5)):
+    for bad in (dict(predictor_order=5), dict(corrector_order=5), dict(tau=-0.5),
+                dict(tau=math.nan), dict(tau=lambda t: math.nan if t < 0.5 else 1.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             sdeflow.sample(model, shape=(4, 2), solver="sa_solver", steps=5, **bad)
+
+
+def test_sa_solver_on_a_grid_ending_at_t_zero(ring):
+    """σ(0) = 0 makes the last step's λ' and h infinite; its H → ∞ limit is x' = s'·x̂0 with no
+    noise. With p = 1, no corrector and τ = 0 that is DDIM's last step too."""
+    model = ring.denoiser(sdeflow.VPSDE())
+    grid = [1.0, 0.5, 0.1, 0.0]
+    for opts in (dict(), dict(tau=0.0, predictor_order=2, corrector_order=3)):
+        x = sdeflow.sample(model, shape=(64, 2), dtype=torch.float64, solver="sa_solver",
+                           timesteps=grid, denoise=False, seed=0, **opts)
+        assert torch.isfinite(x).all(), opts
+    x_T = model.sde.prior_sample((64, 2), generator=gen(1), dtype=torch.float64)
+    a = sdeflow.sample(model, x_T, solver="sa_solver", timesteps=grid, denoise=False, tau=0.0,
+                       predictor_order=1, corrector_order=0)
+    b = sdeflow.sample(model, x_T, solver="ddim", timesteps=grid, denoise=False)
+    assert (a - b).abs().max() < 1e-12
+
+
+def test_sa_solver_constrains_and_reports_each_step_once_at_its_corrected_state(ring):
+    """τ = 0, p = 1, c = 2 on a 4-step grid: the constraint runs once per step, and the callback
+    sees the state each step ends at — after the corrector, x₁ = SA-Corrector(x₀; x̂0(x₀),
+    x̂0(x₁ᴾ)), rebuilt here from sa_update and sa_weights — and the last step's result."""
+    model = ring.denoiser(sdeflow.VPSDE())
+    sde = model.sde
+    ts = sdeflow.get_timesteps(sde, 4, "logsnr", dtype=torch.float64)
+    x0 = sde.prior_sample((16, 2), generator=gen(1), dtype=torch.float64)
+    seen, calls = [], []
+
+    def constraint(t, x, ctx):
+        calls.append(t)
+        return x
+    ctx = Context(callback=lambda t, x: seen.append((t, x)), constraint=constraint)
+    out = sa_solver(model, x0, ts, ctx, tau=0.0, predictor_order=1, corrector_order=2)
+    assert len(calls) == 4 and [t for t, _ in seen] == list(ts[1:])
+    assert torch.equal(seen[-1][1], out)
+    lam, s, sig = sde.log_snr(ts), sde.s(ts), sde.sigma(ts)
+    tau = torch.zeros(4, dtype=torch.float64)
+    w_p, w_c = sa_weights(lam, tau, [1] * 4, False)[0], sa_weights(lam, tau, [2] * 4, True)[0]
+
+    def step(ms, w):
+        return sa_update(x0, ms, w, lam[1] - lam[0], 0.0, s[1], sig[1] / sig[0], sig[1], None)
+    m0 = model.x0(x0, ts[0])
+    x1 = step([model.x0(step([m0], w_p), ts[1]), m0], w_c)
+    assert (seen[0][1] - x1).abs().max() < 1e-12

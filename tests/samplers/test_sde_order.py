@@ -276,8 +276,8 @@ def test_milstein_is_euler_maruyama_on_additive_noise(paths, ring):
 # --- weak order -------------------------------------------------------------------------------
 
 def test_weak_orders_on_ornstein_uhlenbeck(study):
-    """Weak error of E[X(T)²]: EM order 1, SRA1 order 2 (its drift part is Ralston's
-    2nd-order RK); EM fails SRA1's window. The paired estimates' standard errors are below
+    """Weak error of E[X(T)²]: EM order 1, SRA1 order 2 (its drift part is a 2nd-order RK,
+    c₂ = 3/4); EM fails SRA1's window. The paired estimates' standard errors are below
     15 % of the errors they measure (measured: at most 7 %)."""
     slopes = {}
     for method in ("em", "sra1"):
@@ -355,6 +355,9 @@ def test_registry_entries_and_errors(ring):
     from sdeflow.samplers import get_solver, list_solvers
     assert {"milstein", "sra1", "sra3", "sra_adaptive"} <= set(list_solvers("sde"))
     assert get_solver("sra1").order == 1.5 and get_solver("sra_adaptive").adaptive
+    # strong order 1 on additive noise (test_euler_maruyama_is_first_order_on_additive_noise),
+    # and on our reverse SDEs the two give the same samples
+    assert get_solver("euler_maruyama").order == get_solver("milstein").order == 1.0
     model = ring.denoiser(sdeflow.EDMSDE())
     _, stats = sdeflow.sample(model, shape=(8, 2), solver="sra3", steps=6, seed=0,
                               return_stats=True)

@@ -207,7 +207,8 @@ def test_cd_student_starts_as_the_teacher(tmp_path):
     (_ict(loss="huber"), "loss 'huber' not in"),
     (_ict(loss="lpips"), "loss 'lpips' needs image data"),
     (_ict(mu0=1.0), r"mu0 must lie in \[0, 1\)"),
-    (_cd(data="moons"), "teacher='exact' needs data with a closed form")])
+    (_cd(data="moons"), "teacher='exact' needs data with a closed form"),
+    (_cd(teacher=3), "teacher must be str, got 3")])
 def test_config_errors_name_the_setting(cfg, match):
     with pytest.raises(ValueError, match=match):
         Trainer(cfg)

@@ -52,6 +52,8 @@ def field_flags() -> dict:
                     "network's outputs, loss L_simple + vlb_weight·L_vlb)",
         vlb_weight="λ of the L_vlb term with --learn-sigma",
         ddpm_steps="DDPM's T: steps of the discrete chain --learn-sigma trains on",
+        vlb_bins="levels of image data for --learn-sigma's discrete decoder (256: 8-bit "
+                 "images; 17: the embedded digits)",
         class_cond="condition on the data's labels",
         p_uncond="label dropout for classifier-free guidance (needs --class-cond)",
         hflip="random horizontal flips",

@@ -19,14 +19,16 @@ def add_likelihood(sub) -> None:
                    help="data are discrete in [0, num_bins): dequantise and report offset bits/dim")
     p.add_argument("--data-range", type=float, nargs=2, default=(-1.0, 1.0),
                    help="the model's data range that [0, num_bins) maps to")
-    p.add_argument("--n-dequant", type=int, default=1, help="dequantisation draws to average")
-    p.add_argument("--divergence", default="exact", choices=["exact", "hutchinson"])
-    p.add_argument("--n-probes", type=int, default=1, help="Hutchinson probes")
-    p.add_argument("--solver", default="rk45", choices=likelihood_solvers(),
-                   help="Runge–Kutta solver of the likelihood ODE (adaptive ones take "
-                        "--rtol/--atol, fixed-step ones --steps)")
-    p.add_argument("--steps", type=int, default=None, help="steps of a fixed-step solver")
-    _add_tolerances(p)
+    p.add_argument("--n-dequant", type=int, default=None,
+                   help="ode: dequantisation draws to average (default 1)")
+    p.add_argument("--divergence", default=None, choices=["exact", "hutchinson"],
+                   help="ode: divergence of the drift (default exact)")
+    p.add_argument("--n-probes", type=int, default=None, help="ode: Hutchinson probes (default 1)")
+    p.add_argument("--solver", default=None, choices=likelihood_solvers(),
+                   help="ode: Runge–Kutta solver of the likelihood ODE (default rk45; adaptive "
+                        "ones take --rtol/--atol, fixed-step ones --steps)")
+    p.add_argument("--steps", type=int, default=None, help="ode: steps of a fixed-step solver")
+    _add_tolerances(p, None, "ode: ")
     _add_vlb_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/likelihood.json", help="JSON report")
@@ -36,20 +38,45 @@ def _add_vlb_flags(p) -> None:
     from ..vlb import VARIANCES
     p.add_argument("--bound", default="ode", choices=["ode", "vlb"],
                    help="ode: exact log-likelihood by the PF-ODE; vlb: DDPM's variational bound "
-                        "(VP models; a discretised decoder with --num-bins, else a Gaussian one)")
+                        "on −log p of the T-step ancestral chain, another model than the "
+                        "PF-ODE's (VP models; a discretised decoder with --num-bins, else a "
+                        "Gaussian one)")
     p.add_argument("--ddpm-steps", type=int, default=None,
                    help="vlb: DDPM's T (default: the run's ddpm_steps, else 1000)")
     p.add_argument("--variance", default=None, choices=list(VARIANCES),
                    help="vlb: reverse variance (default: learned if the model learns it, "
                         "else beta)")
-    p.add_argument("--full", action="store_true", help="vlb: sum every step exactly (T NFEs)")
-    p.add_argument("--t-draws", type=int, default=16,
-                   help="vlb without --full: steps drawn per sample for the unbiased estimate")
+    p.add_argument("--full", action="store_true", default=None,
+                   help="vlb: sum every step exactly (T NFEs)")
+    p.add_argument("--t-draws", type=int, default=None,
+                   help="vlb without --full: steps drawn per sample for the unbiased estimate "
+                        "(default 16)")
 
 
-def _add_tolerances(p) -> None:
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
+def _add_tolerances(p, default: float | None = 1e-5, only: str = "") -> None:
+    """--rtol/--atol; a ``default`` of None leaves 1e-5 to :func:`_bound_flags`."""
+    for name in ("rtol", "atol"):
+        p.add_argument(f"--{name}", type=float, default=default,
+                       help=f"{only}{name} of the adaptive solver (default 1e-5)")
+
+
+# Each bound's own flags with their defaults: a flag of the other bound is refused, not ignored
+BOUND_FLAGS = {"ode": dict(solver="rk45", steps=None, divergence="exact", n_probes=1,
+                           rtol=1e-5, atol=1e-5, n_dequant=1),
+               "vlb": dict(ddpm_steps=None, variance=None, full=False, t_draws=16)}
+
+
+def _bound_flags(a) -> None:
+    """Refuse (one line naming them) the flags of the bound not asked for, and fill in (in
+    place) the defaults of the one asked for."""
+    other = "vlb" if a.bound == "ode" else "ode"
+    given = [f"--{k.replace('_', '-')}" for k in BOUND_FLAGS[other] if getattr(a, k) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: option{'s' * (len(given) > 1)} of --bound "
+                         f"{other}, not of --bound {a.bound}")
+    for k, v in BOUND_FLAGS[a.bound].items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
 
 
 def _data_to_score(a, cfg) -> torch.Tensor:
@@ -93,15 +120,16 @@ def _nats_report(a, cfg, model, x, opts: dict) -> dict:
 
 
 def _vlb_report(a, cfg, model, x) -> dict:
-    """DDPM's bound: −ELBO in bits/dim (an upper bound on the PF-ODE's bits/dim) with its
-    terms; ``elbo_nats`` ≤ log p(x) is comparable with the ODE's ``nats``."""
+    """DDPM's bound: −ELBO in bits/dim with its terms, an upper bound on −log p(x) of the
+    T-step ancestral chain — a different model than the PF-ODE's, so not a bound on the ODE's
+    bits/dim; ``elbo_nats`` ≤ log p_chain(x)."""
     import math
 
     from ..vlb import check_vp, ddpm_bound
     check_vp(model.sde, "--bound vlb")
     if a.t_draws < 1:
         raise ValueError(f"--t-draws must be positive, got {a.t_draws}")
-    steps = a.ddpm_steps or getattr(cfg, "ddpm_steps", 1000)
+    steps = a.ddpm_steps if a.ddpm_steps is not None else getattr(cfg, "ddpm_steps", 1000)
     opts = dict(decoder="gaussian")
     if a.num_bins:  # integers in [0, num_bins) onto the levels lo … hi
         if (x != x.round()).any() or x.min() < 0 or x.max() > a.num_bins - 1:
@@ -132,10 +160,13 @@ def cmd_likelihood(a) -> int:
     With --bound vlb (models on the VP SDE): DDPM's variational bound on the T-step chain of the
     SDE instead — L_T + Σ L_{t−1} + L_0 in bits/dim with its terms, exact with --full or
     estimated from --t-draws sampled steps; with --num-bins the data's integers map onto
-    num_bins levels spanning --data-range and L_0 is DDPM's discretised decoder.
+    num_bins levels spanning --data-range and L_0 is DDPM's discretised decoder. It bounds
+    −log p of that chain (ancestral sampling), another model than the PF-ODE's. The options
+    of one bound are refused with the other.
     """
     from ..likelihood import bits_per_dim
     from ..samplers import get_solver
+    _bound_flags(a)
     model, cfg = load_run(a.checkpoint, "denoiser")
     x = _data_to_score(a, cfg)
     if a.bound == "vlb":

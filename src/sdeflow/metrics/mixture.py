@@ -18,7 +18,9 @@ component alike — a wrong noise or score scale — with √(KD) times the powe
 component's std. Standard errors are the delta method's for a ratio of means, computed from
 the samples themselves, so they stay right under the alternative too.
 
-Each of the K(1 + 2D) + 1 estimates becomes a z-score; the check fails when the largest |z|
+Each of the K(1 + 2D) + 1 estimates becomes a z-score — 0 where its standard error is 0 and
+it equals its target (a 1-component mixture's weight: r ≡ 1), ±∞ where it does not, and a NaN
+counts as ∞ (:meth:`MixtureMoments.max_z`); the check fails when the largest |z|
 exceeds the two-sided Bonferroni threshold for false-alarm rate ``alpha`` (default 1e-4:
 4.71 for the 8-Gaussian ring in 2-D, 4.95 for 4 components in 16-D, 5.21 in 64-D), so
 P(fail | samples from p) ≤ alpha up to the normal approximation. Measured on 200 sets of
@@ -64,8 +66,10 @@ class MixtureMoments:
         return self.weight_z.numel() + self.mean_z.numel() + self.std_z.numel() + 1
 
     def max_z(self) -> float:
-        return max(self.weight_z.abs().max().item(), self.mean_z.abs().max().item(),
-                   self.std_z.abs().max().item(), abs(self.width_z))
+        """The largest |z|, a NaN counting as ∞ (it must fail a check, not pass it)."""
+        z = torch.cat([self.weight_z.reshape(-1), self.mean_z.reshape(-1),
+                       self.std_z.reshape(-1), torch.tensor([self.width_z], dtype=torch.float64)])
+        return z.abs().nan_to_num(nan=math.inf).max().item()
 
     def threshold(self, alpha: float = ALPHA) -> float:
         """|z| above which one of n_tests normal z-scores lies with probability ≤ alpha."""
@@ -87,7 +91,12 @@ def _ratio(num: Tensor, den: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _z(est: Tensor, influence: Tensor, target: Tensor) -> Tensor:
-    return (est - target) / (influence.std(0) / math.sqrt(influence.shape[0]))
+    return _z_score(est - target, influence.std(0) / math.sqrt(influence.shape[0]))
+
+
+def _z_score(diff: Tensor, se: Tensor) -> Tensor:
+    """diff/se, with 0 for 0/0: an estimate without spread that equals its target."""
+    return torch.where((se == 0) & (diff == 0), torch.zeros_like(diff), diff / se)
 
 
 def mixture_moments(gm, x: Tensor) -> MixtureMoments:
@@ -96,7 +105,7 @@ def mixture_moments(gm, x: Tensor) -> MixtureMoments:
     n = x.shape[0]
     r = gm.responsibilities(x)  # (n, K)
     u = torch.einsum("nkd,kde->nke", x[:, None, :] - gm.means[None], gm.evecs)
-    weight_z = (r.mean(0) - gm.weights) / (r.std(0) / math.sqrt(n))
+    weight_z = _z_score(r.mean(0) - gm.weights, r.std(0) / math.sqrt(n))
     rk = r[..., None]
     mean, infl = _ratio(rk * u, rk)
     mean_z = _z(mean, infl, torch.zeros_like(mean))

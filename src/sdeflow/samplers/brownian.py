@@ -85,9 +85,10 @@ def join(W1: Tensor, Z1: Tensor, W2: Tensor, Z2: Tensor, h2: Tensor) -> tuple[Te
     return W1 + W2, Z1 + Z2 + h2 * W1
 
 
-def _per_step(h: Tensor, like: Tensor) -> Tensor:
-    """Step lengths (n,) shaped to broadcast against (n, *shape)."""
-    return h.reshape(-1, *([1] * (like.ndim - 1)))
+def _rows(c: Tensor, like: Tensor) -> Tensor:
+    """Per-row (R,) values — step lengths, masks — shaped to broadcast against (R, *shape)
+    (:func:`~sdeflow.sde.bcast` would cast a mask to ``like``'s dtype)."""
+    return c.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 class BrownianPath:
@@ -109,7 +110,7 @@ class BrownianPath:
         """A path on ``ts`` for states of ``shape`` (dtype and device of ``ts``)."""
         z = torch.randn((2, len(ts) - 1, *shape), generator=generator, dtype=ts.dtype,
                         device=ts.device)
-        return cls(ts, *brownian_increment(_per_step((ts[1:] - ts[:-1]).abs(), z[0]), z[0], z[1]))
+        return cls(ts, *brownian_increment(_rows((ts[1:] - ts[:-1]).abs(), z[0]), z[0], z[1]))
 
     @property
     def h(self) -> Tensor:
@@ -131,7 +132,7 @@ class BrownianPath:
         """The same path on the grid with every interval halved (2n intervals)."""
         z = torch.randn((2, *self.dW.shape), generator=generator, dtype=self.dW.dtype,
                         device=self.dW.device)
-        pieces = bridge(self.dW, self.dZ, _per_step(self.h, self.dW), 0.5, z[0], z[1])
+        pieces = bridge(self.dW, self.dZ, _rows(self.h, self.dW), 0.5, z[0], z[1])
         W = torch.stack(pieces[0::2], 1).flatten(0, 1)
         Z = torch.stack(pieces[1::2], 1).flatten(0, 1)
         mid = 0.5 * (self.ts[:-1] + self.ts[1:])
@@ -142,7 +143,7 @@ class BrownianPath:
         """The same path on every other grid time (n must be even)."""
         if len(self) % 2:
             raise ValueError(f"coarsen needs an even number of intervals, got {len(self)}")
-        h2 = _per_step(self.h[1::2], self.dW)
+        h2 = _rows(self.h[1::2], self.dW)
         W, Z = join(self.dW[0::2], self.dZ[0::2], self.dW[1::2], self.dZ[1::2], h2)
         return BrownianPath(self.ts[0::2], W, Z)
 
@@ -219,11 +220,6 @@ class BrownianMemory:
             _widen(ends, width, math.inf), _widen(W, width, 0.0), _widen(Z, width, 0.0))
         used = max(1, int(torch.isfinite(self.ends).sum(1).max()))
         self.ends, self.dW, self.dZ = self.ends[:, :used], self.dW[:, :used], self.dZ[:, :used]
-
-
-def _rows(c: Tensor, like: Tensor) -> Tensor:
-    """Per-row (R,) values shaped to broadcast against (R, *shape)."""
-    return c.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _column(a: Tensor, k: Tensor) -> Tensor:

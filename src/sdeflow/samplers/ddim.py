@@ -15,7 +15,9 @@ mean with Improved DDPM's variance :math:`\exp(\hat v\log\beta + (1-\hat v)\log\
 (Nichol & Dhariwal 2021, eq. 15; v̂ the network's interpolation) in place of the posterior's
 :math:`c^2 = \tilde\beta = \beta\,\sigma(t')^2/\sigma(t)^2`, where β is the forward variance
 of this step (v above) — on any grid, as their strided sampling does; at η ≠ 1 the learned
-variance is not used.
+variance is not used. v̂ is not clamped (Improved DDPM does not clamp it either), so a step
+with β̃ = 0 (one ending at σ(t') = 0, t' = 0) is noise-free rather than log 0 = −∞ times
+(1 − v̂): its posterior is a point, and so is the model's step there.
 """
 from __future__ import annotations
 
@@ -42,8 +44,10 @@ def ddim_step(model, x: Tensor, t: Tensor, t_next: Tensor, ctx: Context, eta: fl
     c2 = (eta**2 * v * sig_next**2 / sig**2).clamp(max=sig_next**2)
     x_next = bcast(sde.s(t_next), x) * pred.x0 + bcast((sig_next**2 - c2).sqrt(), x) * pred.eps
     if eta > 0:
-        std = bcast(c2.sqrt(), x) if v_hat is None else \
-            (0.5 * learned_log_variance(v_hat, v.log(), c2.log())).exp()
+        std = bcast(c2.sqrt(), x)
+        if v_hat is not None:  # where c² = 0 the step stays noise-free (module docstring)
+            std = torch.where(std > 0, (0.5 * learned_log_variance(v_hat, v.log(), c2.log())).exp(),
+                              std)
         x_next = x_next + std * ctx.randn_like(x)
     return x_next
 

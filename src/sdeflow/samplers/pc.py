@@ -202,8 +202,10 @@ def _register_predictor(name: str, order: float, steps: int, description: str):
     return solve
 
 
+# strong order 1, not the general ½: the noise is additive (g independent of x) on every
+# reverse SDE here, where Euler–Maruyama is Milstein (tests/samplers/test_sde_order.py)
 sample_euler_maruyama = _register_predictor(
-    "euler_maruyama", 0.5, 500, "Euler–Maruyama on the reverse SDE; gamma= picks the family "
+    "euler_maruyama", 1.0, 500, "Euler–Maruyama on the reverse SDE; gamma= picks the family "
     "member (1: reverse SDE, 0: PF-ODE)")
 sample_reverse_diffusion = _register_predictor(
     "reverse_diffusion", 0.5, 500, "reverse-diffusion predictor (score_sde)")

@@ -25,7 +25,12 @@ For τ = 0 this is a deterministic exponential Adams–Bashforth–Moulton pair 
 min(c, p + 1) in the step (measured: docs/solver_notes.md); the first steps use lower orders
 (:func:`.exponential.step_order`), and so do the last ones with ``lower_order_final`` (default
 for fewer than 15 steps). The last step is not corrected (it would need one more NFE), so
-NFE = steps. p = 1 without corrector is SDE-DPM-Solver-1 with η = τ² (and DDIM for τ = 0).
+NFE = steps. A step that a corrector replaces ends at the corrected state: the constraint
+(inpainting) is applied to it, once per step, and it is what the callback sees — the
+prediction is only the point where x̂0 is evaluated. A step ending at σ' = 0 (a grid ending at
+t = 0: λ' = h = ∞) takes the H → ∞ limit, in which :math:`e^{-\tau^2 h}`, the noise and every
+weight but the newest point's vanish: x' = s'·x̂0 (order 1, no noise). p = 1 without
+corrector is SDE-DPM-Solver-1 with η = τ² (and DDIM for τ = 0).
 Defaults p = 3, c = 4 are the authors' for unconditional sampling (p = c = 2 for large
 guidance). ``tau`` may be a function of t, the paper's τ(t): the authors use τ = 1 only in the
 middle of the path (for VP, ``tau=lambda t: 1.0 if 0.2 <= t <= 0.8 else 0.0``); our default is
@@ -81,19 +86,21 @@ def sa_update(x: Tensor, ms: list[Tensor], w: Tensor, h: Tensor, tau: float, s1:
 def _taus(tau: float | Callable, ts: Tensor) -> list[float]:
     """τ at the start of every step."""
     values = [float(tau(t)) if callable(tau) else float(tau) for t in ts[:-1]]
-    if min(values) < 0:
-        raise ValueError(f"tau must be >= 0, got {min(values)}")
+    bad = [v for v in values if not v >= 0]  # NaN included
+    if bad:
+        raise ValueError(f"tau must be >= 0, got {bad[0]}")
     return values
 
 
 def _orders(predictor_order: int, corrector_order: int, steps: int,
             lower_order_final: bool | None) -> tuple[list[int], list[int]]:
     """Predictor and corrector orders of every step: lower while the history fills up (and on
-    the final steps), the corrector at most one above the predictor then (as diffusers')."""
+    the final steps), the corrector at most one above the predictor then (as diffusers'); the
+    last step has no corrector (0)."""
     p = [step_order(predictor_order, i + 1, i, steps, lower_order_final) for i in range(steps)]
     c = [min(corrector_order, step_order(corrector_order - 1, i + 1, i, steps,
-                                         lower_order_final) + 1) if corrector_order else 0
-         for i in range(steps)]
+                                         lower_order_final) + 1)
+         if corrector_order and i < steps - 1 else 0 for i in range(steps)]
     return p, c
 
 
@@ -114,6 +121,9 @@ def sa_solver(model, x: Tensor, ts: Tensor, ctx: Context, tau: float | Callable 
     taus = _taus(tau, ts)
     tau_t = torch.tensor(taus, dtype=torch.float64, device=ts.device)
     p_orders, c_orders = _orders(predictor_order, corrector_order, steps, lower_order_final)
+    clean = [bool(sig == 0) for sig in sig_all[1:]]  # σ' = 0, h = ∞: the limit, no weights
+    p_orders = [0 if end else k for k, end in zip(p_orders, clean)]
+    c_orders = [0 if end else k for k, end in zip(c_orders, clean)]
     w_pred = sa_weights(lam, tau_t, p_orders, corrector=False)
     w_corr = sa_weights(lam, tau_t, c_orders, corrector=True)
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
@@ -126,13 +136,17 @@ def sa_solver(model, x: Tensor, ts: Tensor, ctx: Context, tau: float | Callable 
 
     for i in range(steps):
         ms = [model.x0(x, ts[i] * ones, **ctx.cond), *ms][:max(predictor_order, corrector_order)]
-        if pending is not None:
+        if pending is not None:  # x was the prediction: the step ends at the corrected state
             j, x_j, noise_j = pending
-            x = ctx.constrain(ts[i], update(j, x_j, w_corr[j], noise_j))
-        noise = ctx.randn_like(x) if taus[i] > 0 else None
-        if corrector_order:
-            pending = (i, x, noise)
-        x = ctx.step_done(ts[i + 1], update(i, x, w_pred[i], noise))
+            x = ctx.step_done(ts[i], update(j, x_j, w_corr[j], noise_j))
+        if w_pred[i] is None:  # σ' = 0 (module docstring)
+            x, pending = s_all[i + 1] * ms[0], None
+        else:
+            noise = ctx.randn_like(x) if taus[i] > 0 else None
+            pending = (i, x, noise) if w_corr[i] is not None else None
+            x = update(i, x, w_pred[i], noise)
+        if pending is None:
+            x = ctx.step_done(ts[i + 1], x)
     return x
 
 

@@ -26,7 +26,9 @@ noise on every SDE (VE, VP, sub-VP, EDM).
              + \sum_i \Big(\beta^{(1)}_i \Delta W + \beta^{(2)}_i\frac{\Delta Z}{|h|}\Big)
                g(t + c^{(1)}_i h).
 
-  SRA1's drift part is Ralston's 2nd-order RK, SRA3's Kutta's 3rd-order one. A tableau is data
+  SRA1's drift part is the two-stage 2nd-order RK with c₂ = 3/4, b = (1/3, 2/3) (not
+  Ralston's, whose c₂ = 2/3), SRA3's the 3rd-order SSPRK3 of Shu & Osher, c = (0, 1, ½),
+  b = (1/6, 1/6, 2/3) (not Kutta's, c = (0, ½, 1)). A tableau is data
   (:class:`SRATableau`); :func:`sra_step` steps them all. The order-1.5 error terms carry
   f'' (g² f'' I_(1,1,0)): on linear drift — Ornstein–Uhlenbeck, the reverse SDE of Gaussian
   data — they vanish and SRA converges with order 2.

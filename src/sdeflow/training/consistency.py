@@ -158,7 +158,7 @@ class ConsistencyDistillationConfig(TeacherFields, ConsistencyFields, EngineConf
 
     def complete(self) -> None:
         TeacherFields.complete(self)
-        if self.sigma_data is None:
+        if self.sigma_data is None and isinstance(self.teacher, str):
             tc = self.run_teacher_config() or {}
             self.sigma_data = float(tc.get("sigma_data", 1.0))
 

@@ -6,7 +6,8 @@ on an image (SR3/Palette tasks, :mod:`sdeflow.tasks`).
 With ``learn_sigma`` (VP SDE) the network has twice the outputs and also learns the reverse
 variance (Nichol & Dhariwal 2021): training draws DDPM's discrete steps t_i of the
 ``ddpm_steps``-step chain and minimises L_simple + ``vlb_weight``·L_vlb
-(:func:`sdeflow.vlb.hybrid_loss`)."""
+(:func:`sdeflow.vlb.hybrid_loss`), with a Gaussian decoder for toy data and DDPM's discrete one
+on ``vlb_bins`` levels for images (256 for 8-bit images, 17 for the embedded digits)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class TrainConfig(EngineConfig):
     learn_sigma: bool = False
     vlb_weight: float = 0.001
     ddpm_steps: int = 1000
+    vlb_bins: int = 256
     class_cond: bool = False
     p_uncond: float = 0.0
     task: str | None = None
@@ -82,6 +84,7 @@ class TrainConfig(EngineConfig):
         out_keys = sorted({"out_dim", "out_channels"} & set(self.model_kwargs))
         return [(self.vlb_weight >= 0, "vlb_weight must be ≥ 0"),
                 (self.ddpm_steps >= 2, "ddpm_steps must be at least 2"),
+                (self.vlb_bins >= 2, "vlb_bins (the image data's levels) must be at least 2"),
                 (not self.learn_sigma or self.sde == "vp",
                  f"learn_sigma needs sde 'vp' (DDPM's β_t and β̃_t), not {self.sde!r}"),
                 (not self.learn_sigma or self.loss not in ("ssm", "edm"),
@@ -135,8 +138,8 @@ class ScoreMatching(Objective):
         self.loss_fn = loss_fn(cfg.loss)
         self.task = cfg.get_task()
         self.sde = get_sde(cfg.sde, **cfg.sde_kwargs)
-        self.chain = ddpm_chain(self.sde, cfg.ddpm_steps, dtype=torch.float32) \
-            if cfg.learn_sigma else None
+        self.chain = ddpm_chain(self.sde, cfg.ddpm_steps) if cfg.learn_sigma else None  # float64
+        self._chains: dict = {}  # (dtype, device) → the chain there
         self.metrics = ("vlb",) if cfg.learn_sigma else ()
 
     @classmethod
@@ -175,14 +178,19 @@ class ScoreMatching(Objective):
                             noise=(batch["t"], batch["eps"]))
         return loss, {}
 
+    def _chain_like(self, x: Tensor):
+        """The float64 DDPM chain in ``x``'s dtype and on its device (cached)."""
+        key = (x.dtype, x.device)
+        if key not in self._chains:
+            self._chains[key] = self.chain.to(dtype=x.dtype, device=x.device)
+        return self._chains[key]
+
     def _hybrid_loss(self, model: Denoiser, batch, cond):
         x0 = batch["x0"]
-        if self.chain.t.device != x0.device:
-            self.chain = self.chain.to(device=x0.device)
         decoder = "gaussian" if self.cfg.data in list_vector_data() else "discrete"
-        loss, vlb = hybrid_loss(model, x0, (batch["step"], batch["eps"]), self.chain,
+        loss, vlb = hybrid_loss(model, x0, (batch["step"], batch["eps"]), self._chain_like(x0),
                                 weighting=self.cfg.loss, vlb_weight=self.cfg.vlb_weight,
-                                decoder=decoder, cond=cond)
+                                decoder=decoder, num_bins=self.cfg.vlb_bins, cond=cond)
         return loss, {"vlb": vlb}
 
     def preview(self, model: Denoiser, path: Path, step: int, device) -> Path:

@@ -29,8 +29,9 @@ class TeacherFields:
 
     def complete(self) -> None:
         """``data=None``: the data (and, unless given, data arguments) the teacher run was
-        trained on, read from its checkpoint — ``gmm`` for the exact teacher."""
-        if self.data is not None:
+        trained on, read from its checkpoint — ``gmm`` for the exact teacher. A ``teacher``
+        that is no string is left to :meth:`type_checks` to name."""
+        if self.data is not None or not isinstance(self.teacher, str):
             return
         tc = self.run_teacher_config()
         if tc is None:
