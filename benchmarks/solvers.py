@@ -52,8 +52,14 @@ import sdeflow
 from sdeflow.oracle import GaussianMixture
 
 NFES = [5, 6, 8, 10, 12, 15, 20]
-OURS = [("dpmpp_2m", 1), ("dpmpp_3m", 1), ("unipc", 1), ("deis", 1), ("ipndm", 1),
-        ("dpm_solver_2", 2), ("dpm_solver_3", 3), ("heun", 2), ("ddim", 1)]
+# (label, solver, options, NFE per step, extra calls): every named solver
+OURS = [("dpmpp_2m", "dpmpp_2m", {}, 1, 0), ("dpmpp_3m", "dpmpp_3m", {}, 1, 0),
+        ("unipc", "unipc", {}, 1, 0), ("unipc(3)", "unipc", dict(order=3), 1, 0),
+        ("deis", "deis", {}, 1, 0), ("ipndm", "ipndm", {}, 1, 0),
+        ("pndm(plms)", "pndm", dict(warm_start="plms"), 1, 1),
+        ("dpm_solver_2", "dpm_solver_2", {}, 2, 0), ("dpm_solver_3", "dpm_solver_3", {}, 3, 0),
+        ("heun", "heun", {}, 2, 0), ("ddim", "ddim", {}, 1, 0)]
+SCHEDULES = ("karras", "logsnr", "vp_uniform", "vp_trailing", "ays", "gits")
 TUNED = ["dpmpp_2m", "unipc", "ipndm"]
 BNS_BASES = ["unipc"]
 BNS_MAX_NFE = 10
@@ -62,8 +68,22 @@ BNS_MAX_NFE = 10
 def problems():
     hi = GaussianMixture.random(64, k=6, seed=0)
     ring = GaussianMixture.ring()
-    return [(f"{g}-{s}", gm, sde) for g, gm in (("ring2d", ring), ("gmm64", hi))
-            for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
+    dev = [(f"{g}-{s}", gm, sde) for g, gm in (("ring2d", ring), ("gmm64", hi))
+           for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
+    return dev + held_out_problems()
+
+
+def held_out_problems():
+    """Problems the choice of solver="auto" never saw: a 256-D mixture with strongly unequal
+    weights under EDM (1024 evaluation draws, a 256-step RK4 reference), a 16-D one under the
+    cosine VP SDE, and a 3-D one under sub-VP."""
+    big = GaussianMixture.random(256, k=4, seed=11, std_range=(0.05, 0.4))
+    big = GaussianMixture(torch.tensor([0.55, 0.25, 0.15, 0.05]), big.means, covs=big.covs)
+    mid = GaussianMixture.random(16, k=5, seed=12, scale=1.5)
+    small = GaussianMixture.random(3, k=6, seed=13, scale=2.0, std_range=(0.05, 0.3))
+    return [("gmm256w-edm", big, sdeflow.EDMSDE()),
+            ("gmm16-vpcos", mid, sdeflow.VPSDE(schedule="cosine")),
+            ("gmm3-subvp", small, sdeflow.SubVPSDE())]
 
 
 def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,
@@ -74,9 +94,12 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
         if only and name not in only:
             continue
         model = gm.denoiser(sde)
-        x_T = sde.prior_sample((n, gm.dim), generator=torch.Generator().manual_seed(eval_seed),
+        big = gm.dim >= 256  # 1024 draws and a 256-step reference there: CPU time
+        x_T = sde.prior_sample((min(n, 1024) if big else n, gm.dim),
+                               generator=torch.Generator().manual_seed(eval_seed),
                                dtype=torch.float64)
-        x_end = sdeflow.sample(model, x_T, solver="rk4", steps=ref_steps, denoise=False)
+        x_end = sdeflow.sample(model, x_T, solver="rk4", steps=min(ref_steps, 256) if big
+                               else ref_steps, denoise=False)
         ref = model.x0(x_end, sde.t_min)
         ref_mode = gm.responsibilities(ref).argmax(1)
 
@@ -87,16 +110,20 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             sq = (x - ref).pow(2).mean(1)
             return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()),
                         rmse_same_mode=sq[~other].mean().sqrt().item())
-        for solver, per_step in OURS:
-            for schedule in ("karras", "logsnr"):
+        for label, solver, opts, per_step, extra in OURS:
+            for schedule in SCHEDULES:
                 for nfe in NFES:
-                    steps = (nfe - 1) // per_step
+                    steps = (nfe - 1 - extra) // per_step
                     if steps < 1:
                         continue
                     x, st = sdeflow.sample(model, x_T, solver=solver, steps=steps,
-                                           schedule=schedule, return_stats=True)
-                    emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/{schedule}",
+                                           schedule=schedule, return_stats=True, **opts)
+                    emit(dict(problem=name, impl="sdeflow", solver=f"{label}/{schedule}",
                               nfe=st["nfe"], **err(x)))
+        for nfe in NFES:
+            x, st = sdeflow.sample(model, x_T, solver="auto", steps=nfe, return_stats=True)
+            emit(dict(problem=name, impl="sdeflow", solver="auto", config=f"{st['solver']}/"
+                      f"{st['schedule']}", nfe=st["nfe"], **err(x)))
         run_diffusers(emit, name, gm, sde, x_T, err)
         if kd is not None:
             run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
@@ -226,14 +253,16 @@ def run_diffusers(emit, name, gm, sde, x_T, err):
 
 def markdown(rows):
     out = ["| problem | NFE | best sdeflow (solver/schedule (NFE): error) | best named schedule | "
-           "best anchor (k-diffusion or diffusers) | ratio best/anchor | draws in another "
-           "mode: best / anchor | error on the other draws: best / anchor |",
-           "|---|---|---|---|---|---|---|---|"]
+           "best anchor (k-diffusion or diffusers) | ratio best/anchor | auto: config, ratio to "
+           "anchor | draws in another mode: best / anchor | error on the other draws: best / "
+           "anchor |", "|---|---|---|---|---|---|---|---|---|"]
     for problem in dict.fromkeys(r["problem"] for r in rows):
         sub = [r for r in rows if r["problem"] == problem]
         for nfe in NFES:
             ours = [r for r in sub if r["impl"] == "sdeflow" and r["nfe"] <= nfe]
-            named = [r for r in ours if not r["solver"].endswith(("/tuned", "/bns"))]
+            named = [r for r in ours if not r["solver"].endswith(("/tuned", "/bns"))
+                     and r["solver"] != "auto"]
+            auto = [r for r in ours if r["solver"] == "auto" and r["nfe"] == nfe]
             theirs = [r for r in sub if r["impl"] != "sdeflow" and r["nfe"] <= nfe]
             if not ours or not theirs:
                 continue
@@ -242,6 +271,8 @@ def markdown(rows):
             out.append(f"| {problem} | ≤{nfe} | {o['solver']} ({o['nfe']}): {o['rmse']:.2e} | "
                        f"{n['solver']}: {n['rmse']:.2e} | {t['impl']} {t['solver']} ({t['nfe']}): "
                        f"{t['rmse']:.2e} | **{o['rmse'] / t['rmse']:.2f}** | "
+                       + (f"{auto[0]['config']}: **{auto[0]['rmse'] / t['rmse']:.2f}** | "
+                          if auto else "– | ") +
                        f"{o.get('other_mode', '–')} / {t.get('other_mode', '–')} | "
                        f"{o.get('rmse_same_mode', math.nan):.2e} / "
                        f"{t.get('rmse_same_mode', math.nan):.2e} |")

@@ -166,3 +166,33 @@ def test_step_form_round_trips():
     a2, c2 = unrolled_form(rho, w)
     torch.testing.assert_close(a2, a, rtol=1e-12, atol=0)
     torch.testing.assert_close(c2, c, rtol=1e-12, atol=1e-15)
+
+
+def test_tuning_never_returns_worse_than_the_best_named_configuration(ring_edm):
+    """A crippled tuning run (DDIM, 2 iterations) must fall back to the best named solver ×
+    schedule on the held-out draws; a good one (DPM-Solver++(2M), 150 iterations) keeps its
+    tuned grid. Either way the returned configuration's held-out loss is ≤ every named one's."""
+    from sdeflow.tuning import NAMED, _trimmed_rms
+    model, sde = ring_edm
+    draw = lambda n, s: sde.prior_sample((n, 2), generator=gen(s), dtype=torch.float64)  # noqa: E731
+    x_val = draw(64, 1001)
+    ref = sdeflow.sample(model, x_val, solver="rk45", rtol=1e-6, atol=1e-6)
+
+    def heldout(res):
+        x = sdeflow.sample(model, x_val, solver=res.solver, timesteps=res.tensor(sde),
+                           **res.solver_opts)
+        return _trimmed_rms((x - ref).pow(2).mean(1), 0.01)
+    named = min(_trimmed_rms((sdeflow.sample(model, x_val, solver=n, steps=4, schedule=s, **o)
+                              - ref).pow(2).mean(1), 0.01)
+                for n, o in NAMED for s in ("karras", "logsnr", "gits", "ays", "vp_trailing"))
+    weak = tune_timesteps(model, draw(32, 1000), x_heldout=x_val, reference_heldout=ref,
+                          solver="ddim", steps=4, max_evals=2)
+    assert weak.fallback is not None and weak.solver != "ddim"
+    assert heldout(weak) <= named * (1 + 1e-9) and heldout(weak) == pytest.approx(
+        weak.heldout_best_named_loss, rel=1e-6)
+    good = tune_timesteps(model, draw(64, 1000), x_heldout=x_val, reference_heldout=ref,
+                          solver="dpmpp_2m", steps=4, max_evals=150)
+    assert good.fallback is None and heldout(good) < good.heldout_best_named_loss <= named
+    off = tune_timesteps(model, draw(32, 1000), x_heldout=x_val, reference_heldout=ref,
+                         solver="ddim", steps=4, max_evals=2, fallback=False)
+    assert off.fallback is None and heldout(off) > named  # what the fallback protects against

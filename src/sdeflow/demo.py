@@ -16,7 +16,7 @@ import torch
 from .models import default_model_kwargs
 from .train import TrainConfig, load_denoiser, train
 
-__all__ = ["toy_demo", "digits_demo", "digits_config"]
+__all__ = ["toy_demo", "digits_demo", "digits_config", "cld_digits_config"]
 
 
 def digits_config(**overrides) -> TrainConfig:
@@ -27,6 +27,17 @@ def digits_config(**overrides) -> TrainConfig:
               ckpt_every=1000, sample_every=1000)
     kw.update(overrides)
     return TrainConfig(**kw).validate()
+
+
+def cld_digits_config(**overrides):
+    """:func:`digits_config`'s data, network, optimiser and schedule for a CLD model (hybrid
+    score matching, mixed score with σ_d = 0.5, SSCS previews)."""
+    from .training.cld import CLDConfig
+    kw = dict(data="digits", model="unet", model_kwargs=default_model_kwargs("unet", (1, 8, 8)),
+              sigma_data=0.5, batch_size=64, lr=1e-3, ema_decay=0.999, steps=3000,
+              ckpt_every=1000, sample_every=1000)
+    kw.update(overrides)
+    return CLDConfig(**kw).validate()
 
 
 def toy_demo(out: Path, run: Path, steps: int = 3000, num: int = 4000, seed: int = 0) -> dict:
@@ -73,25 +84,35 @@ DIGITS_SAMPLERS = [("SDE: Euler–Maruyama", "euler_maruyama", dict(steps=100)),
                    ("PC: reverse diffusion + Langevin", "pc", dict(steps=50, snr=0.1)),
                    ("ODE: Heun", "heun", dict(steps=18)),
                    ("ODE: DPM-Solver++(2M)", "dpmpp_2m", dict(steps=10))]
+#: the samplers of the CLD variant of the digits demo (``sde="cld"``)
+CLD_DIGITS_SAMPLERS = [("SDE: SSCS", "sscs", dict(steps=50)),
+                       ("SDE: Euler–Maruyama", "euler_maruyama", dict(steps=100)),
+                       ("ODE: RK4 on (x, v)", "rk4", dict(steps=25))]
 
 
 def digits_demo(out: Path, run: Path, steps: int = 3000, num: int = 1437, seed: int = 0,
-                resume: bool = True) -> dict:
+                resume: bool = True, sde: str = "edm") -> dict:
+    """Train the digits U-Net (``sde="edm"``, or ``"cld"``: critically-damped Langevin
+    diffusion with hybrid score matching), sample it with each sampler of the demo, and write
+    grids, the metrics JSON and a Markdown table to ``out`` (``digits_*``; ``digits_cld_*``)."""
     from .evaluate import draw_samples, evaluate_samples
+    from .loading import load
     from .plotting import labelled_grids
     out.mkdir(parents=True, exist_ok=True)
-    train(digits_config(steps=steps, seed=seed), run, resume=resume)
-    model, cfg = load_denoiser(run)
+    config = cld_digits_config if sde == "cld" else digits_config
+    train(config(steps=steps, seed=seed), run, resume=resume)
+    model, cfg = load(run, kind=("denoiser", "cld"))
     from .data import digits
     metrics, panels = {}, {"data (test split)": digits("test").x[:64]}
-    for label, solver, opts in DIGITS_SAMPLERS:
+    stem = "digits_cld" if sde == "cld" else "digits"
+    for label, solver, opts in (CLD_DIGITS_SAMPLERS if sde == "cld" else DIGITS_SAMPLERS):
         x, st = draw_samples(model, cfg, num, seed=seed, solver=solver, progress=True, **opts)
         metrics[label] = dict(solver=solver, **opts, **st, **evaluate_samples(x, cfg))
         panels[f"{solver}, NFE {st['nfe']}"] = x[:64]
-    labelled_grids(panels, out / "digits_samples.png",
-                   title=f"U-Net trained {steps} steps on the 8×8 digits")
-    (out / "digits_metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "digits_metrics.md").write_text(digits_table(metrics))
+    labelled_grids(panels, out / f"{stem}_samples.png",
+                   title=f"{sde.upper()} U-Net trained {steps} steps on the 8×8 digits")
+    (out / f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / f"{stem}_metrics.md").write_text(digits_table(metrics))
     return metrics
 
 

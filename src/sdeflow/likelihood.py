@@ -54,7 +54,7 @@ def _drift_and_divergence(model: Denoiser, x: Tensor, t: Tensor, cond: dict,
     """(v(x, t), ∇·v(x, t)): exact when ``probes`` is None, else Hutchinson with them."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        v = pf_ode_drift(model, x, t, **cond)
+        v = model.pf_ode_drift(x, t, **cond) if _is_cld(model) else pf_ode_drift(model, x, t, **cond)
         B, D = x.shape[0], x[0].numel()
         if probes is None:
             basis = torch.eye(D, dtype=x.dtype, device=x.device).reshape(D, 1, *x.shape[1:])
@@ -73,10 +73,27 @@ def _draw_probes(x: Tensor, n: int, kind: str, generator) -> Tensor:
     return z
 
 
+def _is_cld(model) -> bool:
+    from .cld import CLDModel
+    return isinstance(model, CLDModel)
+
+
 def _check_data(model: Denoiser, x: Tensor) -> None:
-    if not isinstance(model, Denoiser):
-        raise TypeError("model must be an sdeflow.Denoiser")
+    if not isinstance(model, Denoiser) and not _is_cld(model):
+        raise TypeError("model must be an sdeflow.Denoiser or an sdeflow.cld.CLDModel")
     check_batch(x)
+
+
+def _with_velocity(model, x: Tensor, generator) -> tuple[Tensor, Tensor | None]:
+    """(the state the ODE starts from, v₀): for a CLD model x joined with v₀ ~ N(0, γM I)."""
+    if not _is_cld(model):
+        return x, None
+    from .cld import join_state
+    var = model.sde.gamma * model.sde.M
+    if not var > 0:
+        raise ValueError("the CLD likelihood bound needs gamma > 0 (a velocity distribution)")
+    v0 = var**0.5 * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return join_state(x, v0), v0
 
 
 def likelihood_solvers() -> list[str]:
@@ -111,8 +128,15 @@ def log_likelihood(model: Denoiser, x: Tensor, *, divergence: str = "exact", n_p
                    prior_log_prob: Callable[[Tensor], Tensor] | None = None,
                    generator: torch.Generator | None = None, seed: int | None = None,
                    cond: dict | None = None, progress: bool = False, return_stats: bool = False):
-    """log p_{t_start}(x) in nats per sample, by the PF-ODE from t_start (default t_min) to
+    r"""log p_{t_start}(x) in nats per sample, by the PF-ODE from t_start (default t_min) to
     t_end (default T) plus the prior's log-density at x(t_end).
+
+    For a CLD model (:class:`~sdeflow.cld.CLDModel`) it is the lower bound of Dockhorn et al.
+    (2022, eq. 12), one draw per sample: with v₀ ~ q = N(0, γM I), integrated from t_start = 0,
+
+    .. math:: \log p(x_0) \ge E_{v_0\sim q}\big[\log p_0(x_0, v_0) - \log q(v_0)\big],
+
+    equal to log p(x₀) where the model's joint at t = 0 is p(x₀)q(v₀) (an exact score).
 
     Args:
         divergence: ``"exact"`` (D vector–Jacobian products per evaluation, batched) or
@@ -132,13 +156,14 @@ def log_likelihood(model: Denoiser, x: Tensor, *, divergence: str = "exact", n_p
     if not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
     sde = model.sde
-    t0 = sde.t_min if t_start is None else float(t_start)
+    t0 = (0.0 if _is_cld(model) else sde.t_min) if t_start is None else float(t_start)
     t1 = sde.T if t_end is None else float(t_end)
     sde.check_t(torch.tensor([t0, t1]), "t_start/t_end")
     if not t1 > t0:
         raise ValueError(f"need t_end > t_start, got {t1} and {t0}")
     generator = make_generator(seed, generator, x.device)
     cond = cond or {}
+    x, v0 = _with_velocity(model, x, generator)
     shape, B = x.shape, x.shape[0]
     probes = None if divergence == "exact" else _draw_probes(x, n_probes, probe, generator)
 
@@ -160,10 +185,14 @@ def log_likelihood(model: Denoiser, x: Tensor, *, divergence: str = "exact", n_p
     z = y1[:, :-1].reshape(shape)
     prior = (prior_log_prob or sde.prior_log_prob)(z)
     logp = prior + y1[:, -1]
+    extra = {}
+    if v0 is not None:  # the velocity's entropy term of the CLD bound
+        extra["velocity"] = -sde.velocity_log_prob(v0)
+        logp = logp + extra["velocity"]
     if not return_stats:
         return logp
     return logp, dict(nfe=model.nfe - nfe0, seconds=time.perf_counter() - start, prior=prior,
-                      delta=y1[:, -1], latent=z, **ctx.stats)
+                      delta=y1[:, -1], latent=z, **extra, **ctx.stats)
 
 
 @dataclass

@@ -45,7 +45,8 @@ def load(path, *, ema: bool = True, device=None, kind: str | None = None):
         device: where to put the model (default CPU).
         kind: the kind expected (``"score"``, ``"classifier"``, …; ``"denoiser"``: any
             program whose model is a :class:`~sdeflow.Denoiser` — score models, distilled
-            students, consistency models); another kind is refused.
+            students, consistency models; ``"cld"``: a :class:`~sdeflow.cld.CLDModel`), or a
+            tuple of kinds any of which will do; another kind is refused.
 
     The model is in eval mode with gradients off. Raises
     :class:`~sdeflow.checkpoint.CheckpointError` for every bad file."""
@@ -54,10 +55,12 @@ def load(path, *, ema: bool = True, device=None, kind: str | None = None):
     ck = resolve_checkpoint(path)
     raw = read_config(ck)
     found = raw.get("kind", "score")
-    if kind is not None and found != kind and not _exports(found, kind):
-        hint = get_objective(kind).how_to_train if kind in list_objectives() else ""
-        raise CheckpointError(ck / "config.json", f"not a {kind} checkpoint (it holds a "
-                                                  f"{found} model){'; ' + hint if hint else ''}")
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
+    if kinds and not any(found == k or _exports(found, k) for k in kinds):
+        hints = [get_objective(k).how_to_train for k in kinds if k in list_objectives()]
+        hint = "; ".join(h for h in hints if h)
+        raise CheckpointError(ck / "config.json", f"not a {' or '.join(kinds)} checkpoint (it "
+                                                  f"holds a {found} model){'; ' + hint if hint else ''}")
     cfg = read_config_of(dict(path=ck, config=raw))
     program = get_objective(cfg.KIND)
     try:

@@ -9,6 +9,22 @@ endpoints. Pick one by name through :func:`get_timesteps`; :func:`list_schedules
 * ``logsnr``:    uniform in λ = log(s/σ) (Lu et al. 2022, DPM-Solver).
 * ``quadratic``: :math:`t_i = t_{end} + (t_{start}-t_{end})(1-i/n)^2`, dense near the data
   (Song et al. 2021, DDIM).
+* ``vp_uniform``: uniform in the time of the VP SDE whose noise levels span the same range —
+  DPM-Solver's ``time_uniform`` and diffusers' DDPM grids, for any SDE: with
+  :math:`\tilde\sigma(\tau)^2 = \exp(\tfrac12\beta_d\tau^2 + \beta_0\tau) - 1` fitted so that
+  τ = 1 gives σ̃(t_start) and τ = ε = 10⁻³ gives σ̃(t_end), τ uniform on [ε, 1]. Many steps at
+  large σ̃, where a mixture's component is decided (the VP SDE's own ``uniform``).
+* ``vp_trailing``: diffusers' ``timestep_spacing="trailing"`` for any SDE — the ``vp_uniform``
+  times τ_k = 1 − k/(n+1), k = 0 … n, so the grid *ends early*, at τ = 1/(n+1) (σ̃ ≈ 0.3–0.7 at
+  5–10 NFE on DDPM's VP), where the final denoising call x̂0 gives the answer: the n + 1 network
+  calls all sit where the sample's component and shape are decided. A *free-end* schedule:
+  ``t_end`` is where it would stop with infinitely many steps, not its last time.
+* ``ays``: Align Your Steps (Sabour et al. 2024), the published 10-step Stable Diffusion 1.5
+  schedule as a shape — log σ̃ at the fractions u = (1, .869, .786, .728, .671, .622, .563,
+  .500, .420, .265, 0) of the way from log σ̃_end to log σ̃_start, log-linearly interpolated to
+  n steps (as its authors do) and stretched to the SDE's range.
+* ``gits``: the geometry-informed schedule of Chen et al. 2024 (GITS) for SD 1.5 (γ = 1.2, 10
+  steps) as a shape: u = (1, .853, .737, .651, .582, .522, .458, .386, .309, .195, 0).
 """
 from __future__ import annotations
 
@@ -22,13 +38,17 @@ from .sde import SDE
 __all__ = ["get_timesteps", "list_schedules", "register_schedule", "check_timesteps"]
 
 _SCHEDULES: dict[str, Callable[..., Tensor]] = {}
+FREE_END: set[str] = set()  # schedules whose last time is their own (≥ t_end), not t_end
 
 
-def register_schedule(*names: str):
-    """Decorator: make ``fn(sde, n, t_start, t_end, **opts) -> Tensor`` available by name."""
+def register_schedule(*names: str, free_end: bool = False):
+    """Decorator: make ``fn(sde, n, t_start, t_end, **opts) -> Tensor`` available by name
+    (``free_end``: the schedule chooses its last time, at or after t_end)."""
     def wrap(fn):
         for name in names:
             _SCHEDULES[name] = fn
+            if free_end:
+                FREE_END.add(name)
         return fn
     return wrap
 
@@ -65,6 +85,47 @@ def karras(sde: SDE, n: int, t_start: float, t_end: float, rho: float = 7.0) -> 
     return sde.t_from_noise_level((a + (b - a) * _u(n)) ** rho)
 
 
+def _vp_times(sde: SDE, tau: Tensor, t_start: float, t_end: float, eps: float) -> Tensor:
+    """Times at VP-time τ ∈ [ε, 1] of the VP SDE fitted to σ̃(t_start) (τ = 1), σ̃(t_end) (τ = ε)."""
+    nu = sde.noise_level(torch.tensor([t_start, t_end], dtype=torch.float64))
+    L1, L0 = torch.log1p(nu[0] ** 2), torch.log1p(nu[1] ** 2)
+    beta_d = 2 * (L1 * eps - L0) / (eps - eps**2)
+    beta_0 = L1 - beta_d / 2
+    t = sde.t_from_noise_level(torch.expm1(beta_d * tau**2 / 2 + beta_0 * tau).sqrt())
+    return t.clamp(min(t_start, t_end), max(t_start, t_end))  # the inverse's bisection slack
+
+
+@register_schedule("vp_uniform")
+def vp_uniform(sde: SDE, n: int, t_start: float, t_end: float, eps: float = 1e-3) -> Tensor:
+    return _vp_times(sde, 1 + (eps - 1) * _u(n), t_start, t_end, eps)
+
+
+@register_schedule("vp_trailing", free_end=True)
+def vp_trailing(sde: SDE, n: int, t_start: float, t_end: float, eps: float = 1e-3) -> Tensor:
+    tau = (1 - _u(n) * n / (n + 1)).clamp_min(eps)
+    return _vp_times(sde, tau, t_start, t_end, eps)
+
+
+#: published schedules as shapes: log σ̃ at fractions u of the log range, at k/10 of the way
+SHAPES = {"ays": (1.0, .869, .786, .728, .671, .622, .563, .500, .420, .265, 0.0),
+          "gits": (1.0, .853, .737, .651, .582, .522, .458, .386, .309, .195, 0.0)}
+
+
+def _shape(name: str):
+    def schedule(sde: SDE, n: int, t_start: float, t_end: float) -> Tensor:
+        knots = torch.tensor(SHAPES[name], dtype=torch.float64)
+        pos = _u(n) * (len(knots) - 1)
+        lo = pos.floor().long().clamp(max=len(knots) - 2)
+        u = knots[lo] + (pos - lo) * (knots[lo + 1] - knots[lo])
+        nu = sde.noise_level(torch.tensor([t_start, t_end], dtype=torch.float64)).log()
+        return sde.t_from_noise_level(torch.exp(nu[1] + u * (nu[0] - nu[1])))
+    return schedule
+
+
+for _name in SHAPES:
+    register_schedule(_name)(_shape(_name))
+
+
 def get_timesteps(sde: SDE, steps: int, schedule: str | None = None, *,
                   t_start: float | None = None, t_end: float | None = None,
                   dtype=torch.float64, device=None, **opts) -> Tensor:
@@ -84,7 +145,9 @@ def get_timesteps(sde: SDE, steps: int, schedule: str | None = None, *,
     if not t_start > t_end:
         raise ValueError(f"need t_start > t_end, got {t_start} and {t_end}")
     ts = _SCHEDULES[schedule](sde, steps, t_start, t_end, **opts).to(torch.float64)
-    ts[0], ts[-1] = t_start, t_end
+    ts[0] = t_start
+    if schedule not in FREE_END:
+        ts[-1] = t_end
     if not (ts[1:] < ts[:-1]).all():
         raise ValueError(f"schedule {schedule!r} produced non-decreasing times for {steps} steps")
     return ts.to(dtype=dtype, device=device)

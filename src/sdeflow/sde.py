@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "EDMSDE", "list_sdes", "get_sde", "bcast"]
+__all__ = ["check_times", "SDE", "VESDE", "VPSDE", "SubVPSDE", "EDMSDE", "list_sdes", "get_sde", "bcast"]
 
 
 def bcast(c: Tensor, x: Tensor) -> Tensor:
@@ -32,6 +32,17 @@ def bcast(c: Tensor, x: Tensor) -> Tensor:
     if c.ndim == 0:
         return c
     return c.reshape(c.shape[0], *([1] * (x.ndim - 1)))
+
+
+def check_times(t: Tensor, t_min: float, T: float, what: str = "t") -> None:
+    """Raise ValueError if any time is non-finite or outside [t_min, T] (float tolerance 1e-6·T)."""
+    t = torch.as_tensor(t)
+    tol = 1e-6 * max(1.0, T)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what} contains non-finite values")
+    if (t < t_min - tol).any() or (t > T + tol).any():
+        raise ValueError(f"{what} must lie in [t_min, T] = [{t_min:g}, {T:g}]; "
+                         f"got range [{t.min().item():g}, {t.max().item():g}]")
 
 
 class SDE:
@@ -145,13 +156,7 @@ class SDE:
 
     def check_t(self, t: Tensor, what: str = "t") -> None:
         """Raise ValueError if any time lies outside [t_min, T] (with a small float tolerance)."""
-        t = torch.as_tensor(t)
-        tol = 1e-6 * max(1.0, self.T)
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{what} contains non-finite values")
-        if (t < self.t_min - tol).any() or (t > self.T + tol).any():
-            raise ValueError(f"{what} must lie in [t_min, T] = [{self.t_min:g}, {self.T:g}]; "
-                             f"got range [{t.min().item():g}, {t.max().item():g}]")
+        check_times(t, self.t_min, self.T, what)
 
     def config(self) -> dict:
         """JSON-serialisable constructor arguments, with the registry name under 'name'."""

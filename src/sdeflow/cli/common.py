@@ -60,10 +60,12 @@ def add_sampling_args(p, grid: bool = True) -> None:
     """--solver, --steps, --solver-opts and --seed; with ``grid`` also the time grid's
     --schedule and --timesteps-file, --no-denoise and --force (read back by
     :func:`grid_args`)."""
+    from ..cld import list_cld_solvers
     from ..samplers import list_solvers
     from ..schedules import list_schedules
-    p.add_argument("--solver", default=None, choices=list_solvers(),
-                   help="sampler (default: heun; a distilled model: DDIM on its own grid)")
+    p.add_argument("--solver", default=None, choices=sorted({*list_solvers(), *list_cld_solvers()}),
+                   help="sampler (default: heun; a distilled model: DDIM on its own grid; a CLD "
+                        "model: sscs)")
     p.add_argument("--steps", type=int, default=None, help="steps (default: the solver's)")
     if grid:
         p.add_argument("--schedule", default=None, choices=list_schedules(),
@@ -97,8 +99,8 @@ def grid_args(a, model) -> dict:
 def load_run(path, kind: str, device=None):
     """(model, config) of the EMA network in a run directory or checkpoint folder, which must
     hold a ``kind`` model: "denoiser" (a Denoiser — a score model, a distilled student, a
-    consistency model — and its config) or "classifier" (a NoisyClassifier and its
-    ClassifierConfig). A missing, damaged or foreign file is a
+    consistency model — and its config), "classifier" (a NoisyClassifier and its
+    ClassifierConfig), "cld" (a CLDModel), or a tuple of them. A missing, damaged or foreign file is a
     CheckpointError (a ValueError) whose message starts with the file's path."""
     from ..loading import load
     return load(path, ema=True, device=device, kind=kind)

@@ -40,6 +40,9 @@ def guided_model(a, model, cfg, n: int, device):
             raise ValueError("--guidance/--classifier need --class (the class to guide towards)")
         return model, {}
     cond = {"class_labels": torch.full((n,), a.class_label, device=device)}
+    if getattr(cfg, "KIND", "") == "cld" and (a.classifier or a.guidance):
+        raise ValueError("guidance of CLD models is not implemented: sample a class-conditional "
+                         "CLD model with --class alone")
     if a.classifier:
         clf, _ = load_run(a.classifier, "classifier", device=device)
         _check_class(a.class_label, clf.num_classes)

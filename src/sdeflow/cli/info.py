@@ -18,6 +18,9 @@ def add_demo(sub) -> None:
     p.add_argument("--digits-run", default="runs/digits", help="run directory of the U-Net")
     p.add_argument("--steps", type=int, default=3000, help="toy training steps")
     p.add_argument("--digits-steps", type=int, default=3000, help="U-Net training steps")
+    p.add_argument("--digits-sde", default="edm", choices=["edm", "cld"],
+                   help="the digits model's process: EDM, or critically-damped Langevin "
+                        "diffusion (hybrid score matching, SSCS; use another --digits-run)")
     p.add_argument("--num", type=int, default=4000, help="toy samples per sampler")
     p.add_argument("--digits-num", type=int, default=1437,
                    help="digit samples per sampler (1437 = the train split, the floor's size)")
@@ -40,10 +43,12 @@ def cmd_demo(a) -> int:
         print(json.dumps(m, indent=2))
         print(f"wrote {out / 'samples.png'}, {out / 'trajectories.png'}, {out / 'metrics.json'}")
     if a.part in ("all", "digits"):
-        digits_demo(out, Path(a.digits_run), a.digits_steps, a.digits_num, a.seed)
-        print((out / "digits_metrics.md").read_text())
-        print(f"wrote {out / 'digits_samples.png'}, {out / 'digits_metrics.json'}, "
-              f"{out / 'digits_metrics.md'}")
+        digits_demo(out, Path(a.digits_run), a.digits_steps, a.digits_num, a.seed,
+                    sde=a.digits_sde)
+        stem = "digits_cld" if a.digits_sde == "cld" else "digits"
+        print((out / f"{stem}_metrics.md").read_text())
+        print(f"wrote {out / f'{stem}_samples.png'}, {out / f'{stem}_metrics.json'}, "
+              f"{out / f'{stem}_metrics.md'}")
     return 0
 
 

@@ -167,7 +167,7 @@ def cmd_likelihood(a) -> int:
     from ..likelihood import bits_per_dim
     from ..samplers import get_solver
     _bound_flags(a)
-    model, cfg = load_run(a.checkpoint, "denoiser")
+    model, cfg = load_run(a.checkpoint, ("denoiser", "cld"))
     x = _data_to_score(a, cfg)
     if a.bound == "vlb":
         with torch.no_grad():

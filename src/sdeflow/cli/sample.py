@@ -45,7 +45,7 @@ def cmd_sample(a) -> int:
     from ..plotting import save_samples
     from ..samplers import sample
     dev = device()
-    model, cfg = load_run(a.checkpoint, "denoiser", device=dev)
+    model, cfg = load_run(a.checkpoint, ("denoiser", "cld"), device=dev)
     task = getattr(cfg, "task", None)  # score models may be image-to-image models
     if task is not None:
         raise ValueError(f"this model was trained for --task {task}: use `sdeflow "
@@ -87,7 +87,7 @@ def cmd_evaluate(a) -> int:
     """
     from ..evaluate import draw_samples, evaluate_samples
     from ..plotting import save_samples
-    model, cfg = load_run(a.checkpoint, "denoiser", device=device())
+    model, cfg = load_run(a.checkpoint, ("denoiser", "cld"), device=device())
     labels = torch.arange(a.num) % cfg.num_classes if getattr(cfg, "class_cond", False) else None
     grid = grid_args(a, model)
     x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,

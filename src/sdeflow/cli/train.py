@@ -4,6 +4,7 @@
 :mod:`.config_flags`."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -37,6 +38,25 @@ def score_config(a):
         task_kwargs={"factor": a.sr_factor} if cfg.task == "sr" else {}).validate()
 
 
+def cld_config(a):
+    """The validated CLDConfig of ``sdeflow train --sde cld``: --sde-kwargs are the process's
+    arguments (beta, beta_max, M, gamma, T, t_min); score matching's other flags are refused."""
+    import argparse
+
+    from ..training.cld import CLDConfig
+    from .distill import _refuse_flags
+    if a.objective != "score":
+        raise ValueError("--sde cld trains by (hybrid) score matching, not --objective "
+                         f"{a.objective}")
+    rest = argparse.Namespace(**{k: v for k, v in vars(a).items() if k not in ("sde", "sde_kwargs")})
+    _refuse_flags(rest, CLDConfig, "CLD (--sde cld)")
+    cfg = config_from_args(CLDConfig, a, model=lambda c: "mlp" if is_vector_data(c) else "unet",
+                           sigma_data=lambda c: 1.0 if is_vector_data(c) else 0.5)
+    return dataclasses.replace(
+        no_precondition(cfg), cld_kwargs=dict(getattr(a, "sde_kwargs", {})),
+        model_kwargs={**cfg.model_kwargs, **_mlp_options(a, cfg.model)}).validate()
+
+
 def classifier_config(a):
     """The validated ClassifierConfig of ``sdeflow train-classifier``'s arguments."""
     from ..guidance import ClassifierConfig
@@ -45,14 +65,28 @@ def classifier_config(a):
 
 
 def add_train(sub) -> None:
+    from ..cld import list_cld_solvers
+    from ..cld.losses import CLD_LOSSES, CLD_WEIGHTINGS
     from ..losses import list_losses
     from ..models import list_models
+    from ..samplers import list_solvers
+    from ..sde import list_sdes
     from ..train import TrainConfig
     p = add_command(sub, "train", cmd_train)
     add_config_flags(p, TrainConfig,
-                     loss=dict(choices=[*list_losses(), *loss_choices()],
-                               help="training objective (score matching), or the distance of "
-                                    "--objective ict"),
+                     sde=dict(choices=[*list_sdes(), "cld"],
+                              help="forward SDE; 'cld': critically-damped Langevin diffusion "
+                                   "(x with a velocity v, hybrid score matching, SSCS sampler; "
+                                   "--sde-kwargs: beta, beta_max, M, gamma, T, t_min)"),
+                     precondition=dict(choices=["edm", "mixed", "none"],
+                                       help="EDM preconditioning of the network, CLD's 'mixed' "
+                                            "score (the default with --sde cld), or 'none'",
+                                       show_default=False),
+                     sample_solver=dict(choices=sorted({*list_solvers(), *list_cld_solvers()}),
+                                        help="solver of the sample grids", show_default=False),
+                     loss=dict(choices=[*list_losses(), *loss_choices(), *CLD_LOSSES],
+                               help="training objective (score matching; with --sde cld: hsm "
+                                    "or dsm), or the distance of --objective ict"),
                      model=dict(choices=list_models(), show_default=False,
                                 help="network (default: mlp for toy data, unet for images)"),
                      sigma_data=dict(show_default=False,
@@ -61,6 +95,11 @@ def add_train(sub) -> None:
     p.add_argument("--hidden", type=int, default=None, help="MLP width (default 128)")
     p.add_argument("--depth", type=int, default=None, help="MLP residual blocks (default 3)")
     p.add_argument("--sr-factor", type=int, default=2, help="super-resolution factor (--task sr)")
+    p.add_argument("--weighting", choices=CLD_WEIGHTINGS, default=argparse.SUPPRESS,
+                   help="--sde cld: λ(t) of the loss, 'eps' (ε_v regression) or 'likelihood' "
+                        "(Γβ, bounds the NLL) (default: eps)")
+    p.add_argument("--t-eps", dest="t_eps", type=float, default=argparse.SUPPRESS,
+                   help="--sde cld: training times are uniform on [t_eps, T] (default: 1e-05)")
     p.add_argument("--objective", default="score", choices=["score", "ict"],
                    help="score matching, or consistency training from scratch (iCT, Song & "
                         "Dhariwal 2023; sample with --solver consistency)")
@@ -77,10 +116,15 @@ def cmd_train(a) -> int:
     torchrun --nproc_per_node=N -m sdeflow.cli train ... (--batch-size is the global batch).
     """
     from ..training import train
-    if a.objective == "ict":
+    if getattr(a, "sde", None) == "cld":
+        cfg = cld_config(a)
+    elif a.objective == "ict":
         cfg = ict_config(a)
     else:
         score_flags_only(a)
+        cld_only = [f"--{k.replace('_', '-')}" for k in ("weighting", "t_eps") if hasattr(a, k)]
+        if cld_only:
+            raise ValueError(f"{', '.join(cld_only)}: option(s) of --sde cld")
         cfg = score_config(a)
     st = train(cfg, a.out, resume=a.resume)
     if st.dist.is_main:

@@ -1,6 +1,7 @@
 """``sdeflow.sample``: one entry point for every registered sampler."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -27,10 +28,12 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     """Draw samples by integrating a reverse-time process of ``model.sde`` from t_start to t_end.
 
     Args:
-        model: a :class:`~sdeflow.Denoiser`.
+        model: a :class:`~sdeflow.Denoiser`, or a :class:`~sdeflow.cld.CLDModel` (sampled by
+            :func:`sdeflow.cld.sample_cld`: ``solver="sscs"`` by default, x returned).
         x_T: starting point at ``t_start``; if None, drawn from the SDE's prior with ``shape``.
         solver: a name from :func:`sdeflow.list_solvers` (``kind="ode"`` or ``"sde"``); default
-            ``"heun"``, or ``"ddim"`` for a distilled model.
+            ``"heun"``, or ``"ddim"`` for a distilled model; ``"auto"``: solver, schedule and
+            final step chosen for the budget ``steps`` in NFE (:mod:`sdeflow.samplers.auto`).
         steps: number of grid intervals (default: the solver's own; unused by adaptive solvers).
         schedule: a name from :func:`sdeflow.list_schedules` (default: the SDE's).
         t_start, t_end: integration interval, default [T → t_min].
@@ -57,9 +60,14 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     Returns:
         The samples (same dtype/device as ``x_T``), or ``(samples, stats)``.
     """
+    if _is_cld(model):  # its own samplers on the (x, v) state; x is returned
+        return _sample_cld(dict(locals()))
     if not isinstance(model, Denoiser):
         raise TypeError("model must be an sdeflow.Denoiser (wrap your network with Denoiser(net, sde, "
-                        "prediction=...))")
+                        "prediction=...)) or an sdeflow.cld.CLDModel")
+    if solver == "auto":
+        solver, steps, schedule, denoise, solver_opts = _auto(model, x_T, shape, steps, schedule,
+                                                              denoise, timesteps, solver_opts)
     solver, denoise, timesteps, own_grid = _distilled_defaults(
         model, solver, denoise, timesteps, force, solver_opts,
         asked=any(a is not None for a in (steps, schedule, t_start, t_end)))
@@ -69,15 +77,7 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     denoise = True if denoise is None else denoise
     sde = model.sde
     generator = make_generator(seed, generator, x_T.device if x_T is not None else device)
-    if x_T is None:
-        if shape is None:
-            raise ValueError("give x_T or shape")
-        x_T = sde.prior_sample(tuple(shape), generator=generator,
-                               dtype=dtype or torch.get_default_dtype(), device=device)
-    else:
-        check_batch(x_T, "x_T")
-        if shape is not None and tuple(shape) != tuple(x_T.shape):
-            raise ValueError(f"shape {tuple(shape)} disagrees with x_T.shape {tuple(x_T.shape)}")
+    x_T = _start(sde, x_T, shape, generator, dtype, device)
     if info.adaptive:
         if steps is not None:
             raise ValueError(f"solver {solver!r} is adaptive: set rtol/atol, not steps")
@@ -115,6 +115,56 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
                  if info.adaptive else steps, nfe=model.nfe - nfe0,
                  seconds=time.perf_counter() - t0, **ctx.stats)
     return x, stats
+
+
+def _is_cld(model) -> bool:
+    from ..cld import CLDModel
+    return isinstance(model, CLDModel)
+
+
+def _start(sde, x_T, shape, generator, dtype, device) -> Tensor:
+    """x_T as given (checked against ``shape``), or drawn from the SDE's prior."""
+    if x_T is None:
+        if shape is None:
+            raise ValueError("give x_T or shape")
+        return sde.prior_sample(tuple(shape), generator=generator,
+                                dtype=dtype or torch.get_default_dtype(), device=device)
+    check_batch(x_T, "x_T")
+    if shape is not None and tuple(shape) != tuple(x_T.shape):
+        raise ValueError(f"shape {tuple(shape)} disagrees with x_T.shape {tuple(x_T.shape)}")
+    return x_T
+
+
+def _auto(model, x_T, shape, steps, schedule, denoise, timesteps, opts: dict):
+    """solver="auto": (solver, steps, schedule, denoise, options) of :func:`.auto.auto_config`
+    for the budget ``steps`` (NFE; default 20)."""
+    from .auto import auto_config
+    if schedule is not None or timesteps is not None or denoise is not None or opts:
+        raise ValueError("solver='auto' chooses the solver, its options, the schedule and the "
+                         "final step itself: give only steps (the NFE budget)")
+    if x_T is None and shape is None:
+        raise ValueError("give x_T or shape")
+    dims = tuple(x_T.shape if x_T is not None else shape)[1:]
+    cfg = auto_config(model.sde, 20 if steps is None else steps, max(1, math.prod(dims)))
+    return cfg["solver"], cfg["steps"], cfg["schedule"], cfg["denoise"], cfg["opts"]
+
+
+_CLD_ARGS = ("shape", "steps", "schedule", "t_end", "timesteps", "generator", "seed", "dtype",
+             "device", "cond", "callback", "progress", "return_stats")
+
+
+def _sample_cld(args: dict):
+    """:func:`sdeflow.cld.sample_cld` with ``sample``'s arguments (SSCS by default); the
+    arguments that do not apply to a CLD model are refused by name."""
+    from ..cld import sample_cld
+    given = sorted(k for k in ("t_start", "denoise", "constraint") if args[k] is not None)
+    given += ["force"] if args["force"] else []
+    if given:
+        raise ValueError(f"a CLD model samples from its prior to t_end: {', '.join(given)} "
+                         "do(es) not apply")
+    return sample_cld(args["model"], args["x_T"], solver=args["solver"] or "sscs",
+                      **{k: args[k] for k in _CLD_ARGS}, **(args["schedule_opts"] or {}),
+                      **args["solver_opts"])
 
 
 def _fmt(ts) -> str:

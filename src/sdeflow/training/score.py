@@ -20,6 +20,7 @@ from ..data import list_vector_data
 from ..denoiser import PREDICTIONS, Denoiser
 from ..losses import draw_noise, list_losses, loss_fn
 from ..models import IMAGE_MODELS, build_model, list_models
+from ..samplers.registry import list_solvers
 from ..sde import get_sde, list_sdes
 from ..tasks import get_task, list_tasks
 from ..vlb import ddpm_chain, hybrid_loss
@@ -77,6 +78,8 @@ class TrainConfig(EngineConfig):
             (not self.hflip or image_data, "hflip needs image data"),
             (self.sample_steps > 0 and self.sample_num > 0,
              "sample_steps and sample_num must be positive"),
+            (self.sample_solver in list_solvers(),
+             f"sample_solver {self.sample_solver!r} not in {list_solvers()}"),
             *self.variance_checks()]
 
     def variance_checks(self) -> list[tuple[bool, str]]:

@@ -1,0 +1,89 @@
+"""solver="auto" and the schedules it draws on (vp_uniform, vp_trailing, ays, gits): a valid
+configuration for every SDE and every budget 1–1000 NFE, spending exactly the budget; the
+VP-time grids equal the VP SDE's own uniform grid and diffusers' trailing spacing; the shapes
+keep their endpoints and order. Their accuracy is measured in benchmarks/solvers.py."""
+import pytest
+import torch
+
+import sdeflow
+from sdeflow.samplers.auto import HIGH_DIM, auto_config
+from sdeflow.schedules import FREE_END, get_timesteps
+from tests.conftest import SDES
+
+BUDGETS = [*range(1, 41), 50, 64, 100, 1000]
+
+
+@pytest.mark.parametrize("dim", [2, 64])
+def test_auto_spends_exactly_its_budget_on_every_sde(sde_case, dim, ring):
+    name, sde, _ = sde_case
+    gm = sdeflow.oracle.GaussianMixture.random(dim, k=2, seed=0) if dim > 2 else ring
+    model = gm.denoiser(sde)
+    x_T = sde.prior_sample((3, dim), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.float64)
+    ref = model.x0(sdeflow.sample(model, x_T, solver="rk4", steps=400, denoise=False), sde.t_min)
+    scale = gm.sample(4000, generator=torch.Generator().manual_seed(1)).norm(dim=1).max()
+    for nfe in BUDGETS if dim == 2 else BUDGETS[:40]:  # above 30 NFE the rule ignores D
+        cfg = auto_config(sde, nfe, dim)
+        assert cfg["solver"] in sdeflow.list_solvers("ode") and cfg["steps"] >= 1
+        x, st = sdeflow.sample(model, x_T, solver="auto", steps=nfe, return_stats=True)
+        assert st["nfe"] == nfe and torch.isfinite(x).all(), (name, dim, nfe, cfg)
+        assert x.norm(dim=1).max() < 1.25 * scale, (name, dim, nfe)  # near the data's ball
+        if nfe >= 30:  # and on the ODE's answer (its accuracy: benchmarks/solvers.py)
+            assert (x - ref).norm(dim=1).max() < 0.05 * scale, (name, dim, nfe)
+
+
+def test_auto_follows_the_dimension_and_the_budget():
+    sde = sdeflow.VPSDE()
+    low, high = auto_config(sde, 10, 2), auto_config(sde, 10, HIGH_DIM)
+    assert low["solver"] != high["solver"] or low["schedule"] != high["schedule"]
+    assert auto_config(sde, 5, 64)["schedule"] == "ays" and auto_config(sde, 5, 2)["schedule"] == "gits"
+    assert auto_config(sde, 1, 64)["steps"] == 1 and auto_config(sde, 1, 64)["denoise"] is False
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_auto_refuses_a_budget_that_is_not_a_positive_integer(bad, ring):
+    model = ring.denoiser(sdeflow.EDMSDE())
+    with pytest.raises(ValueError, match="NFE budget"):
+        sdeflow.sample(model, shape=(2, 2), solver="auto", steps=bad)
+
+
+@pytest.mark.parametrize("extra", [dict(schedule="karras"), dict(denoise=False), dict(eta=0.5)])
+def test_auto_refuses_what_it_chooses_itself(extra, ring):
+    with pytest.raises(ValueError, match="auto"):
+        sdeflow.sample(ring.denoiser(sdeflow.EDMSDE()), shape=(2, 2), solver="auto", steps=5,
+                       **extra)
+
+
+def test_vp_uniform_is_the_vp_sdes_uniform_grid_and_vp_trailing_diffusers_trailing():
+    vp = sdeflow.VPSDE()
+    for n in (1, 5, 10, 50):
+        assert torch.allclose(get_timesteps(vp, n, "vp_uniform"), get_timesteps(vp, n, "uniform"),
+                              rtol=0, atol=1e-9)
+    # diffusers' trailing spacing with N calls: t = 1 − k/N (k < N), x̂0 at the last
+    for nfe in (5, 8, 10, 20):
+        ts = get_timesteps(vp, nfe - 1, "vp_trailing")
+        want = 1 - torch.arange(nfe, dtype=torch.float64) / nfe
+        assert torch.allclose(ts, want, atol=1e-9), nfe
+    # power: uniform steps in t of another SDE are not its VP-time grid
+    edm = sdeflow.EDMSDE()
+    assert not torch.allclose(get_timesteps(edm, 10, "vp_uniform"), get_timesteps(edm, 10, "uniform"))
+
+
+@pytest.mark.parametrize("schedule", ["vp_uniform", "vp_trailing", "ays", "gits"])
+def test_new_schedules_are_decreasing_with_their_endpoints(sde_case, schedule):
+    _, sde, _ = sde_case
+    for n in (1, 2, 3, 7, 10, 33, 200):
+        ts = get_timesteps(sde, n, schedule)
+        assert len(ts) == n + 1 and (ts[1:] < ts[:-1]).all() and ts[0] == sde.T
+        if schedule in FREE_END:
+            assert ts[-1] > sde.t_min  # ends early: x̂0 is taken there
+        else:
+            assert ts[-1] == sde.t_min
+
+
+def test_shapes_hit_their_published_knots_at_ten_steps():
+    sde = sdeflow.EDMSDE()
+    for name, knots in sdeflow.schedules.SHAPES.items():
+        nu = sde.noise_level(get_timesteps(sde, 10, name)).log()
+        u = (nu - nu[-1]) / (nu[0] - nu[-1])
+        assert torch.allclose(u, torch.tensor(knots, dtype=torch.float64), atol=1e-9), name
