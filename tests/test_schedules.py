@@ -39,3 +39,25 @@ def test_registry_and_errors():
         get_timesteps(sde, 10, t_start=200.0)
     with pytest.raises(ValueError, match="t_start > t_end"):
         get_timesteps(sde, 10, t_start=1.0, t_end=2.0)
+
+
+def test_free_end_schedules_need_the_final_denoising():
+    """vp_trailing ends before t_end: refused unless the caller finishes with x̂0 (sample() with
+    denoise=True on a fixed grid); likelihood/encode keep the default and refuse it."""
+    from sdeflow.likelihood import encode, log_likelihood
+    from sdeflow.oracle import GaussianMixture
+    sde = sdeflow.EDMSDE()
+    with pytest.raises(ValueError, match="'vp_trailing' ends early.*final denoising"):
+        get_timesteps(sde, 4, "vp_trailing")
+    assert get_timesteps(sde, 4, "vp_trailing", allow_free_end=True)[-1] > sde.t_min
+    model = GaussianMixture.ring().denoiser(sde)
+    x = sde.prior_sample((3, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert sdeflow.sample(model, x, solver="ddim", steps=3, schedule="vp_trailing").shape == x.shape
+    for call in (lambda: sdeflow.sample(model, x, solver="ddim", steps=3, schedule="vp_trailing",
+                                        denoise=False),
+                 lambda: encode(model, x, solver="euler", steps=3, schedule="vp_trailing"),
+                 lambda: log_likelihood(model, x, solver="euler", steps=3, schedule="vp_trailing")):
+        with pytest.raises(ValueError, match="ends early"):
+            call()
+    with pytest.raises(ValueError, match="adaptive.*schedule"):
+        sdeflow.sample(model, x, solver="rk45", schedule="vp_trailing")

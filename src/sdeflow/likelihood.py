@@ -74,13 +74,19 @@ def _draw_probes(x: Tensor, n: int, kind: str, generator) -> Tensor:
 
 
 def _is_cld(model) -> bool:
-    from .cld import CLDModel
-    return isinstance(model, CLDModel)
+    from .cld.model import is_cld
+    return is_cld(model)
 
 
-def _check_data(model: Denoiser, x: Tensor) -> None:
+def _check_data(model: Denoiser, x: Tensor, allow_cld: bool = False) -> None:
+    """``model`` is a Denoiser (or, with ``allow_cld``, a CLD model: only the likelihood bound
+    is defined for one) and ``x`` a batch."""
+    if _is_cld(model) and not allow_cld:
+        raise TypeError("encode/decode/interpolate work on sdeflow.Denoiser models, not on a "
+                        "CLD model (only log_likelihood and bits_per_dim accept one)")
     if not isinstance(model, Denoiser) and not _is_cld(model):
-        raise TypeError("model must be an sdeflow.Denoiser or an sdeflow.cld.CLDModel")
+        raise TypeError("model must be an sdeflow.Denoiser" +
+                        (" or an sdeflow.cld.CLDModel" if allow_cld else ""))
     check_batch(x)
 
 
@@ -148,7 +154,7 @@ def log_likelihood(model: Denoiser, x: Tensor, *, divergence: str = "exact", n_p
         return_stats: also return ``nfe`` (network evaluations; each is followed by one batched
             backward pass), ``seconds``, ``prior`` (log p_T(x(T))) and ``delta`` (∫∇·v dt).
     """
-    _check_data(model, x)
+    _check_data(model, x, allow_cld=True)
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choices: {list(DIVERGENCES)}")
     if probe not in PROBES:

@@ -128,15 +128,19 @@ for _name in SHAPES:
 
 def get_timesteps(sde: SDE, steps: int, schedule: str | None = None, *,
                   t_start: float | None = None, t_end: float | None = None,
-                  dtype=torch.float64, device=None, **opts) -> Tensor:
+                  dtype=torch.float64, device=None, allow_free_end: bool = False,
+                  **opts) -> Tensor:
     """``steps + 1`` decreasing times from ``t_start`` to ``t_end`` under the named schedule.
 
     ``schedule=None`` takes the SDE's default (``karras`` for EDM, ``uniform`` otherwise).
-    Extra ``opts`` go to the schedule (e.g. ``rho`` for ``karras``).
+    Extra ``opts`` go to the schedule (e.g. ``rho`` for ``karras``). A *free-end* schedule
+    (:data:`FREE_END`, e.g. ``vp_trailing``) ends before ``t_end`` and is refused unless
+    ``allow_free_end`` (callers that finish with the final denoising x̂0: :func:`~sdeflow.sample`
+    with ``denoise=True``, tuning with ``free_end=True``). An SDE that declares ``schedules``
+    (CLD) takes only those.
     """
     schedule = schedule or sde.default_schedule
-    if schedule not in _SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choices: {list_schedules()}")
+    _check_schedule(sde, schedule, allow_free_end)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     t_start = sde.T if t_start is None else float(t_start)
@@ -151,6 +155,19 @@ def get_timesteps(sde: SDE, steps: int, schedule: str | None = None, *,
     if not (ts[1:] < ts[:-1]).all():
         raise ValueError(f"schedule {schedule!r} produced non-decreasing times for {steps} steps")
     return ts.to(dtype=dtype, device=device)
+
+
+def _check_schedule(sde: SDE, schedule: str, allow_free_end: bool) -> None:
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choices: {list_schedules()}")
+    own = getattr(sde, "schedules", None)
+    if own is not None and schedule not in own:
+        raise ValueError(f"schedule {schedule!r} is not defined for the {sde.name} SDE; "
+                         f"choices: {list(own)}")
+    if schedule in FREE_END and not allow_free_end:
+        raise ValueError(f"schedule {schedule!r} ends early (before t_end) and needs the final "
+                         "denoising x̂0 to finish: only sample() with denoise=True (a fixed-grid "
+                         "solver) and tuning with free_end=True may use it")
 
 
 def check_timesteps(sde: SDE, ts) -> Tensor:

@@ -65,8 +65,10 @@ class TunedSchedule:
     calibration_loss: float
     start_loss: float
     start_schedule: str
+    # held-out losses: the untrimmed RMS error on the held-out draws (as ``_validate`` and
+    # ``_fall_back`` compute them); ``heldout_loss`` is that of the *returned* configuration
     heldout_loss: float | None = None
-    heldout_start_loss: float | None = None
+    heldout_start_loss: float | None = None  # the starting (best named) grid with ``solver``
     kept_start: bool = False
     n_calibration: int = 0
     calibration_seed: int = 0
@@ -75,7 +77,8 @@ class TunedSchedule:
     method: str = "pattern"
     free_end: bool = False
     base_solver: str | None = None
-    fallback: str | None = None  # "solver/schedule" of the named configuration kept instead
+    fallback: str | None = None  # "solver(opts)/schedule" of the named configuration kept instead
+    # held-out loss (same convention) of the best named configuration on the calibration draws
     heldout_best_named_loss: float | None = None
 
     def save(self, path) -> Path:
@@ -161,14 +164,21 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
 
     With ``x_heldout`` (separate validation draws) the result reports the start and
     tuned RMS errors on them, and keeps the starting grid and solver (``kept_start``) if tuning
-    made the validation error worse. With ``fallback`` (default) it then also runs every named
-    one-call-per-step solver × named schedule at the same NFE (:data:`NAMED`) on the held-out
-    draws and returns the best of them (``fallback`` names it) when that beats the tuned
-    result — so tuning never returns a configuration worse on held-out draws than not tuning. That comparison leaves out the worst ``validation_trim``
+    made the validation error worse. With ``fallback`` (default) it then also picks the best
+    named one-call-per-step solver × named schedule at the same NFE (:data:`NAMED`; free-end
+    schedules only with ``free_end``) on the *calibration* draws, as the tuned grid was chosen,
+    and returns it (``fallback`` names it) when it beats the tuned result on the held-out
+    draws — so tuning never returns a configuration worse on held-out draws than that named
+    candidate. ``heldout_loss`` is the returned configuration's untrimmed held-out RMS error,
+    ``heldout_best_named_loss`` the candidate's. The comparison leaves out the worst ``validation_trim``
     fraction of draws of each: in high dimension a draw near the boundary between two modes
     lands in the other mode after almost any perturbation, and one such draw moves the RMS error
     of hundreds by more than the solver's typical error does (docs/solver_notes.md)."""
     _check_request(solver, steps, method, coefficients, window)
+    from .cld.model import is_cld
+    if is_cld(model):
+        raise TypeError("tuning works on Denoiser models, not on a CLD model (sample it with "
+                        "its own grids: sdeflow.cld.sample_cld)")
     cond = cond or {}
     ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
     with torch.no_grad():
@@ -194,7 +204,7 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
         _validate(out, obj, params, starts[start_name][2], (x_heldout, reference_heldout),
                   validation_trim)
         if fallback:
-            _fall_back(out, obj, (x_heldout, reference_heldout), validation_trim)
+            _fall_back(out, obj, cal, (x_heldout, reference_heldout), validation_trim)
     return out
 
 
@@ -303,6 +313,7 @@ def _validate(out: TunedSchedule, obj: _Objective, params: Tensor, ts0: Tensor, 
         # keep the starting schedule (validation on draws the search never saw)
         out.timesteps = ts0.tolist()
         out.solver, out.solver_opts, out.kept_start = obj.solver, dict(obj.opts), True
+        out.heldout_loss = out.heldout_start_loss  # the returned configuration's
 
 
 #: the named configurations a tuned result must beat on held-out draws (one call per step)
@@ -310,24 +321,39 @@ NAMED = (("dpmpp_2m", {}), ("dpmpp_3m", {}), ("unipc", {}), ("unipc", dict(order
          ("deis", {}), ("ipndm", {}), ("ddim", {}))
 
 
-def _fall_back(out: TunedSchedule, obj: _Objective, heldout, trim: float) -> None:
-    """Replace ``out`` by the best named solver × schedule at the same steps when it has a lower
-    (trimmed) held-out RMS error than the tuned result (:func:`tune_timesteps`)."""
-    from .schedules import list_schedules
+def _fall_back(out: TunedSchedule, obj: _Objective, cal, heldout, trim: float) -> None:
+    """Choose the best named solver × schedule at the same steps on the *calibration* draws
+    (as the tuned grid was), then return it instead of ``out`` when its (trimmed) held-out RMS
+    error is lower than the tuned result's (:func:`tune_timesteps`). Free-end schedules take
+    part only when ``obj.free_end``."""
     if obj.solver in MULTI_CALL:
         return  # several calls per step: the named one-call solvers would use another NFE
     with torch.no_grad():
+        best = min(((_trimmed_rms(obj.error(_named_grid(obj, schedule), name, opts, *cal)),
+                     name, opts, schedule) for name, opts in NAMED
+                    for schedule in _named_schedules(obj)), key=lambda r: r[0])
+        _, name, opts, schedule = best
         ts = torch.tensor(out.timesteps, dtype=torch.float64)
-        tuned = _trimmed_rms(obj.error(ts, out.solver, _tensors(out.solver_opts), *heldout), trim)
-        named = [(_trimmed_rms(obj.error(get_timesteps(obj.model.sde, obj.steps, schedule),
-                                         name, opts, *heldout), trim), name, opts, schedule)
-                 for name, opts in NAMED for schedule in sorted(set(list_schedules()) - {"edm"})]
-    loss, name, opts, schedule = min(named, key=lambda r: r[0])
-    out.heldout_best_named_loss = loss
-    if loss < tuned:
+        tuned = obj.error(ts, out.solver, _tensors(out.solver_opts), *heldout)
+        named = obj.error(_named_grid(obj, schedule), name, opts, *heldout)
+    out.heldout_best_named_loss = _trimmed_rms(named)
+    out.heldout_loss = _trimmed_rms(tuned)
+    if _trimmed_rms(named, trim) < _trimmed_rms(tuned, trim):
         out.solver, out.solver_opts = name, dict(opts)
-        out.timesteps = get_timesteps(obj.model.sde, obj.steps, schedule).tolist()
-        out.fallback = f"{name}{'(3)' if opts else ''}/{schedule}"
+        out.timesteps = _named_grid(obj, schedule).tolist()
+        out.heldout_loss = out.heldout_best_named_loss
+        label = ", ".join(f"{k}={v}" for k, v in opts.items())
+        out.fallback = f"{name}{f'({label})' if label else ''}/{schedule}"
+
+
+def _named_schedules(obj: _Objective) -> list[str]:
+    from .schedules import FREE_END, list_schedules
+    names = set(list_schedules()) - {"edm"}
+    return sorted(names if obj.free_end else names - FREE_END)
+
+
+def _named_grid(obj: _Objective, schedule: str) -> Tensor:
+    return get_timesteps(obj.model.sde, obj.steps, schedule, allow_free_end=obj.free_end)
 
 
 #: solvers with several network calls per step (no named one-call solver has their NFE)

@@ -21,6 +21,7 @@ from statistics import NormalDist
 import pytest
 import torch
 
+import sdeflow
 import sdeflow.cld.sampling as cld_sampling
 from sdeflow.cld import (CLD, CLDModel, join_state, list_cld_solvers, mixture_log_prob,
                          mixture_model, mixture_score, sample_cld, split_state)
@@ -610,3 +611,42 @@ def test_errors():
     with pytest.raises(ValueError, match="network returned shape"):
         sample_cld(bad, shape=(4, 2), steps=2)
     assert {"sscs", "euler_maruyama", "sscs_adaptive", "rk45"} <= set(list_cld_solvers())
+
+
+def test_review_refusals_and_auto():
+    """What does not apply to a CLD model is refused by name; solver='auto' is SSCS with the
+    budget as its steps; adaptive SSCS reports running out of steps and bad step sizes."""
+    from sdeflow.likelihood import decode, encode
+    cld = CLD()
+    model = equilibrium_model(cld)
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="karras.*not defined.*cld"):
+        log_likelihood(model, x, solver="heun", steps=2, schedule="karras")
+    for fn in (encode, decode):
+        with pytest.raises(TypeError, match="CLD model"):
+            fn(model, x)
+    with pytest.raises(ValueError, match="schedule_opts"):
+        sdeflow.sample(model, shape=(4, 2), steps=2, schedule_opts=dict(rho=3.0))
+    _, st = sdeflow.sample(model, shape=(4, 2), solver="auto", steps=7, seed=0, return_stats=True)
+    assert st["solver"] == "sscs" and st["nfe"] == 7 and st["steps"] == 7
+    with pytest.raises(ValueError, match="auto"):
+        sdeflow.sample(model, shape=(4, 2), solver="auto", schedule="uniform")
+    with pytest.raises(RuntimeError, match="sscs_adaptive did not reach.*max_steps"):
+        sample_cld(model, shape=(4, 2), solver="sscs_adaptive", max_steps=3, seed=0)
+    for bad in (dict(h0=0.0), dict(h_min=0.0), dict(h_min=-1.0)):
+        with pytest.raises(ValueError, match="must be positive"):
+            sample_cld(model, shape=(4, 2), solver="sscs_adaptive", **bad)
+    _, st = sample_cld(model, shape=(4, 2), solver="sscs_adaptive", seed=0, return_stats=True)
+    assert st["schedule"] == "adaptive" and st["steps"] is None
+
+
+def test_data_cov_is_the_gaussian_datas_covariance():
+    cld = CLD()
+    t = torch.tensor([0.01, 0.3, 1.0], dtype=torch.float64)
+    a, b = cld.mean_coeffs(t)
+    sxx, sxv, svv = cld.cov(t)
+    pxx, pxv, pvv = cld.data_cov(t, 0.25)
+    for got, want in ((pxx, a * a * .25 + sxx), (pxv, a * b * .25 + sxv), (pvv, b * b * .25 + svv)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    lam = torch.tensor([[0.1, 2.0]], dtype=torch.float64)
+    assert cld.data_cov(t[:, None, None], lam)[0].shape == (3, 1, 2)

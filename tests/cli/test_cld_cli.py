@@ -60,6 +60,8 @@ def test_likelihood_of_a_cld_run_is_the_velocity_bound(cld_run, tmp_path):
     (["train", "--sde", "cld", "--sde-kwargs", '{"mass": 1}'], "mass"),
     (["train", "--weighting", "eps"], "--sde cld"),
     (["train", "--sample-solver", "sscs"], "sample_solver"),
+    (["train", "--sde", "cld", "--model-kwargs", '{"out_dim": 3}'], "remove out_dim"),
+    (["train", "--sde", "cld", "--p-uncond", "0.1"], "guidance of CLD models is not implemented"),
 ])
 def test_what_does_not_apply_to_cld_is_refused(argv, match, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "r")]) == 2
@@ -76,3 +78,28 @@ def test_samplers_and_bounds_of_other_models_are_refused_for_cld(cld_run, tmp_pa
     assert "VP" in capsys.readouterr().err
     assert main(["tune-steps", str(cld_run), "--out", str(tmp_path / "d.json")]) == 2
     assert "cld" in capsys.readouterr().err
+
+
+def test_sample_solver_auto_spends_the_budget(cld_run, tmp_path):
+    """`--solver auto` is accepted; --steps is then the NFE budget (SSCS for a CLD model)."""
+    out = tmp_path / "auto"
+    assert main(["sample", str(cld_run), "-n", "16", "--solver", "auto", "--steps", "6",
+                 "--out", str(out)]) == 0
+    st = json.loads(out.with_suffix(".json").read_text())
+    assert st["solver"] == "sscs" and st["nfe"] == 6
+
+
+def test_cld_digits_demo_defaults_to_its_own_run_dir(monkeypatch, tmp_path):
+    import sdeflow.demo
+    runs = []
+
+    def fake(out, run, *args, sde="edm"):
+        runs.append(str(run))
+        stem = "digits_cld" if sde == "cld" else "digits"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}_metrics.md").write_text("ok")
+    monkeypatch.setattr(sdeflow.demo, "digits_demo", fake)
+    for sde in ("cld", "edm"):
+        assert main(["demo", "--part", "digits", "--digits-sde", sde, "--out",
+                     str(tmp_path)]) == 0
+    assert runs == ["runs/digits_cld", "runs/digits"]

@@ -36,7 +36,7 @@ def test_auto_follows_the_dimension_and_the_budget():
     sde = sdeflow.VPSDE()
     low, high = auto_config(sde, 10, 2), auto_config(sde, 10, HIGH_DIM)
     assert low["solver"] != high["solver"] or low["schedule"] != high["schedule"]
-    assert auto_config(sde, 5, 64)["schedule"] == "ays" and auto_config(sde, 5, 2)["schedule"] == "gits"
+    assert auto_config(sde, 5, 64)["schedule"] == "vp_trailing" and auto_config(sde, 5, 2)["schedule"] == "gits"
     assert auto_config(sde, 1, 64)["steps"] == 1 and auto_config(sde, 1, 64)["denoise"] is False
 
 
@@ -61,7 +61,7 @@ def test_vp_uniform_is_the_vp_sdes_uniform_grid_and_vp_trailing_diffusers_traili
                               rtol=0, atol=1e-9)
     # diffusers' trailing spacing with N calls: t = 1 − k/N (k < N), x̂0 at the last
     for nfe in (5, 8, 10, 20):
-        ts = get_timesteps(vp, nfe - 1, "vp_trailing")
+        ts = get_timesteps(vp, nfe - 1, "vp_trailing", allow_free_end=True)
         want = 1 - torch.arange(nfe, dtype=torch.float64) / nfe
         assert torch.allclose(ts, want, atol=1e-9), nfe
     # power: uniform steps in t of another SDE are not its VP-time grid
@@ -73,7 +73,7 @@ def test_vp_uniform_is_the_vp_sdes_uniform_grid_and_vp_trailing_diffusers_traili
 def test_new_schedules_are_decreasing_with_their_endpoints(sde_case, schedule):
     _, sde, _ = sde_case
     for n in (1, 2, 3, 7, 10, 33, 200):
-        ts = get_timesteps(sde, n, schedule)
+        ts = get_timesteps(sde, n, schedule, allow_free_end=True)
         assert len(ts) == n + 1 and (ts[1:] < ts[:-1]).all() and ts[0] == sde.T
         if schedule in FREE_END:
             assert ts[-1] > sde.t_min  # ends early: x̂0 is taken there
@@ -87,3 +87,10 @@ def test_shapes_hit_their_published_knots_at_ten_steps():
         nu = sde.noise_level(get_timesteps(sde, 10, name)).log()
         u = (nu - nu[-1]) / (nu[0] - nu[-1])
         assert torch.allclose(u, torch.tensor(knots, dtype=torch.float64), atol=1e-9), name
+
+
+def test_auto_refuses_a_distilled_model(ring):
+    distilled = ring.denoiser(sdeflow.EDMSDE())
+    distilled.timesteps = [80.0, 1.0, 0.002]
+    with pytest.raises(ValueError, match="distilled model samples on its own grid.*omit"):
+        sdeflow.sample(distilled, shape=(2, 2), solver="auto", steps=4)

@@ -46,6 +46,7 @@ def test_pd_target_makes_one_ddim_step_land_where_two_teacher_steps_do(sde_case,
     (dict(start_steps=12), "power of two"),
     (dict(final_steps=0), "positive integers"),
     (dict(schedule="nope"), "schedule 'nope' not in"),
+    (dict(schedule="vp_trailing"), "'vp_trailing' ends early"),
     (dict(teacher=3), "teacher must be str, got 3"),  # not a failed look-up of run "3"
 ])
 def test_bad_configs_name_what_to_fix(kw, match):

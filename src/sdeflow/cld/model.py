@@ -24,9 +24,14 @@ from ..denoiser import check_batch
 from ..sde import bcast
 from .process import CLD, join_state, split_state
 
-__all__ = ["CLDModel", "PRECONDITIONS"]
+__all__ = ["CLDModel", "PRECONDITIONS", "is_cld"]
 
 PRECONDITIONS = (None, "mixed")
+
+
+def is_cld(model) -> bool:
+    """Whether ``model`` is a :class:`CLDModel` (samplers and the likelihood branch on it)."""
+    return isinstance(model, CLDModel)
 
 
 class CLDModel(nn.Module):
@@ -57,10 +62,7 @@ class CLDModel(nn.Module):
     def gaussian_alpha(self, u: Tensor, t: Tensor) -> Tensor:
         """α of Gaussian data N(0, σ_d² I): (P_t⁻¹u)_v / ℓ_t (module docstring)."""
         x, v = split_state(u)
-        a, b = self.sde.mean_coeffs(t.double())
-        sxx, sxv, svv = self.sde.cov(t.double())
-        s2 = self.sigma_data**2
-        pxx, pxv, pvv = a * a * s2 + sxx, a * b * s2 + sxv, b * b * s2 + svv
+        pxx, pxv, pvv = self.sde.data_cov(t.double(), self.sigma_data**2)
         det = pxx * pvv - pxv**2
         k_x, k_v = (-pxv / det).to(u.dtype), (pxx / det).to(u.dtype)
         ell = self.sde.ell(t.double()).to(u.dtype)
@@ -69,10 +71,10 @@ class CLDModel(nn.Module):
     def _inputs(self, u: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(c_in-scaled state, c_noise) of the mixed parameterisation."""
         x, v = split_state(u)
-        a, b = self.sde.mean_coeffs(t.double())
-        sxx, _, svv = self.sde.cov(t.double())
-        s2 = self.sigma_data**2
-        c_x, c_v = (a * a * s2 + sxx).rsqrt(), (b * b * s2 + svv).rsqrt()
+        a, _ = self.sde.mean_coeffs(t.double())
+        sxx = self.sde.cov(t.double())[0]
+        pxx, _, pvv = self.sde.data_cov(t.double(), self.sigma_data**2)
+        c_x, c_v = pxx.rsqrt(), pvv.rsqrt()
         c_noise = 0.125 * (sxx.clamp_min(1e-30) / a**2).log()
         return (join_state(bcast(c_x.to(u.dtype), x) * x, bcast(c_v.to(u.dtype), v) * v),
                 c_noise.to(u.dtype))

@@ -31,14 +31,10 @@ def _parts(gmm: GaussianMixture, cld: CLD, u: Tensor, t):
         raise ValueError(f"u must have shape (B, {2 * gmm.dim}), got {tuple(u.shape)}")
     t = torch.as_tensor(t, dtype=torch.float64, device=u.device).expand(x.shape[0])
     a, b = cld.mean_coeffs(t)
-    sxx, sxv, svv = cld.cov(t)
     mu, U, lam = (z.to(u.device) for z in (gmm.means, gmm.evecs, gmm.evals))
     yx = torch.einsum("bkd,kde->bke", x[:, None] - bcast(a, x)[:, None] * mu[None], U)
     yv = torch.einsum("bkd,kde->bke", v[:, None] - bcast(b, v)[:, None] * mu[None], U)
-    c = [z[:, None, None] for z in (a, b, sxx, sxv, svv)]
-    pxx = c[0] ** 2 * lam + c[2]
-    pxv = c[0] * c[1] * lam + c[3]
-    pvv = c[1] ** 2 * lam + c[4]
+    pxx, pxv, pvv = cld.data_cov(t[:, None, None], lam.double())  # per (sample, component, e)
     det = pxx * pvv - pxv**2
     gx, gv = (pvv * yx - pxv * yv) / det, (pxx * yv - pxv * yx) / det  # P⁻¹ y
     quad = (yx * gx + yv * gv).sum(-1)

@@ -57,7 +57,8 @@ def join_state(x: Tensor, v: Tensor) -> Tensor:
     return torch.cat([x, v], dim=1)
 
 
-def _f64(t) -> Tensor:
+def as_float64(t) -> Tensor:
+    """``t`` as a float64 tensor on its device (the CLD coefficients are computed in float64)."""
     return torch.as_tensor(t).to(torch.float64)
 
 
@@ -104,14 +105,14 @@ class CLD:
     # --- the kernel --------------------------------------------------------------------------
     def propagator(self, dB) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Entries (e11, e12, e21, e22) of exp(𝓑A) for a time-change increment 𝓑."""
-        b = _f64(dB)
+        b = as_float64(dB)
         e = torch.exp(-self.r * b)
         out = (e * (1 + self.r * b), e * self.r**2 * b, -e * b, e * (1 - self.r * b))
         return tuple(o.to(torch.as_tensor(dB).dtype) for o in out)
 
     def noise_cov(self, dB) -> tuple[Tensor, Tensor, Tensor]:
         """(Σxx, Σxv, Σvv) that the noise adds over a time-change increment 𝓑 from Σ₀ = 0."""
-        b, r = _f64(dB), self.r
+        b, r = as_float64(dB), self.r
         x = 2 * r * b
 
         def I(k):
@@ -124,16 +125,24 @@ class CLD:
 
     def cov(self, t) -> tuple[Tensor, Tensor, Tensor]:
         """(Σxx, Σxv, Σvv) of u_t given x₀ (v₀ ~ N(0, γM) marginalised), per dimension."""
-        b = self.B(_f64(t))
+        b = self.B(as_float64(t))
         _, e12, _, e22 = self.propagator(b)
         nxx, nxv, nvv = self.noise_cov(b)
         v0 = self.gamma * self.M
         out = (nxx + v0 * e12**2, nxv + v0 * e12 * e22, nvv + v0 * e22**2)
         return tuple(o.to(torch.as_tensor(t).dtype) for o in out)
 
+    def data_cov(self, t, var) -> tuple[Tensor, Tensor, Tensor]:
+        """(Pxx, Pxv, Pvv) of u_t for data of variance ``var`` per dimension (zero mean):
+        P_t = Σ_t + var·(a, b)(a, b)ᵀ; ``var`` broadcasts against ``t`` (a scalar σ_d², or the
+        eigenvalues of a mixture component's covariance)."""
+        a, b = self.mean_coeffs(t)
+        sxx, sxv, svv = self.cov(t)
+        return a * a * var + sxx, a * b * var + sxv, b * b * var + svv
+
     def mean_coeffs(self, t) -> tuple[Tensor, Tensor]:
         """(a, b): E[x_t | x₀] = a x₀, E[v_t | x₀] = b x₀."""
-        e11, _, e21, _ = self.propagator(self.B(_f64(t)))
+        e11, _, e21, _ = self.propagator(self.B(as_float64(t)))
         return e11.to(torch.as_tensor(t).dtype), e21.to(torch.as_tensor(t).dtype)
 
     @staticmethod
@@ -147,12 +156,12 @@ class CLD:
 
     def chol(self, t) -> tuple[Tensor, Tensor, Tensor]:
         """Cholesky factor (L11, L21, L22) of Σ_t (computed in float64)."""
-        out = self.cholesky(*self.cov(_f64(t)))
+        out = self.cholesky(*self.cov(as_float64(t)))
         return tuple(o.to(torch.as_tensor(t).dtype) for o in out)
 
     def ell(self, t) -> Tensor:
         """ℓ_t = 1/L22: ∇_v log p(u_t | x₀) = −ℓ_t ε_v (hybrid score matching)."""
-        return (1.0 / self.chol(_f64(t))[2]).to(torch.as_tensor(t).dtype)
+        return (1.0 / self.chol(as_float64(t))[2]).to(torch.as_tensor(t).dtype)
 
     def perturb(self, x0: Tensor, t: Tensor, eps_x: Tensor, eps_v: Tensor) -> Tensor:
         """u_t = (a x₀ + L11 ε_x, b x₀ + L21 ε_x + L22 ε_v) for per-sample times t (B,)."""

@@ -54,7 +54,7 @@ from ..samplers.rk import DOPRI5, TABLEAUX, rk_adaptive, rk_fixed
 from ..schedules import check_timesteps, get_timesteps
 from ..sde import bcast
 from .model import CLDModel
-from .process import CLD, join_state, split_state
+from .process import CLD, as_float64, join_state, split_state
 
 __all__ = ["sample_cld", "list_cld_solvers", "CLD_SOLVERS", "sscs_step"]
 
@@ -84,15 +84,11 @@ def list_cld_solvers() -> list[str]:
     return sorted(CLD_SOLVERS)
 
 
-def _f64(t) -> Tensor:
-    return torch.as_tensor(t).to(torch.float64)
-
-
 def ou_half_step(cld: CLD, u: Tensor, dB: Tensor, ctx: Context) -> Tensor:
     """The A part over a time-change increment Δ𝓑 (exact: propagator and Gaussian noise)."""
     x, v = split_state(u)
-    e11, e12, e21, e22 = (bcast(c.to(u.dtype), x) for c in cld.propagator(_f64(dB)))
-    l11, l21, l22 = (bcast(c.to(u.dtype), x) for c in cld.cholesky(*cld.noise_cov(_f64(dB))))
+    e11, e12, e21, e22 = (bcast(c.to(u.dtype), x) for c in cld.propagator(as_float64(dB)))
+    l11, l21, l22 = (bcast(c.to(u.dtype), x) for c in cld.cholesky(*cld.noise_cov(as_float64(dB))))
     z1, z2 = ctx.randn_like(x), ctx.randn_like(x)
     return join_state(e11 * x - e12 * v - l11 * z1, -e21 * x + e22 * v + l21 * z1 + l22 * z2)
 
@@ -111,10 +107,7 @@ def _score_step_gain(model: CLDModel, tm: Tensor, dB: Tensor, s_step: str) -> Te
     gain = 2 * cld.Gamma * dB
     if s_step == "euler":
         return gain
-    a, b = cld.mean_coeffs(tm)
-    sxx, sxv, svv = cld.cov(tm)
-    s2 = model.sigma_data**2
-    pxx, pxv, pvv = a * a * s2 + sxx, a * b * s2 + sxv, b * b * s2 + svv
+    pxx, pxv, pvv = cld.data_cov(tm, model.sigma_data**2)
     jac = -pxx / (pxx * pvv - pxv**2)
     return gain * _phi1(gain * (jac + 1 / cld.M))
 
@@ -123,7 +116,7 @@ def sscs_step(model: CLDModel, u: Tensor, t: Tensor, t_next: Tensor, ctx: Contex
               s_step: str = "exponential"):
     """One SSCS step t → t_next < t: A(h/2) ∘ S(h) ∘ A(h/2). Returns (u, score at the midpoint)."""
     cld = model.sde
-    t64, tn64 = _f64(t), _f64(t_next)
+    t64, tn64 = as_float64(t), as_float64(t_next)
     tm = 0.5 * (t64 + tn64)
     u = ou_half_step(cld, u, cld.B(t64) - cld.B(tm), ctx)
     x, v = split_state(u)
@@ -193,17 +186,19 @@ def sscs_adaptive(model: CLDModel, u: Tensor, ts: Tensor, ctx: Context, rtol: fl
                   atol: float = 0.02, h0: float | None = None, h_min: float = 1e-5,
                   max_steps: int = 100_000, s_step: str = "exponential") -> Tensor:
     """Adaptive SSCS (module docstring); only ts[0] and ts[-1] are used."""
-    if rtol <= 0 or atol <= 0:
-        raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
-    _check_s_step(s_step)
+    _check_adaptive_opts(rtol, atol, h0, h_min, s_step)
     cld, control = model.sde, StepController(order=1.5, beta=0.3, max_factor=2.0)
+    f64 = dict(dtype=torch.float64, device=u.device)
     t, t_end = float(ts[0]), float(ts[-1])
     h = (t - t_end) / 50 if h0 is None else float(h0)
-    s_prev, h_prev, err_prev, n = None, h, torch.ones((), dtype=torch.float64), 0
-    while t > t_end and n < max_steps:
+    s_prev, h_prev, err_prev, n = None, h, torch.ones((), **f64), 0
+    while t > t_end:
+        if n >= max_steps:
+            raise RuntimeError(f"sscs_adaptive did not reach t={t_end:g} in {max_steps} steps; "
+                               "loosen the tolerances (rtol, atol) or raise max_steps")
         h = min(max(h, h_min), t - t_end)
         t_next = t_end if t - h <= t_end + 1e-12 else t - h
-        tt, tn = torch.tensor(t, dtype=torch.float64), torch.tensor(t_next, dtype=torch.float64)
+        tt, tn = torch.tensor(t, **f64), torch.tensor(t_next, **f64)
         u, s = sscs_step(model, u, tt, tn, ctx, s_step)
         u, n = ctx.step_done(tn.to(u.dtype), u), n + 1
         if s_prev is not None:
@@ -218,6 +213,16 @@ def sscs_adaptive(model: CLDModel, u: Tensor, ts: Tensor, ctx: Context, rtol: fl
     return u
 
 
+def _check_adaptive_opts(rtol, atol, h0, h_min, s_step: str) -> None:
+    if rtol <= 0 or atol <= 0:
+        raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
+    if h0 is not None and not h0 > 0:
+        raise ValueError(f"h0 must be positive, got {h0}")
+    if not h_min > 0:
+        raise ValueError(f"h_min must be positive, got {h_min}")
+    _check_s_step(s_step)
+
+
 def _grid(cld: CLD, info: CLDSolver, steps, schedule, t_end, timesteps, dtype, device):
     if info.default_steps is None:
         if steps is not None or timesteps is not None:
@@ -227,10 +232,6 @@ def _grid(cld: CLD, info: CLDSolver, steps, schedule, t_end, timesteps, dtype, d
         if steps is not None or schedule is not None:
             raise ValueError("timesteps replaces steps/schedule")
         return check_timesteps(cld, timesteps).to(dtype=dtype, device=device)
-    schedule = schedule or cld.default_schedule
-    if schedule not in cld.schedules:
-        raise ValueError(f"schedule {schedule!r} is not defined for CLD; choices: "
-                         f"{list(cld.schedules)}")
     return get_timesteps(cld, info.default_steps if steps is None else steps, schedule,
                          t_end=t_end, dtype=dtype, device=device)
 
@@ -278,6 +279,8 @@ def sample_cld(model: CLDModel, u_T: Tensor | None = None, *, shape=None, solver
     out = u if return_velocity else split_state(u)[0]
     if not return_stats:
         return out
+    if info.default_steps is None:
+        schedule = "adaptive"
     return out, dict(solver=solver, schedule=schedule or ("custom" if timesteps is not None else
                      cld.default_schedule), steps=None if info.default_steps is None
                      else len(ts) - 1, nfe=model.nfe - nfe0,

@@ -63,10 +63,16 @@ def add_sampling_args(p, grid: bool = True) -> None:
     from ..cld import list_cld_solvers
     from ..samplers import list_solvers
     from ..schedules import list_schedules
-    p.add_argument("--solver", default=None, choices=sorted({*list_solvers(), *list_cld_solvers()}),
+    auto = ["auto"] if grid else []
+    p.add_argument("--solver", default=None,
+                   choices=sorted({*list_solvers(), *list_cld_solvers(), *auto}),
                    help="sampler (default: heun; a distilled model: DDIM on its own grid; a CLD "
-                        "model: sscs)")
-    p.add_argument("--steps", type=int, default=None, help="steps (default: the solver's)")
+                        "model: sscs)" + ("; auto: solver, schedule and final step chosen for "
+                                          "the budget --steps" if grid else ""))
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps (default: the solver's); with --solver auto the budget in "
+                        "network evaluations (NFE, default 20)" if grid else
+                        "steps (default: the solver's)")
     if grid:
         p.add_argument("--schedule", default=None, choices=list_schedules(),
                        help="time-step schedule (default: the SDE's)")

@@ -15,12 +15,14 @@ def add_demo(sub) -> None:
     p.add_argument("--part", default="all", choices=["all", "toy", "digits"])
     p.add_argument("--out", default="outputs", help="where pictures and metrics go")
     p.add_argument("--run", default="runs/demo", help="run directory of the toy checkpoint")
-    p.add_argument("--digits-run", default="runs/digits", help="run directory of the U-Net")
+    p.add_argument("--digits-run", default=None,
+                   help="run directory of the U-Net (default: runs/digits, or runs/digits_cld "
+                        "with --digits-sde cld)")
     p.add_argument("--steps", type=int, default=3000, help="toy training steps")
     p.add_argument("--digits-steps", type=int, default=3000, help="U-Net training steps")
     p.add_argument("--digits-sde", default="edm", choices=["edm", "cld"],
                    help="the digits model's process: EDM, or critically-damped Langevin "
-                        "diffusion (hybrid score matching, SSCS; use another --digits-run)")
+                        "diffusion (hybrid score matching, SSCS; its own --digits-run)")
     p.add_argument("--num", type=int, default=4000, help="toy samples per sampler")
     p.add_argument("--digits-num", type=int, default=1437,
                    help="digit samples per sampler (1437 = the train split, the floor's size)")
@@ -43,7 +45,8 @@ def cmd_demo(a) -> int:
         print(json.dumps(m, indent=2))
         print(f"wrote {out / 'samples.png'}, {out / 'trajectories.png'}, {out / 'metrics.json'}")
     if a.part in ("all", "digits"):
-        digits_demo(out, Path(a.digits_run), a.digits_steps, a.digits_num, a.seed,
+        run = a.digits_run or ("runs/digits_cld" if a.digits_sde == "cld" else "runs/digits")
+        digits_demo(out, Path(run), a.digits_steps, a.digits_num, a.seed,
                     sde=a.digits_sde)
         stem = "digits_cld" if a.digits_sde == "cld" else "digits"
         print((out / f"{stem}_metrics.md").read_text())

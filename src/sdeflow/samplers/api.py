@@ -35,7 +35,9 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
             ``"heun"``, or ``"ddim"`` for a distilled model; ``"auto"``: solver, schedule and
             final step chosen for the budget ``steps`` in NFE (:mod:`sdeflow.samplers.auto`).
         steps: number of grid intervals (default: the solver's own; unused by adaptive solvers).
-        schedule: a name from :func:`sdeflow.list_schedules` (default: the SDE's).
+        schedule: a name from :func:`sdeflow.list_schedules` (default: the SDE's); refused for
+            adaptive solvers (they choose their own times). A free-end schedule
+            (``vp_trailing``) needs ``denoise=True``: it ends early, at the final x̂0 call.
         t_start, t_end: integration interval, default [T → t_min].
         denoise: finish with x̂0(x, t_end) (one extra NFE), as score_sde and EDM do; default
             True, False for a distilled model (never trained at t_end) and for solvers whose
@@ -79,12 +81,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     generator = make_generator(seed, generator, x_T.device if x_T is not None else device)
     x_T = _start(sde, x_T, shape, generator, dtype, device)
     if info.adaptive:
-        if steps is not None:
-            raise ValueError(f"solver {solver!r} is adaptive: set rtol/atol, not steps")
+        _check_adaptive(solver, steps, schedule, constraint)
         steps = 1
-        if constraint is not None:
-            raise ValueError(f"solver {solver!r} is adaptive (per-sample times); a constraint "
-                             "(inpainting) needs a fixed-grid solver")
     if timesteps is not None:
         if info.adaptive or steps not in (None, len(timesteps) - 1) or schedule is not None:
             raise ValueError("timesteps replaces steps/schedule (and adaptive solvers take none)")
@@ -94,7 +92,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     else:
         steps = info.default_steps if steps is None else steps
         ts = get_timesteps(sde, steps, schedule, t_start=t_start, t_end=t_end, dtype=x_T.dtype,
-                           device=x_T.device, **(schedule_opts or {}))
+                           device=x_T.device, allow_free_end=denoise and not info.adaptive,
+                           **(schedule_opts or {}))
     if own_grid is not None:
         _check_distilled(own_grid, f"{steps} steps on t = {_fmt(ts)}", same_as=ts)
     bar = progress_bar(total=None if info.adaptive else steps, desc=f"sampling ({solver})",
@@ -118,8 +117,20 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
 
 
 def _is_cld(model) -> bool:
-    from ..cld import CLDModel
-    return isinstance(model, CLDModel)
+    from ..cld.model import is_cld
+    return is_cld(model)
+
+
+def _check_adaptive(solver: str, steps, schedule, constraint) -> None:
+    """An adaptive solver chooses its own times (it uses only ts[0] and ts[-1])."""
+    if steps is not None:
+        raise ValueError(f"solver {solver!r} is adaptive: set rtol/atol, not steps")
+    if schedule is not None:
+        raise ValueError(f"solver {solver!r} is adaptive: it chooses its own times and uses no "
+                         f"schedule (got schedule={schedule!r}); set rtol/atol")
+    if constraint is not None:
+        raise ValueError(f"solver {solver!r} is adaptive (per-sample times); a constraint "
+                         "(inpainting) needs a fixed-grid solver")
 
 
 def _start(sde, x_T, shape, generator, dtype, device) -> Tensor:
@@ -139,6 +150,9 @@ def _auto(model, x_T, shape, steps, schedule, denoise, timesteps, opts: dict):
     """solver="auto": (solver, steps, schedule, denoise, options) of :func:`.auto.auto_config`
     for the budget ``steps`` (NFE; default 20)."""
     from .auto import auto_config
+    if getattr(model, "timesteps", None) is not None:
+        raise ValueError("a distilled model samples on its own grid (model.timesteps); omit "
+                         "solver='auto'")
     if schedule is not None or timesteps is not None or denoise is not None or opts:
         raise ValueError("solver='auto' chooses the solver, its options, the schedule and the "
                          "final step itself: give only steps (the NFE budget)")
@@ -155,16 +169,24 @@ _CLD_ARGS = ("shape", "steps", "schedule", "t_end", "timesteps", "generator", "s
 
 def _sample_cld(args: dict):
     """:func:`sdeflow.cld.sample_cld` with ``sample``'s arguments (SSCS by default); the
-    arguments that do not apply to a CLD model are refused by name."""
+    arguments that do not apply to a CLD model are refused by name. ``solver="auto"`` is SSCS
+    with ``steps`` = the NFE budget (default 20): SSCS costs 1 NFE per step and a CLD model has
+    no final denoising call."""
     from ..cld import sample_cld
     given = sorted(k for k in ("t_start", "denoise", "constraint") if args[k] is not None)
     given += ["force"] if args["force"] else []
+    given += ["schedule_opts"] if args["schedule_opts"] else []
     if given:
         raise ValueError(f"a CLD model samples from its prior to t_end: {', '.join(given)} "
                          "do(es) not apply")
-    return sample_cld(args["model"], args["x_T"], solver=args["solver"] or "sscs",
-                      **{k: args[k] for k in _CLD_ARGS}, **(args["schedule_opts"] or {}),
-                      **args["solver_opts"])
+    kwargs = {k: args[k] for k in _CLD_ARGS}
+    solver = args["solver"] or "sscs"
+    if solver == "auto":
+        if args["schedule"] is not None or args["timesteps"] is not None or args["solver_opts"]:
+            raise ValueError("solver='auto' chooses the solver and grid itself: give only steps "
+                             "(the NFE budget)")
+        solver, kwargs["steps"] = "sscs", 20 if args["steps"] is None else args["steps"]
+    return sample_cld(args["model"], args["x_T"], solver=solver, **kwargs, **args["solver_opts"])
 
 
 def _fmt(ts) -> str:

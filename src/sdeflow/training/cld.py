@@ -50,6 +50,7 @@ class CLDConfig(EngineConfig):
             bad_cld = ""
         except (TypeError, ValueError) as e:
             cld, bad_cld = None, f"cld_kwargs: {e}"
+        out_keys = sorted({"out_dim", "out_channels"} & set(self.model_kwargs))
         return super().checks() + [
             (cld is not None, bad_cld),
             (self.loss in CLD_LOSSES, f"loss {self.loss!r} not in {list(CLD_LOSSES)} for CLD"),
@@ -66,8 +67,10 @@ class CLDConfig(EngineConfig):
             (cld is None or 0 < self.t_eps < cld.T, "t_eps must lie in (0, T)"),
             (cld is None or cld.gamma > 0 or self.loss == "dsm",
              "hybrid score matching needs gamma > 0 (a velocity distribution at t = 0)"),
-            (0 <= self.p_uncond < 1, "p_uncond must lie in [0, 1)"),
-            (not (self.p_uncond > 0 and not self.class_cond), "p_uncond needs class_cond"),
+            (self.p_uncond == 0, "guidance of CLD models is not implemented: p_uncond must "
+                                 "be 0"),
+            (not out_keys, f"the CLD network's output size is the data's: remove "
+                           f"{', '.join(out_keys)} from model_kwargs"),
             (not (self.class_cond and self.model == "mlp"),
              "class_cond needs an image model (unet or dit)"),
             (self.sample_solver in CLD_SOLVERS,

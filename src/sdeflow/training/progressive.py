@@ -29,7 +29,7 @@ from ..denoiser import PREDICTIONS, Denoiser
 from ..models import list_models
 from ..samplers.ddim import ddim_step
 from ..samplers.registry import Context
-from ..schedules import get_timesteps, list_schedules
+from ..schedules import FREE_END, get_timesteps, list_schedules
 from ..sde import SDE, bcast, get_sde
 from .config import EngineConfig
 from .objective import Objective, register_objective
@@ -89,7 +89,9 @@ class ProgressiveConfig(TeacherFields, EngineConfig):
              "precondition='edm' needs prediction='x0'"),
             (self.model in list_models(), f"model {self.model!r} not in {list_models()}"),
             (self.schedule is None or self.schedule in list_schedules(),
-             f"schedule {self.schedule!r} not in {list_schedules()}")]
+             f"schedule {self.schedule!r} not in {list_schedules()}"),
+            (self.schedule not in FREE_END, f"schedule {self.schedule!r} ends early (before "
+             "t_min): the teacher's grid must end at t_min")]
 
     def grid_checks(self) -> list[tuple[bool, str]]:
         """Grid sizes that halve to ``final_steps``, and ``steps`` = the rounds' steps."""
