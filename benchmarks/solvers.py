@@ -191,7 +191,9 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
                       tuning_device=device, tuning_seconds=round(time.perf_counter() - start, 1)))
 
 
-def run_diffusers(emit, name, gm, sde, x_T, err):
+def run_diffusers(emit, name, gm, sde, x_T, err, model=None):
+    """diffusers' schedulers driven by the exact denoiser of ``gm`` — or by ``model`` (any
+    Denoiser, e.g. a trained U-Net) when given — on the problem's own noise levels."""
     try:
         import diffusers
     except ImportError:
@@ -202,12 +204,16 @@ def run_diffusers(emit, name, gm, sde, x_T, err):
     s_T = sde.s(torch.tensor(sde.T, dtype=f64))
     calls = [0]
 
-    def D(xt, nu):  # exact denoiser in (x̃, σ̃)
+    def D(xt, nu):  # the denoiser in (x̃, σ̃)
         calls[0] += 1
         nu = torch.as_tensor(nu, dtype=f64).clamp(nu_min, nu_max).reshape(-1)
         t = sde.t_from_noise_level(nu)
-        return gm.x0(sde.s(t)[:, None] * xt, sde.s(t), sde.sigma(t)) if t.numel() > 1 else \
-            gm.x0(sde.s(t) * xt, sde.s(t), sde.sigma(t))
+        s = sde.s(t).reshape(-1, *[1] * (xt.ndim - 1)) if t.numel() > 1 else sde.s(t)
+        if model is not None:
+            tt = t.expand(xt.shape[0]) if t.numel() == 1 else t
+            with torch.no_grad():
+                return model.x0((s * xt).to(x_T.dtype), tt.to(x_T.dtype)).to(xt.dtype)
+        return gm.x0(s * xt, sde.s(t), sde.sigma(t))
 
     def emit_row(label, x):
         emit(dict(problem=name, impl="diffusers", solver=label, nfe=calls[0], **err(x)))
