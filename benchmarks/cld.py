@@ -25,10 +25,10 @@ import time
 
 import torch
 from common import run_benchmark
+from sde_solvers import judged  # the same floor statistic as the SDE-sampler benchmark
 
 import sdeflow
 from sdeflow.cld import CLD, mixture_model, sample_cld
-from sdeflow.metrics import mixture_moments
 from sdeflow.oracle import GaussianMixture
 
 BUDGETS = [16, 32, 64, 128, 256, 512, 1024]
@@ -50,13 +50,6 @@ def problems(quick: bool):
     ring, hi = GaussianMixture.ring(), GaussianMixture.random(64, k=6, seed=0)
     out = [("ring2d", ring, 20000), ("gmm64", hi, 4000)]
     return out[:1] if quick else out
-
-
-def judged(gm, x) -> dict:
-    m = mixture_moments(gm, x)
-    ok = bool(torch.isfinite(x).all()) and m.max_z() < m.threshold()
-    return dict(max_z=round(m.max_z(), 2), threshold=round(m.threshold(), 2),
-                width_err_pct=round(100 * (m.width - 1), 2), at_floor=ok)
 
 
 def _draw(process, gm, n, solver, steps, schedule, opts):

@@ -119,10 +119,7 @@ class CLDScoreMatching(Objective):
         cfg = self.cfg
         x0, y = self.data.draw(n, generator)
         out = dict(x0=x0, **draw_cld_noise(x0, cfg.t_eps, cfg.get_cld().T, generator))
-        if cfg.class_cond:
-            if cfg.p_uncond > 0:
-                drop = torch.rand(n, generator=generator) < cfg.p_uncond
-                y = torch.where(drop, torch.full_like(y, cfg.num_classes), y)
+        if cfg.class_cond:  # no label dropout: p_uncond > 0 is refused (no CLD guidance)
             out["class_labels"] = y
         return out
 
