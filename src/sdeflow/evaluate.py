@@ -3,6 +3,8 @@
 * 2-D toy data: sliced Wasserstein and MMD² to fresh data draws, with the data-vs-data floor.
 * digits: the offline digits metric (FDD with its train-vs-test floor, classifier confidence,
   class balance; accuracy for class-conditional models) — :mod:`sdeflow.metrics.digits`.
+* colour digits: FDD of the digits' ink and the colour FD, with their floors —
+  :mod:`sdeflow.metrics.color_digits`.
 * any image data, when Inception weights are supplied: FID and KID against the training data
   (:mod:`sdeflow.metrics.inception`).
 
@@ -23,21 +25,37 @@ __all__ = ["draw_samples", "evaluate_samples"]
 
 @torch.no_grad()
 def draw_samples(model, cfg, n: int, *, batch: int = 500, seed: int = 0, labels=None,
-                 device=None, progress: bool = False, **sampling) -> tuple[torch.Tensor, dict]:
+                 device=None, progress: bool = False, cond: dict | None = None,
+                 **sampling) -> tuple[torch.Tensor, dict]:
     """n samples (CPU) in batches, with the NFE each sample cost and the total seconds;
-    ``labels`` (n,) are passed as ``class_labels`` to class-conditional models."""
+    ``labels`` (n,) are passed as ``class_labels`` to class-conditional models, and ``cond``
+    holds further per-sample conditions (e.g. ``tokens`` (n, L) of text models)."""
     device = device or next(model.parameters()).device
     xs, nfe, t0 = [], 0, time.perf_counter()
     batches = progress_bar(range(0, n, batch), desc=f"sampling ({sampling.get('solver', 'heun')})",
                            unit="batch", leave=False, disable=not progress)
     for i, start in enumerate(batches):
         m = min(batch, n - start)
-        cond = {} if labels is None else dict(class_labels=labels[start:start + m].to(device))
-        x, st = sample(model, shape=(m, *cfg.shape), seed=seed + i, device=device, cond=cond,
+        c = {k: v[start:start + m].to(device) for k, v in (cond or {}).items()}
+        if labels is not None:
+            c["class_labels"] = labels[start:start + m].to(device)
+        x, st = sample(model, shape=(m, *cfg.shape), seed=seed + i, device=device, cond=c,
                        return_stats=True, **sampling)
         xs.append(x.float().cpu())
         nfe = st["nfe"]
     return torch.cat(xs), dict(nfe=nfe, seconds=round(time.perf_counter() - t0, 3))
+
+
+def _color_digits_scores(x, cfg, labels) -> dict:
+    """FDD on the ink and colour FD against the test split, the floor against the first
+    images of the train split (:mod:`sdeflow.metrics.color_digits`)."""
+    from .data import get_data
+    from .metrics.color_digits import color_digits_metrics
+    kw = {k: v for k, v in cfg.data_kwargs.items() if k != "split"}
+    test = get_data(cfg.data, **kw, split="test").x
+    train = get_data(cfg.data, **kw, split="train").x[:len(test)]
+    m = color_digits_metrics(x, test, train, labels=labels)
+    return {("fdd_floor_train_vs_test" if k == "fdd_floor" else k): v for k, v in m.items()}
 
 
 def evaluate_samples(x: torch.Tensor, cfg, *, labels=None, inception_weights=None,
@@ -58,6 +76,8 @@ def evaluate_samples(x: torch.Tensor, cfg, *, labels=None, inception_weights=Non
     if cfg.data == "digits":
         from .metrics.digits import digits_metrics
         out.update(digits_metrics(x, labels))
+    if cfg.data in ("color_digits", "captioned_digits"):
+        out.update(_color_digits_scores(x, cfg, labels))
     if inception_weights:
         from .metrics.inception import fid_kid
         data = get_data(cfg.data, **cfg.data_kwargs)

@@ -88,6 +88,12 @@ def _check_data(model: Denoiser, x: Tensor, allow_cld: bool = False) -> None:
         raise TypeError("model must be an sdeflow.Denoiser" +
                         (" or an sdeflow.cld.CLDModel" if allow_cld else ""))
     check_batch(x)
+    from .latent import find_latent
+    latent = find_latent(model)
+    if latent is not None and tuple(x.shape[1:]) == latent.image_shape != latent.latent_shape:
+        raise ValueError("this is a latent model: its PF-ODE likelihood is that of the rescaled "
+                         "latents z̃ = c·E(x), not of images; pass model.encode(x) (and report "
+                         "the result as the latents' log-likelihood)")
 
 
 def _with_velocity(model, x: Tensor, generator) -> tuple[Tensor, Tensor | None]:

@@ -21,8 +21,8 @@ COMMANDS = sorted(SUBPARSERS.choices)
 
 def test_the_commands_are_all_there():
     assert COMMANDS == sorted(["train", "sample", "evaluate", "tune-steps", "train-classifier",
-                               "distill", "inpaint", "colorize", "sr", "demo", "likelihood",
-                               "interpolate", "list"])
+                               "train-autoencoder", "distill", "inpaint", "colorize", "sr", "demo", "likelihood",
+                               "interpolate", "list", "serve"])
 
 
 @pytest.mark.parametrize("command", COMMANDS)

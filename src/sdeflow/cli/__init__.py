@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import controllable, distill, info, likelihood, sample, train
+from . import autoencoder, controllable, distill, info, likelihood, sample, serve, train
 
 __all__ = ["main", "build_parser"]
 
@@ -22,9 +22,10 @@ __all__ = ["main", "build_parser"]
 USER_ERRORS = (ValueError, OSError, TypeError)
 
 COMMANDS = (train.add_train, sample.add_sample, sample.add_evaluate, sample.add_tune_steps,
-            train.add_train_classifier, distill.add_distill, controllable.add_inpaint, controllable.add_colorize,
-            controllable.add_sr, info.add_demo, likelihood.add_likelihood,
-            likelihood.add_interpolate, info.add_list)
+            train.add_train_classifier, autoencoder.add_train_autoencoder, distill.add_distill,
+            controllable.add_inpaint, controllable.add_colorize, controllable.add_sr,
+            info.add_demo, likelihood.add_likelihood, likelihood.add_interpolate, info.add_list,
+            serve.add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

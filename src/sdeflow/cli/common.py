@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 
+from ..data import SPLIT_DATA
+
 __all__ = ["command_help", "add_command", "device", "json_dict", "add_sampling_args", "grid_args",
            "load_run", "latest_checkpoint", "held_out", "load_images", "repeat", "write_report",
            "write_panels", "SPLIT_DATA"]
 
 # Embedded data sets with a held-out ``test`` split.
-SPLIT_DATA = ("digits", "color_digits", "photos")
 
 
 def command_help(func) -> tuple[str, str]:
@@ -107,7 +108,12 @@ def load_run(path, kind: str, device=None):
     hold a ``kind`` model: "denoiser" (a Denoiser — a score model, a distilled student, a
     consistency model — and its config), "classifier" (a NoisyClassifier and its
     ClassifierConfig), "cld" (a CLDModel), or a tuple of them. A missing, damaged or foreign file is a
-    CheckpointError (a ValueError) whose message starts with the file's path."""
+    CheckpointError (a ValueError) whose message starts with the file's path. A saved
+    diffusers folder (pipeline or model) loads through :mod:`sdeflow.interop`."""
+    from ..interop.folders import is_diffusers_folder
+    if is_diffusers_folder(path):
+        from ..interop.cli import load_folder
+        return load_folder(path, kind, device=device)
     from ..loading import load
     return load(path, ema=True, device=device, kind=kind)
 
@@ -127,6 +133,14 @@ def held_out(cfg, n: int):
         kw["split"] = "test"
     data = get_data(cfg.data, **kw)
     return data.x[:n], (None if data.y is None else data.y[:n])
+
+
+def image_shape(model, cfg) -> list:
+    """The shape of the images a model makes: a latent model's decoded images, else the
+    run's data shape."""
+    from ..latent import find_latent
+    latent = find_latent(model)
+    return list(latent.image_shape) if latent is not None else list(cfg.shape)
 
 
 def load_images(paths, size: int, channels: int) -> torch.Tensor:

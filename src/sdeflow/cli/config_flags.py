@@ -13,9 +13,11 @@ from .common import json_dict
 __all__ = ["NOT_FLAGS", "field_flags", "add_config_flags", "config_from_args", "is_vector_data",
            "no_precondition", "add_run_flags"]
 
-# Fields no flag sets directly: filled in from the data when a run starts (shape, num_classes),
-# or built from other flags (task_kwargs: from --task and --sr-factor).
-NOT_FLAGS = ("shape", "num_classes", "task_kwargs")
+# Fields no flag sets directly: filled in from the data when a run starts (shape, num_classes,
+# latent_scale), copied from another run (latent_config), or built from other flags
+# (task_kwargs: from --task and --sr-factor).
+NOT_FLAGS = ("shape", "num_classes", "task_kwargs", "latent_config", "latent_digest",
+             "latent_scale")
 
 
 def field_flags() -> dict:
@@ -55,8 +57,15 @@ def field_flags() -> dict:
         vlb_bins="levels of image data for --learn-sigma's discrete decoder (256: 8-bit "
                  "images; 17: the embedded digits)",
         class_cond="condition on the data's labels",
-        p_uncond="label dropout for classifier-free guidance (needs --class-cond)",
+        p_uncond="label (or caption) dropout for classifier-free guidance (needs --class-cond "
+                 "or --text-cond)",
+        text_cond="condition on the data's captions (captioned_digits, captioned_gmm): a text "
+                  "encoder, its pooled output added to the noise embedding, cross-attention "
+                  "in U-Net/DiT; sample with --prompt",
         hflip="random horizontal flips",
+        latent="train on the latents of this autoencoder run (`sdeflow train-autoencoder`): "
+               "the data are encoded once (cached in RUN/latent-cache), rescaled to unit std, "
+               "and the model's samples are decoded images",
         steps="training steps",
         batch_size="global batch size",
         lr="AdamW learning rate",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .common import (SPLIT_DATA, add_command, add_sampling_args, device, held_out, load_images,
-                     load_run, repeat, write_panels)
+from .common import (SPLIT_DATA, add_command, add_sampling_args, device, held_out, image_shape,
+                     load_images, load_run, repeat, write_panels)
 
 __all__ = ["add_guidance_args", "guided_model", "add_inpaint", "cmd_inpaint", "add_colorize",
            "cmd_colorize", "colour_stats", "colour_report", "add_sr", "cmd_sr", "sr_report"]
@@ -22,6 +22,10 @@ def add_guidance_args(p) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="guidance scale w: classifier-free (1+w)·cond − w·uncond for a model "
                         "trained with --p-uncond, or w·∇log p(y|x_t) with --classifier")
+    p.add_argument("--prompt", default=None,
+                   help="caption to sample (a model trained with --text-cond; words of "
+                        "sdeflow.data.captions.vocabulary()); with --guidance: classifier-free "
+                        "guidance against the empty prompt")
     p.add_argument("--classifier", default=None,
                    help="noise-conditional classifier checkpoint (from `sdeflow train-classifier`) "
                         "for classifier guidance of an unconditional model")
@@ -32,12 +36,35 @@ def _check_class(label: int, num_classes: int) -> None:
         raise ValueError(f"--class must lie in [0, {num_classes})")
 
 
+def _prompted_model(a, model, cfg, n: int, device):
+    """(model, cond) for ``--prompt`` (and ``--guidance``) of a text-conditional model."""
+    from ..data.captions import tokenize
+    from ..guidance import ClassifierFreeGuidance
+    if not getattr(cfg, "text_cond", False):
+        raise ValueError("--prompt needs a text-conditional model (trained with --text-cond)")
+    if a.class_label is not None or a.classifier:
+        raise ValueError("--prompt cannot be combined with --class or --classifier")
+    tokens = tokenize([a.prompt], cfg.model_kwargs["text_length"]).repeat(n, 1).to(device)
+    if a.guidance is None or a.guidance == 0:
+        return model, {"tokens": tokens}
+    if cfg.p_uncond <= 0:
+        raise ValueError("classifier-free guidance needs a model trained with --p-uncond > 0 "
+                         "(the empty prompt was never trained)")
+    return ClassifierFreeGuidance.for_text(model, a.guidance), {"tokens": tokens}
+
+
 def guided_model(a, model, cfg, n: int, device):
     """(model, cond) for the guidance options of ``a`` (see :func:`add_guidance_args`)."""
     from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
+    if getattr(a, "prompt", None) is not None:
+        return _prompted_model(a, model, cfg, n, device)
     if a.class_label is None:
         if a.guidance is not None or a.classifier:
-            raise ValueError("--guidance/--classifier need --class (the class to guide towards)")
+            raise ValueError("--guidance/--classifier need --class (the class to guide towards) "
+                             "or, for a text-conditional model, --prompt")
+        if getattr(cfg, "text_cond", False) and not cfg.p_uncond > 0:
+            raise ValueError("this text-conditional model never trained on the empty prompt "
+                             "(--p-uncond 0): give --prompt")
         return model, {}
     cond = {"class_labels": torch.full((n,), a.class_label, device=device)}
     if getattr(cfg, "KIND", "") == "cld" and (a.classifier or a.guidance):
@@ -144,14 +171,15 @@ def cmd_inpaint(a) -> int:
     """
     dev = device()
     model, cfg = load_run(a.checkpoint, "score", device=dev)
-    if len(cfg.shape) != 3 or cfg.task is not None:
+    shape = image_shape(model, cfg)  # a latent model inpaints images through its latents
+    if len(shape) != 3 or cfg.task is not None:
         raise ValueError("inpaint needs an unconditional image model (no --task)")
     k = a.samples or 1
     if a.input:
-        x, labels = load_images(a.input, cfg.shape[-1], cfg.shape[0]), None
+        x, labels = load_images(a.input, shape[-1], shape[0]), None
     else:
         x, labels = held_out(cfg, a.num)
-    mask = _mask(a, cfg.shape[-1])
+    mask = _mask(a, shape[-1])
     y = repeat(x, k).to(dev)
     cond = {"class_labels": repeat(labels, k).to(dev)} if cfg.class_cond and labels is not None else {}
     out, st = _inpaint(a, model, y, mask.to(dev), cond)
@@ -233,6 +261,9 @@ def cmd_colorize(a) -> int:
     from ..inpainting import grey
     dev = device()
     model, cfg = load_run(a.checkpoint, "score", device=dev)
+    if image_shape(model, cfg) != list(cfg.shape):
+        raise ValueError("colorize works in pixel space (a per-pixel colour basis); this is a "
+                         "latent model: use a pixel-space RGB model")
     if len(cfg.shape) != 3 or cfg.shape[0] != 3:
         raise ValueError("colorize needs an RGB image model")
     k = a.samples or 4

@@ -148,6 +148,20 @@ def _vlb_report(a, cfg, model, x) -> dict:
                 **({} if a.num_bins else _true_log_density(a, cfg, x)))
 
 
+def _latents_if_latent(a, model, x):
+    """(what to score, "data" or "latent"): a latent model scores the rescaled latents
+    z̃ = c·E(x) of the images it is given (its PF-ODE is over z̃, not over pixels)."""
+    from ..latent import find_latent
+    latent = find_latent(model)
+    if latent is None or tuple(x.shape[1:]) != latent.image_shape:
+        return x, "data"
+    if a.num_bins:
+        raise ValueError("--num-bins dequantises pixels; a latent model's likelihood is of its "
+                         "continuous latents: drop --num-bins")
+    with torch.no_grad():
+        return latent.encode(x.to(next(latent.parameters()).device)).cpu(), "latent"
+
+
 def cmd_likelihood(a) -> int:
     """exact log-likelihood / bits per dim of data
 
@@ -163,22 +177,26 @@ def cmd_likelihood(a) -> int:
     num_bins levels spanning --data-range and L_0 is DDPM's discretised decoder. It bounds
     −log p of that chain (ancestral sampling), another model than the PF-ODE's. The options
     of one bound are refused with the other.
+
+    A latent model (trained with --latent) scores the rescaled latents z̃ = c·E(x) of the given
+    images; the report says space "latent" and bits/dim are per latent dimension.
     """
     from ..likelihood import bits_per_dim
     from ..samplers import get_solver
     _bound_flags(a)
     model, cfg = load_run(a.checkpoint, ("denoiser", "cld"))
-    x = _data_to_score(a, cfg)
+    x, space = _latents_if_latent(a, model, _data_to_score(a, cfg))
     if a.bound == "vlb":
         with torch.no_grad():
             rep = _vlb_report(a, cfg, model, x)
         write_report(a.out, dict(checkpoint=str(a.checkpoint), n=x.shape[0], dims=x[0].numel(),
-                                 **rep))
+                                 space=space, **rep))
         return 0
     opts = dict(divergence=a.divergence, n_probes=a.n_probes, solver=a.solver, steps=a.steps)
     if get_solver(a.solver).adaptive:
         opts.update(rtol=a.rtol, atol=a.atol)
-    report = dict(checkpoint=str(a.checkpoint), n=x.shape[0], dims=x[0].numel(), **opts)
+    report = dict(checkpoint=str(a.checkpoint), n=x.shape[0], dims=x[0].numel(), space=space,
+                  **opts)
     if a.num_bins:
         res = bits_per_dim(model, x, num_bins=a.num_bins, data_range=tuple(a.data_range),
                            n_dequant=a.n_dequant, seed=a.seed, progress=True, **opts)

@@ -76,6 +76,21 @@ def add_evaluate(sub) -> None:
     p.add_argument("--out", default="outputs/eval", help="output folder")
 
 
+def _test_captions(cfg, n: int, seed: int):
+    """({"tokens": (n, L)}, digit labels) of captions of the test split for a text model
+    (its samples are scored against the captions' digits); ({}, None) for other models."""
+    if not getattr(cfg, "text_cond", False):
+        return {}, None
+    from ..data import get_data
+    kw = {k: v for k, v in cfg.data_kwargs.items() if k != "split"}
+    from ..data import SPLIT_DATA
+    if cfg.data in SPLIT_DATA:
+        kw["split"] = "test"
+    data = get_data(cfg.data, **kw)
+    _, y, tokens = data.draw_captioned(n, torch.Generator().manual_seed(seed + 7))
+    return {"tokens": tokens}, y
+
+
 def cmd_evaluate(a) -> int:
     """sample a checkpoint and score it: metrics JSON + grid
 
@@ -83,15 +98,19 @@ def cmd_evaluate(a) -> int:
     data: MMD²/sliced Wasserstein for toy data; for the digits, the Fréchet distance in a digit
     classifier's feature space (FDD) beside its train-vs-test noise floor, classifier
     confidence and class balance; FID/KID for image data when --inception-weights is given.
+    A text-conditional model samples captions of the test split (its digit accuracy is
+    against the captions' digits).
     Writes OUT/metrics.json and OUT/samples.png.
     """
     from ..evaluate import draw_samples, evaluate_samples
     from ..plotting import save_samples
     model, cfg = load_run(a.checkpoint, ("denoiser", "cld"), device=device())
     labels = torch.arange(a.num) % cfg.num_classes if getattr(cfg, "class_cond", False) else None
+    cond, text_labels = _test_captions(cfg, a.num, a.seed)
     grid = grid_args(a, model)
     x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
-                         progress=True, **grid, **a.solver_opts)
+                         cond=cond, progress=True, **grid, **a.solver_opts)
+    labels = text_labels if text_labels is not None else labels
     steps = len(grid["timesteps"]) - 1 if "timesteps" in grid else a.steps
     report = dict(checkpoint=str(a.checkpoint), data=cfg.data, solver=grid["solver"], steps=steps,
                   timesteps_file=a.timesteps_file,

@@ -46,6 +46,12 @@ class ClassifierFreeGuidance(GuidedDenoiser):
         """CFG for sdeflow's class-conditional networks (null label = ``num_classes``)."""
         return cls(model, scale, uncond={"class_labels": num_classes})
 
+    @classmethod
+    def for_text(cls, model: Denoiser, scale) -> "ClassifierFreeGuidance":
+        """CFG for sdeflow's text-conditional networks: the null condition is the empty prompt
+        (``tokens`` all padding, id 0), which training with ``p_uncond`` teaches."""
+        return cls(model, scale, uncond={"tokens": 0})
+
     def _null(self, cond: dict) -> dict:
         out = dict(cond)
         for k, v in self.uncond.items():

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
+from ..latent.inpaint import through_latent
 from ..progress import progress_bar
 from ..rng import make_generator
 from ..samplers.registry import Context, get_solver
@@ -46,6 +47,7 @@ def repaint_schedule(steps: int, jump_length: int = 10, resamplings: int = 10) -
     return path
 
 
+@through_latent
 def repaint(model: Denoiser, y: Tensor, mask: Tensor, *, steps: int = 250, jump_length: int = 10,
             resamplings: int = 10, solver: str = "ancestral", schedule: str | None = None,
             basis: Tensor | None = None, x_T: Tensor | None = None, seed: int | None = None,

@@ -24,7 +24,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
            seed: int | None = None, dtype=None, device=None, cond: dict | None = None,
            callback: Callable[[Tensor, Tensor], None] | None = None, progress: bool = False,
            return_stats: bool = False, schedule_opts: dict | None = None,
-           timesteps=None, constraint=None, force: bool = False, **solver_opts):
+           timesteps=None, constraint=None, force: bool = False, decode: bool | None = None,
+           **solver_opts):
     """Draw samples by integrating a reverse-time process of ``model.sde`` from t_start to t_end.
 
     Args:
@@ -54,6 +55,9 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
             or solver. Without it a distilled model samples with deterministic DDIM on its own
             grid by default, and any other request is a ValueError naming that grid.
         progress: show a progress bar.
+        decode: for a latent model (:class:`~sdeflow.latent.LatentDenoiser`, or a guided
+            one), return the decoded images (default) or, with False, the latents; ``shape``
+            may then be the images' or the latents' batch shape.
         return_stats: also return a dict with ``nfe``, ``seconds``, ``steps``, ``solver``,
             ``schedule`` and solver-specific entries (accepted/rejected steps of adaptive ones).
         **solver_opts: solver options, e.g. ``rtol``, ``atol``, ``eta``, ``snr``, ``gamma``,
@@ -67,6 +71,9 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     if not isinstance(model, Denoiser):
         raise TypeError("model must be an sdeflow.Denoiser (wrap your network with Denoiser(net, sde, "
                         "prediction=...)) or an sdeflow.cld.CLDModel")
+    latent = _latent(model, decode)
+    if latent is not None and shape is not None:
+        shape = latent.sample_shape(shape)
     if solver == "auto":
         solver, steps, schedule, denoise, solver_opts = _auto(model, x_T, shape, steps, schedule,
                                                               denoise, timesteps, solver_opts)
@@ -105,6 +112,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         x = info.fn(model, x_T, ts, ctx, **solver_opts)
         if denoise:
             x = model.x0(x, ts[-1], **ctx.cond)
+        if latent is not None and decode is not False:
+            x = latent.decode(x)
     finally:
         if bar is not None:
             bar.close()
@@ -119,6 +128,16 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
 def _is_cld(model) -> bool:
     from ..cld.model import is_cld
     return is_cld(model)
+
+
+def _latent(model, decode):
+    """The latent model ``model`` is or wraps (None for a pixel-space model, where
+    ``decode=True`` is refused)."""
+    from ..latent import find_latent
+    latent = find_latent(model)
+    if latent is None and decode:
+        raise ValueError("decode=True needs a latent model (sdeflow.latent.LatentDenoiser)")
+    return latent
 
 
 def _check_adaptive(solver: str, steps, schedule, constraint) -> None:

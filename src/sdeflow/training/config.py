@@ -106,6 +106,12 @@ class EngineConfig:
         """Fill in (in place) defaults that depend on something outside the config — a
         teacher's data, say; :meth:`validate` calls it first. Nothing to do here."""
 
+    def load_data(self):
+        """The data this program trains on: ``get_data(data, **data_kwargs)`` (a program may
+        transform it, e.g. encode it into an autoencoder's latents)."""
+        from ..data import get_data
+        return get_data(self.data, **self.data_kwargs)
+
     def validate(self):
         self.complete()
         types = self.type_checks()

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from ..checkpoint import (CheckpointError, load_weights, read_checkpoint, read_weights,
                           save_checkpoint)
-from ..data import get_data
 from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from .config import PRECISIONS, EngineConfig
 from .log import RunLog
@@ -66,7 +65,7 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
                              f"{self.dist.world_size} ranks")
         program = get_objective(cfg.KIND)
-        self.data = data if data is not None else get_data(cfg.data, **cfg.data_kwargs)
+        self.data = data if data is not None else cfg.load_data()
         self.cfg = cfg.resolved(self.data)
         self.device = torch.device(device) if device is not None else _device(self.dist)
         torch.manual_seed(cfg.seed)

@@ -81,7 +81,7 @@ _OBJECTIVES: dict[str, type[Objective]] = {}
 # modules holding the built-in programs, imported on first look-up (they import the engine)
 _BUILTIN = ("sdeflow.training.score", "sdeflow.training.classifier",
             "sdeflow.training.progressive", "sdeflow.training.consistency",
-            "sdeflow.training.cld")
+            "sdeflow.training.cld", "sdeflow.training.autoencoder")
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:

@@ -1,7 +1,9 @@
 """Score matching as a training program: every loss of :mod:`sdeflow.losses` (DSM with its
 weightings, EDM, ε, v, likelihood weighting, sliced score matching) on toy data or images,
-optionally class-conditional (with label dropout for classifier-free guidance) or conditioned
-on an image (SR3/Palette tasks, :mod:`sdeflow.tasks`).
+optionally class-conditional (with label dropout for classifier-free guidance), conditioned on
+the captions of captioned data (``text_cond``: a text encoder and cross-attention, captions
+dropped to the empty prompt with probability ``p_uncond``) or conditioned on an image
+(SR3/Palette tasks, :mod:`sdeflow.tasks`).
 
 With ``learn_sigma`` (VP SDE) the network has twice the outputs and also learns the reverse
 variance (Nichol & Dhariwal 2021): training draws DDPM's discrete steps t_i of the
@@ -25,13 +27,14 @@ from ..sde import get_sde, list_sdes
 from ..tasks import get_task, list_tasks
 from ..vlb import ddpm_chain, hybrid_loss
 from .config import EngineConfig
+from .latent import LatentFields, as_latent_model, build_autoencoder_of
 from .objective import Objective, register_objective
 
 __all__ = ["TrainConfig", "ScoreMatching", "build_denoiser"]
 
 
 @dataclass
-class TrainConfig(EngineConfig):
+class TrainConfig(LatentFields, EngineConfig):
     """A score model's run: data, SDE, parameterisation, loss, network and conditioning."""
 
     KIND = "score"
@@ -48,6 +51,7 @@ class TrainConfig(EngineConfig):
     vlb_bins: int = 256
     class_cond: bool = False
     p_uncond: float = 0.0
+    text_cond: bool = False
     task: str | None = None
     task_kwargs: dict = field(default_factory=dict)
     hflip: bool = False
@@ -71,7 +75,8 @@ class TrainConfig(EngineConfig):
              "precondition='edm' needs prediction='x0'"),
             (self.sigma_data > 0, "sigma_data must be positive"),
             (0 <= self.p_uncond < 1, "p_uncond must lie in [0, 1)"),
-            (not (self.p_uncond > 0 and not self.class_cond), "p_uncond needs class_cond"),
+            (not (self.p_uncond > 0 and not (self.class_cond or self.text_cond)),
+             "p_uncond needs class_cond or text_cond"),
             (self.task is None or self.task in list_tasks(),
              f"task {self.task!r} not in {list_tasks()}"),
             (self.task is None or image_data, "image-to-image tasks need image data"),
@@ -80,7 +85,15 @@ class TrainConfig(EngineConfig):
              "sample_steps and sample_num must be positive"),
             (self.sample_solver in list_solvers(),
              f"sample_solver {self.sample_solver!r} not in {list_solvers()}"),
-            *self.variance_checks()]
+            *self.variance_checks(), *self.latent_checks()]
+
+    def complete(self) -> None:
+        self.complete_latent()
+
+    def load_data(self):
+        """The data set, or with ``latent`` its rescaled latents."""
+        data = super().load_data()
+        return self.load_latent_data(data) if self.latent else data
 
     def variance_checks(self) -> list[tuple[bool, str]]:
         """A learned variance interpolates DDPM's β_t and β̃_t: VP only, on discrete steps."""
@@ -103,6 +116,14 @@ class TrainConfig(EngineConfig):
         for."""
         if self.class_cond and (self.num_classes == 0 or getattr(data, "y", None) is None):
             raise ValueError(f"class_cond needs labelled data; {self.data!r} has none")
+        if self.text_cond:  # the network reads the data's captions (sdeflow.data.captions)
+            if not hasattr(data, "draw_captioned"):
+                raise ValueError(f"text_cond needs captioned data (captioned_digits, "
+                                 f"captioned_gmm); {self.data!r} has no captions")
+            self.model_kwargs.setdefault("text_vocab", int(data.vocab_size))
+            self.model_kwargs.setdefault("text_length", int(data.text_length))
+        if self.latent:
+            self.latent_scale = float(data.scale)
         self.default_network(fresh)
         if self.model != "mlp":
             if self.class_cond:
@@ -147,14 +168,31 @@ class ScoreMatching(Objective):
 
     @classmethod
     def build(cls, cfg: TrainConfig) -> dict[str, nn.Module]:
-        return {"model": build_denoiser(cfg)}
+        nets = {"model": build_denoiser(cfg)}
+        if cfg.latent_config is not None:  # held and saved, not trained
+            nets["autoencoder"] = build_autoencoder_of(cfg)
+        return nets
+
+    def initialize(self, nets) -> None:
+        if "autoencoder" in nets:  # the trained autoencoder the data were encoded with
+            nets["autoencoder"].load_state_dict(self.data.autoencoder.state_dict())
+
+    @classmethod
+    def export(cls, nets, cfg: TrainConfig) -> Denoiser:
+        """The Denoiser; a latent run's decodes its samples (a LatentDenoiser)."""
+        if "autoencoder" in nets:
+            return as_latent_model(nets["model"], nets["autoencoder"], cfg)
+        return nets["model"]
 
     def view(self, name, net: Denoiser, wrap):
         return net.with_net(wrap(net.net), check_finite=False)
 
     def batch(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         cfg, g = self.cfg, generator
-        x0, y = self.data.draw(n, g)
+        if cfg.text_cond:
+            x0, y, tokens = self.data.draw_captioned(n, g)
+        else:
+            x0, y = self.data.draw(n, g)
         if cfg.hflip:
             flip = torch.rand(n, generator=g) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
@@ -164,6 +202,10 @@ class ScoreMatching(Objective):
                 drop = torch.rand(n, generator=g) < cfg.p_uncond
                 y = torch.where(drop, torch.full_like(y, cfg.num_classes), y)
             out["class_labels"] = y
+        if cfg.text_cond:  # a dropped caption is all padding: the empty prompt
+            if cfg.p_uncond > 0:
+                tokens = tokens.masked_fill((torch.rand(n, generator=g) < cfg.p_uncond)[:, None], 0)
+            out["tokens"] = tokens
         if self.task is not None:
             out["x_cond"] = self.task.condition(x0)
         if cfg.learn_sigma:  # DDPM's discrete steps i ~ U{1, …, N}
@@ -174,7 +216,7 @@ class ScoreMatching(Objective):
         return out
 
     def loss(self, nets, batch, generator):
-        cond = {k: batch[k] for k in ("class_labels", "x_cond") if k in batch}
+        cond = {k: batch[k] for k in ("class_labels", "x_cond", "tokens") if k in batch}
         if self.cfg.learn_sigma:
             return self._hybrid_loss(nets["model"], batch, cond)
         loss = self.loss_fn(nets["model"], batch["x0"], generator=generator, cond=cond,
@@ -202,8 +244,13 @@ class ScoreMatching(Objective):
         from ..plotting import save_samples
         from ..samplers import sample
         cfg, cond, n = self.cfg, {}, self.cfg.sample_num
+        if cfg.latent:  # decoded images, not latents
+            model = as_latent_model(model, self.data.autoencoder.to(device), cfg)
         if cfg.class_cond:
             cond["class_labels"] = torch.arange(n, device=device) % cfg.num_classes
+        if cfg.text_cond:  # fixed captions: the same seed every preview
+            fixed = torch.Generator().manual_seed(cfg.seed)
+            cond["tokens"] = self.data.draw_captioned(n, fixed)[2].to(device)
         if self.task is not None:  # condition on the first images of the data set
             x0 = self.data.x[:n] if hasattr(self.data, "x") else \
                 self.data.draw(n, torch.Generator().manual_seed(cfg.seed))[0]
