@@ -18,6 +18,7 @@ from sdeflow.train import TrainConfig, TrainState, load_denoiser, train
 from .conftest import gen, train_interrupted
 
 
+@pytest.mark.slow  # 48 s: the default run stays near 10 min on 2 cores
 def test_trained_model_samples_the_mixture(tmp_path):
     """1500 steps of `sdeflow train` (EDM SDE, EDM loss, MLP; ~20 s on 2 cores), then
     `sdeflow sample` with Heun (35 steps). Metric: MMD² to 3000 exact draws below 2 × the

@@ -20,12 +20,16 @@ def run_dirs(tmp_path_factory):
     from sdeflow.training import train
     from sdeflow.train import TrainConfig
     root = tmp_path_factory.mktemp("serve_runs")
+    threads = torch.get_num_threads()  # restored: later tests compare runs across processes
     torch.set_num_threads(1)
-    train(TrainConfig(data="digits", model="unet", model_kwargs=TINY_UNET, steps=5, batch_size=8,
-                      class_cond=True, p_uncond=0.2, tensorboard=False), root / "digits",
-          progress=False)
-    train(TrainConfig(data="gmm", steps=20, batch_size=64, tensorboard=False), root / "toy",
-          progress=False)
+    try:
+        train(TrainConfig(data="digits", model="unet", model_kwargs=TINY_UNET, steps=5,
+                          batch_size=8, class_cond=True, p_uncond=0.2, tensorboard=False),
+              root / "digits", progress=False)
+        train(TrainConfig(data="gmm", steps=20, batch_size=64, tensorboard=False), root / "toy",
+              progress=False)
+    finally:
+        torch.set_num_threads(threads)
     tuned = dict(solver="ddim", steps=3, timesteps=[80.0, 5.0, 0.5, 0.002],
                  sde=get_sde("edm").config(),
                  calibration_loss=0.1, start_loss=0.2, start_schedule="karras")
