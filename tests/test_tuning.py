@@ -211,3 +211,37 @@ def test_tuning_refuses_cld_models_and_free_end_starts(ring_edm):
     x = sde.prior_sample((4, 2), generator=gen(0), dtype=torch.float64)
     with pytest.raises(ValueError, match="vp_trailing.*ends early"):
         tune_timesteps(model, x, steps=2, start_schedules=("vp_trailing",), max_evals=1)
+
+
+def test_stratified_draws_are_unbiased_and_concentrate_the_hard_draws():
+    """``stratified_draws`` on a 16-D mixture under EDM with iPNDM at 8 steps, where 93 % of the
+    pool's squared error sits in its worst 5 % of draws (those that change component). Over 60
+    re-drawn strata, Σ w e of the per-draw error e (against RK45) has mean equal to the pool's
+    mean error (within 4 standard errors) and a spread below 0.2× that of the mean of as many
+    plain draws (measured 0.01×); weighting the same draws uniformly (1/n) overestimates the
+    pool error by far more than 4 standard errors — the weights are what makes it unbiased."""
+    from sdeflow.tuning import stratified_draws
+    gm = GaussianMixture.random(16, k=4, seed=3, std_range=(0.05, 0.2))
+    sde = sdeflow.EDMSDE()
+    model = gm.denoiser(sde)
+    pool = sde.prior_sample((512, 16), generator=gen(7), dtype=torch.float64)
+    ref = sdeflow.sample(model, pool, solver="rk45", rtol=1e-7, atol=1e-7)
+    e = (sdeflow.sample(model, pool, solver="ipndm", steps=8) - ref).pow(2).mean(1)
+    n, reps = 32, 60
+    strat, uniform, plain = [], [], []
+    for r in range(reps):
+        idx, w = stratified_draws(model, pool, n, solver="ipndm", steps=8, generator=gen(r))
+        assert w.sum().item() == pytest.approx(1.0) and len(set(idx.tolist())) == n
+        strat.append((w * e[idx]).sum())
+        uniform.append(e[idx].mean())
+        plain.append(e[torch.randperm(512, generator=gen(10_000 + r))[:n]].mean())
+    strat, uniform, plain = map(torch.stack, (strat, uniform, plain))
+    se = strat.std() / reps ** 0.5
+    assert abs(strat.mean() - e.mean()) < 4 * se
+    assert strat.std() < 0.2 * plain.std()  # measured: 0.01
+    assert uniform.mean() - e.mean() > 20 * se
+    with pytest.raises(ValueError, match="pool size"):
+        stratified_draws(model, pool, 513)
+    with pytest.raises(ValueError, match="sum to 1"):
+        tune_timesteps(model, pool[:4], steps=2, max_evals=1,
+                       calibration_weights=torch.full((4,), 0.3, dtype=torch.float64))

@@ -51,7 +51,8 @@ from .samplers import get_solver, sample
 from .samplers.registry import Context
 from .schedules import check_timesteps, get_timesteps
 
-__all__ = ["TunedSchedule", "tune_timesteps", "timesteps_from_theta", "theta_from_timesteps"]
+__all__ = ["TunedSchedule", "tune_timesteps", "stratified_draws", "timesteps_from_theta",
+           "theta_from_timesteps"]
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TunedSchedule:
     fallback: str | None = None  # "solver(opts)/schedule" of the named configuration kept instead
     # held-out loss (same convention) of the best named configuration on the calibration draws
     heldout_best_named_loss: float | None = None
+    best_named: str | None = None  # "solver(opts)/schedule" of that configuration
 
     def save(self, path) -> Path:
         from .checkpoint import write_text_atomic
@@ -147,7 +149,8 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                    coef_scale: float = 0.2, validation_trim: float = 0.01,
                    step0: float = 0.5, min_step: float = 1e-3, reference_opts: dict | None = None,
                    cond: dict | None = None, calibration_seed: int = 0, progress: bool = False,
-                   fallback: bool = True, **solver_opts) -> TunedSchedule:
+                   fallback: bool = True, calibration_weights: Tensor | None = None,
+                   heldout_weights: Tensor | None = None, **solver_opts) -> TunedSchedule:
     r"""Tune the ``steps``-interval grid of ``solver`` for ``model`` on calibration noise ``x_cal``
     (prior draws at T). ``reference`` is the accurate answer for ``x_cal`` (computed with
     ``reference_opts``, default RK45 at 1e-6, when not given). ``method``: ``"gradient"`` (Adam
@@ -173,7 +176,12 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     ``heldout_best_named_loss`` the candidate's. The comparison leaves out the worst ``validation_trim``
     fraction of draws of each: in high dimension a draw near the boundary between two modes
     lands in the other mode after almost any perturbation, and one such draw moves the RMS error
-    of hundreds by more than the solver's typical error does (docs/solver_notes.md)."""
+    of hundreds by more than the solver's typical error does (docs/solver_notes.md).
+
+    ``calibration_weights`` / ``heldout_weights`` (non-negative, summing to 1; e.g. from
+    :func:`stratified_draws`) make every loss the weighted mean squared error over the draws —
+    an unbiased estimate of the error over the pool they were drawn from — and the held-out
+    comparisons then trim nothing (the rare draws are in the set on purpose, at their weight)."""
     _check_request(solver, steps, method, coefficients, window)
     from .cld.model import is_cld
     if is_cld(model):
@@ -188,7 +196,7 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
             reference_heldout = sample(model, x_heldout, cond=cond, **ref_opts)
     obj = _Objective(model, solver, steps, solver_opts, cond, free_end, coefficients, window,
                      coef_scale)
-    cal = (x_cal, reference)
+    cal = (x_cal, reference, _weights(calibration_weights, x_cal, "calibration_weights"))
     starts = {name: obj.start(get_timesteps(model.sde, steps, name), *cal)
               for name in start_schedules}
     start_name = min(starts, key=lambda k: starts[k][0])
@@ -201,11 +209,57 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                         calibration_seed=calibration_seed, evaluations=evals,
                         solver_opts=opts, method=method, free_end=free_end, base_solver=solver)
     if x_heldout is not None:
-        _validate(out, obj, params, starts[start_name][2], (x_heldout, reference_heldout),
-                  validation_trim)
+        heldout = (x_heldout, reference_heldout,
+                   _weights(heldout_weights, x_heldout, "heldout_weights"))
+        _validate(out, obj, params, starts[start_name][2], heldout, validation_trim)
         if fallback:
-            _fall_back(out, obj, cal, (x_heldout, reference_heldout), validation_trim)
+            _fall_back(out, obj, cal, heldout, validation_trim)
     return out
+
+
+def stratified_draws(model, x_pool: Tensor, n: int, *, solver: str = "dpmpp_2m", steps: int = 10,
+                     hard: float = 0.5, cond: dict | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    r"""Choose ``n`` calibration draws from a pool of prior draws ``x_pool`` (N of them),
+    stratified by how hard they are for ``solver`` at ``steps`` steps, with weights that keep
+    the loss an unbiased estimate of the error over the whole pool.
+
+    Why: in high dimension a few draws start near the boundary between two modes' basins; the
+    solver sends them into the wrong mode and they carry most of the RMS error, but a plain
+    sample of 128 draws holds few or none of them, and a draw that has already crossed adds
+    nothing to the gradient (its error is flat in the grid). Stratifying puts the draws near
+    the separatrix into every calibration set.
+
+    Hardness, with no reference solution needed: :math:`h_i = \lVert \hat x_{steps}(x_i) -
+    \hat x_{4\,steps}(x_i)\rVert^2`, the change of the solver's denoised answer when its
+    steps (on the SDE's default schedule) are quadrupled — an estimate of its error there
+    (N·5·steps network calls, no gradients). The ``k = round(hard·n)`` hardest draws are taken
+    with weight 1/N each; the other n − k are a uniform sample (``generator``) of the
+    remaining N − k, each with weight (N − k)/((n − k)·N). For any per-draw error e_i,
+    :math:`\sum_j w_j e_j` is then an unbiased estimate of :math:`\frac1N \sum_i e_i` (the
+    hard stratum is enumerated, the rest is a simple random sample), with lower variance than
+    n plain draws when the error concentrates on the hard draws.
+
+    Returns ``(index, weights)``: ``x_pool[index]`` are the draws (with ``cond`` indexed the
+    same way), ``weights`` sum to 1 — for :func:`tune_timesteps`'s ``calibration_weights`` /
+    ``heldout_weights``."""
+    N = len(x_pool)
+    if not 1 <= n <= N:
+        raise ValueError(f"n must be between 1 and the pool size {N}, got {n}")
+    if not 0.0 <= hard <= 1.0:
+        raise ValueError(f"hard must be a fraction in [0, 1], got {hard}")
+    k = min(round(hard * n), n - 1) if n < N else n
+    with torch.no_grad():
+        coarse = sample(model, x_pool, solver=solver, steps=steps, cond=cond)
+        fine = sample(model, x_pool, solver=solver, steps=4 * steps, cond=cond)
+    h = (coarse - fine).pow(2).flatten(1).sum(1).cpu()
+    order = h.argsort(descending=True)
+    top, rest = order[:k], order[k:]
+    pick = rest[torch.randperm(len(rest), generator=generator)[:n - k]]
+    w = torch.cat([torch.full((k,), 1.0 / N, dtype=torch.float64),
+                   torch.full((n - k,), (N - k) / ((n - k) * N) if n > k else 0.0,
+                              dtype=torch.float64)])
+    return torch.cat([top, pick]), w
 
 
 def _check_request(solver: str, steps: int, method: str, coefficients: bool, window) -> None:
@@ -260,18 +314,18 @@ class _Objective:
         out = get_solver(name).fn(self.model, x, ts, Context(cond=self.cond), **opts)
         return (self.model.x0(out, ts[-1], **self.cond) - ref).pow(2).flatten(1).mean(1)
 
-    def per_draw(self, p: Tensor | None, x: Tensor, ref: Tensor, ts=None) -> Tensor:
+    def per_draw(self, p: Tensor | None, x: Tensor, ref: Tensor, w=None, ts=None) -> Tensor:
         """Per-draw errors of params ``p`` (or of the base solver on ``ts``), no gradient."""
         with torch.no_grad():
             run = self.unpack(p) if ts is None else (ts, self.solver, self.opts)
             return self.error(*run, x, ref)
 
-    def start(self, ts: Tensor, x: Tensor, ref: Tensor):
+    def start(self, ts: Tensor, x: Tensor, ref: Tensor, w: Tensor | None):
         """(loss, params, grid) of a named grid with the solver's own coefficients."""
         th = theta_from_timesteps(self.model.sde, ts, self.t_end if self.free_end else None)
         extra = self.steps + len(self.rows) if self.coefficients else 0
         th = torch.cat([th, torch.zeros(extra, dtype=th.dtype)])
-        return _trimmed_rms(self.per_draw(None, x, ref, ts=ts)), th, ts
+        return _rms(self.per_draw(None, x, ref, ts=ts), w), th, ts
 
     def record(self, p: Tensor):
         """params → JSON-ready (grid, solver name, options)."""
@@ -283,11 +337,14 @@ class _Objective:
 def _search(obj: _Objective, cal, params0: Tensor, evals: int, method: str, max_evals: int,
             progress: bool, **search_opts):
     """Run the search from ``params0``; returns (params, calibration loss, evaluations)."""
+    x, ref, w = cal
+
     def rmse(p: Tensor) -> Tensor:
-        return obj.error(*obj.unpack(p), *cal).mean().sqrt()
+        e = obj.error(*obj.unpack(p), x, ref)
+        return (e.mean() if w is None else (w.to(e) * e).sum()).sqrt()
 
     def loss(p: Tensor) -> float:
-        return _trimmed_rms(obj.per_draw(p, *cal))
+        return _rms(obj.per_draw(p, x, ref), w)
     best = loss(params0)
     evals += 1
     bar = progress_bar(total=max_evals, initial=evals,
@@ -306,9 +363,10 @@ def _validate(out: TunedSchedule, obj: _Objective, params: Tensor, ts0: Tensor, 
               trim: float) -> None:
     """Held-out losses of the tuned and the starting grid into ``out``; keep the start if the
     tuned one is worse on the held-out draws (leaving out the worst ``trim`` of each)."""
-    tuned, start = obj.per_draw(params, *heldout), obj.per_draw(None, *heldout, ts=ts0)
-    out.heldout_loss, out.heldout_start_loss = _trimmed_rms(tuned), _trimmed_rms(start)
-    if _trimmed_rms(tuned, trim) > _trimmed_rms(start, trim):
+    x, ref, w = heldout
+    tuned, start = obj.per_draw(params, x, ref), obj.per_draw(None, x, ref, ts=ts0)
+    out.heldout_loss, out.heldout_start_loss = _rms(tuned, w), _rms(start, w)
+    if _rms(tuned, w, trim) > _rms(start, w, trim):
         # the tuned grid fitted the calibration draws' outliers, not the solver's error:
         # keep the starting schedule (validation on draws the search never saw)
         out.timesteps = ts0.tolist()
@@ -329,21 +387,23 @@ def _fall_back(out: TunedSchedule, obj: _Objective, cal, heldout, trim: float) -
     if obj.solver in MULTI_CALL:
         return  # several calls per step: the named one-call solvers would use another NFE
     with torch.no_grad():
-        best = min(((_trimmed_rms(obj.error(_named_grid(obj, schedule), name, opts, *cal)),
+        best = min(((_rms(obj.error(_named_grid(obj, schedule), name, opts, *cal[:2]), cal[2]),
                      name, opts, schedule) for name, opts in NAMED
                     for schedule in _named_schedules(obj)), key=lambda r: r[0])
         _, name, opts, schedule = best
         ts = torch.tensor(out.timesteps, dtype=torch.float64)
-        tuned = obj.error(ts, out.solver, _tensors(out.solver_opts), *heldout)
-        named = obj.error(_named_grid(obj, schedule), name, opts, *heldout)
-    out.heldout_best_named_loss = _trimmed_rms(named)
-    out.heldout_loss = _trimmed_rms(tuned)
-    if _trimmed_rms(named, trim) < _trimmed_rms(tuned, trim):
+        x, ref, w = heldout
+        tuned = obj.error(ts, out.solver, _tensors(out.solver_opts), x, ref)
+        named = obj.error(_named_grid(obj, schedule), name, opts, x, ref)
+    out.heldout_best_named_loss = _rms(named, w)
+    out.heldout_loss = _rms(tuned, w)
+    label = ", ".join(f"{k}={v}" for k, v in opts.items())
+    out.best_named = f"{name}{f'({label})' if label else ''}/{schedule}"
+    if _rms(named, w, trim) < _rms(tuned, w, trim):
         out.solver, out.solver_opts = name, dict(opts)
         out.timesteps = _named_grid(obj, schedule).tolist()
         out.heldout_loss = out.heldout_best_named_loss
-        label = ", ".join(f"{k}={v}" for k, v in opts.items())
-        out.fallback = f"{name}{f'({label})' if label else ''}/{schedule}"
+        out.fallback = out.best_named
 
 
 def _named_schedules(obj: _Objective) -> list[str]:
@@ -364,6 +424,28 @@ def _tensors(opts: dict) -> dict:
     """JSON-ready solver options back as tensors (a BNS solver's coefficients)."""
     return {k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v
             for k, v in opts.items()}
+
+
+def _weights(w: Tensor | None, x: Tensor, name: str) -> Tensor | None:
+    """Check per-draw weights: one per draw of ``x``, non-negative, summing to 1."""
+    if w is None:
+        return None
+    w = torch.as_tensor(w, dtype=torch.float64)
+    if w.shape != (len(x),) or not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{name} must be {len(x)} finite non-negative weights, one per draw "
+                         f"(got shape {tuple(w.shape)})")
+    if abs(w.sum().item() - 1) > 1e-6:
+        raise ValueError(f"{name} must sum to 1 (got {w.sum().item():.6g})")
+    return w.to(x.device)
+
+
+def _rms(per_draw: Tensor, w: Tensor | None, trim: float = 0.0) -> float:
+    """Weighted RMS of per-draw mean squared errors when ``w`` is given (nothing trimmed), else
+    :func:`_trimmed_rms`; inf when not finite."""
+    if w is None:
+        return _trimmed_rms(per_draw, trim)
+    err = (w.to(per_draw) * per_draw).sum().sqrt().item()
+    return err if math.isfinite(err) else math.inf
 
 
 def _trimmed_rms(per_draw: Tensor, trim: float = 0.0) -> float:

@@ -71,7 +71,8 @@ def test_guided_sampling_from_the_cli(runs, capsys):
     assert main(["sample", r["cond"], "-n", "4", "--class", "3", "--guidance", "2", "--steps", "3",
                  "--out", str(out)]) == 0
     stats = json.loads((tmp / "s.json").read_text())
-    assert stats["nfe"] == 2 * (2 * 3 + 1)  # Heun: 2 per step, + final denoise; two passes each
+    # no --solver: auto on a budget of 3 calls (DDIM, 2 steps + final x̂0), two passes each
+    assert (stats["solver"], stats["nfe"]) == ("ddim", 2 * 3)
     clf = tmp / "clf"
     assert main(["train-classifier", "--data", "digits", "--steps", "3", "--batch-size", "8",
                  "--model-kwargs", '{"channels": 8}', "--out", str(clf)]) == 0

@@ -12,7 +12,7 @@ diffusers = pytest.importorskip("diffusers")
 from sdeflow.interop import from_score_sde, load_diffusers  # noqa: E402
 from sdeflow.samplers.pc import langevin  # noqa: E402
 from sdeflow.samplers.registry import Context  # noqa: E402
-from sdeflow.sde import VESDE, VPSDE  # noqa: E402
+from sdeflow.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 
 from ..conftest import gen  # noqa: E402
 from . import tiny  # noqa: E402
@@ -102,6 +102,16 @@ def test_vp_variant_and_refusals(tmp_path):
     model = from_score_sde(tiny.ve_unet(), sched)
     assert isinstance(model.sde, VPSDE) and model.prediction == "eps"
     assert model.net.label(torch.tensor([0.5])).item() == pytest.approx(999 * 0.5)
+    unet = tiny.ve_unet()
+    sub = from_score_sde(unet, dict(sde="subvp", beta_min=0.1, beta_max=20.0))
+    assert type(sub.sde) is SubVPSDE and sub.prediction == "eps"
+    x, t = torch.randn(2, 3, 8, 8, generator=gen(0)), torch.tensor([0.3, 0.7])
+    with torch.no_grad():  # the score is −ε̂/σ(t) of the sub-VP marginal, ε̂ = unet(x, 999t)
+        eps = unet(x, 999 * t).sample
+        torch.testing.assert_close(sub.score(x, t), -eps / sub.sde.sigma(t).view(-1, 1, 1, 1),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="'vp' or 'subvp'"):
+        from_score_sde(tiny.ve_unet(), dict(sde="ve-ish", beta_min=0.1))
     with pytest.raises(ValueError, match="from_diffusers"):
         from_score_sde(tiny.ve_unet(), diffusers.DDPMScheduler())
     with pytest.raises(ValueError, match="from_score_sde"):

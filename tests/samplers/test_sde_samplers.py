@@ -181,7 +181,7 @@ def test_the_check_works_in_16_dimensions():
         assert rejects(gm, draw(gm, "vp", "dpmpp_2m_sde", **opts))
 
 
-@pytest.mark.parametrize("sde_name", ["ve", "edm"])
+@pytest.mark.parametrize("sde_name", ["ve", pytest.param("edm", marks=pytest.mark.slow)])  # 18 s each
 def test_annealed_langevin_reproduces_mixture(ring, sde_name):
     """NCSN sampling: 51 noise levels × 20 Langevin steps, step_lr = σ_L²/2. Not exact: at
     the high levels its step is half the density's variance, and 20 steps at the low levels do

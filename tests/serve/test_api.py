@@ -86,6 +86,24 @@ def test_sample_gives_a_grid_with_its_nfe_and_wall_time(client):
     assert "attachment" in r.headers["content-disposition"]
 
 
+def test_the_default_solver_is_auto_on_the_budget(client):
+    """No solver: ``auto`` with steps = the NFE budget (6 network evaluations, the solver
+    ``auto_config`` picks for the run's dimension); a schedule with it is refused, and explore
+    (paths of named solvers) does not take it."""
+    import math
+
+    from sdeflow.samplers.auto import auto_config
+    job = run_job(client, "/api/sample", dict(run="digits", steps=6, n=2))
+    assert job["status"] == "done", job["error"]
+    dim = math.prod(client.get("/api/runs/digits").json()["shape"])
+    assert (job["result"]["solver"], job["result"]["nfe"]) == (auto_config(None, 6, dim)["solver"], 6)
+    refused(client.post("/api/sample", json=dict(run="digits", schedule="karras")), 400,
+            "chooses its own schedule")
+    refused(client.post("/api/explore", json=dict(run="toy", solvers=["auto"])), 400,
+            "sample and compare")
+    assert "auto" in [s["name"] for s in client.get("/api/options").json()["solvers"]]
+
+
 def test_a_tuned_schedule_file_of_the_run_can_be_used(client):
     job = run_job(client, "/api/sample", dict(run="digits", schedule="file:tuned.json", n=2))
     assert job["status"] == "done", job["error"]

@@ -296,6 +296,7 @@ def cd_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # shares a 38 s CD-training fixture: the default run stays under 10 min on 2 cores
 def test_cd_consistency_error_falls_along_exact_ode_trajectories(cd_run, truth):
     """Measured: mean ‖f(x_t,t) − f(x_s,s)‖ over adjacent times 0.276 after 250 steps, 0.025
     after 1000; the one-step error against the exact ODE end point 1.41 → 0.106. Asserted: the
@@ -307,6 +308,7 @@ def test_cd_consistency_error_falls_along_exact_ode_trajectories(cd_run, truth):
     assert c1 < 0.06 and e1 < 0.2, (c1, e1)
 
 
+@pytest.mark.slow  # shares a 38 s CD-training fixture: the default run stays under 10 min on 2 cores
 def test_cd_one_and_two_step_samples_are_at_the_noise_floor(cd_run, truth):
     """After 1000 steps. Measured (distance / noise floor): one step SW 0.75×, MMD² 3.2×; two
     steps SW 0.60×, MMD² 1.4×. Bound: SW < 1.25× and MMD² < 5× the floor. Power: the one-step

@@ -120,6 +120,7 @@ def _mmd_over_floor(case, steps: int, scale: float = 1.0, n: int = 2000) -> floa
     return mmd2(scale * x, ref) / floor
 
 
+@pytest.mark.slow  # shares a 19 s distillation fixture: the default run stays under 10 min on 2 cores
 @pytest.mark.parametrize("steps, bound", [(4, 0.12), (2, 0.12), (1, 0.13)])
 def test_students_reproduce_the_exact_pf_ode_map(ring_run, steps, bound):
     """RMS distance to the exact ODE solution from the same x_T (ring radius 2, mode std 0.25),
@@ -130,6 +131,7 @@ def test_students_reproduce_the_exact_pf_ode_map(ring_run, steps, bound):
     assert err < bound and err < ddim / 4, (err, ddim)
 
 
+@pytest.mark.slow  # shares a 19 s distillation fixture: the default run stays under 10 min on 2 cores
 def test_four_step_samples_are_within_twice_the_mmd_floor(ring_run):
     """Measured 1.16× the floor; the same samples scaled by 1.1 are 17× it (the test sees a
     subtly wrong student), undistilled DDIM at 4 steps 107×."""
@@ -151,6 +153,7 @@ def test_a_sixteen_dimensional_mixture_distils_to_four_two_and_one_steps(tmp_pat
     assert _mmd_over_floor(case, 4, scale=1.1) > 2
 
 
+@pytest.mark.slow  # shares a 19 s distillation fixture: the default run stays under 10 min on 2 cores
 def test_a_loaded_student_samples_on_its_own_grid_and_refuses_others(ring_run):
     model, cfg = sdeflow.load(ring_run["run"])
     assert cfg.KIND == "progressive_distillation" and cfg.schedule == "uniform"

@@ -66,6 +66,7 @@ def _rate(model, caption: str, k: int, w: float, n: int = 400) -> float:
     return (data.component(x) == k).double().mean().item()
 
 
+@pytest.mark.slow  # shares a 25 s training fixture: the default run stays under 10 min on 2 cores
 @pytest.mark.parametrize("w", [0.0, 3.0])
 def test_samples_land_in_the_named_component_in_any_word_order(run, w):
     """Components 0 (north east) and 2 (south west), each in two word orders: ≥ 90 % in the
@@ -77,6 +78,7 @@ def test_samples_land_in_the_named_component_in_any_word_order(run, w):
         assert min(rates) >= RATE, (caption, shuffled, w, rates)
 
 
+@pytest.mark.slow  # shares a 25 s training fixture: the default run stays under 10 min on 2 cores
 def test_the_check_fails_for_another_caption_and_for_the_empty_prompt(run):
     """Power: asked for north east (0), samples of "south west" or "north west" are < 5 % there,
     and the empty prompt (the unconditional model) puts ≈ 25 % there — far below the bar."""
@@ -87,6 +89,7 @@ def test_the_check_fails_for_another_caption_and_for_the_empty_prompt(run):
     assert 0.15 < empty < 0.35 and empty < RATE
 
 
+@pytest.mark.slow  # shares a 25 s training fixture: the default run stays under 10 min on 2 cores
 def test_sample_command_takes_a_prompt(run, tmp_path, capsys):
     """`sdeflow sample --prompt ... --guidance 1`: the samples land in the named quadrant; an
     unknown word is a one-line error pointing at the vocabulary."""

@@ -67,9 +67,12 @@ def add_sampling_args(p, grid: bool = True) -> None:
     auto = ["auto"] if grid else []
     p.add_argument("--solver", default=None,
                    choices=sorted({*list_solvers(), *list_cld_solvers(), *auto}),
-                   help="sampler (default: heun; a distilled model: DDIM on its own grid; a CLD "
-                        "model: sscs)" + ("; auto: solver, schedule and final step chosen for "
-                                          "the budget --steps" if grid else ""))
+                   help=("sampler (default: auto — solver, schedule and final step chosen for the "
+                         "budget --steps in NFE; heun when --schedule, --no-denoise or "
+                         "--solver-opts is given; a distilled model: DDIM on its own grid; a "
+                         "CLD model: sscs)") if grid else
+                   "sampler (default: heun; a distilled model: DDIM on its own grid; a CLD "
+                   "model: sscs)")
     p.add_argument("--steps", type=int, default=None,
                    help="steps (default: the solver's); with --solver auto the budget in "
                         "network evaluations (NFE, default 20)" if grid else
@@ -94,13 +97,27 @@ def grid_args(a, model) -> dict:
     from the arguments, as ``sdeflow.sample`` takes them (None: the model's own default)."""
     own = dict(denoise=False if a.no_denoise else None, force=a.force)
     if not getattr(a, "timesteps_file", None):
-        return dict(solver=a.solver, steps=a.steps, schedule=a.schedule, **own)
+        solver = "auto" if _auto_by_default(a, model) else a.solver
+        if solver == "auto":
+            return dict(solver=solver, steps=a.steps, force=a.force)
+        return dict(solver=solver, steps=a.steps, schedule=a.schedule, **own)
     from ..tuning import TunedSchedule
     tuned = TunedSchedule.load(a.timesteps_file)
     if a.steps is not None or a.schedule is not None:
         raise ValueError("--timesteps-file replaces --steps and --schedule")
     return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **own,
                 **tuned.solver_opts)
+
+
+def _auto_by_default(a, model) -> bool:
+    """No --solver: ``solver="auto"`` (the budget --steps in NFE, default 20) for a score model
+    sampled on a grid of its choice — not for a distilled model (its own grid), a CLD model (its
+    own sampler), or when --schedule, --no-denoise or --solver-opts ask for a particular solver's
+    grid or options (then the library's default solver)."""
+    from ..denoiser import Denoiser
+    return (a.solver is None and isinstance(model, Denoiser)
+            and getattr(model, "timesteps", None) is None and a.schedule is None
+            and not a.no_denoise and not a.solver_opts and not a.force)
 
 
 def load_run(path, kind: str, device=None):

@@ -137,6 +137,12 @@ def add_tune_steps(sub) -> None:
                         "solver, one network call per step)")
     p.add_argument("--steps", type=int, default=9, help="grid intervals (NFE ≈ steps × NFE/step + 1)")
     p.add_argument("--n-calib", type=int, default=128, help="calibration (and validation) draws")
+    p.add_argument("--pool", type=int, default=0,
+                   help="stratify: choose the --n-calib calibration (and validation) draws from "
+                        "a pool of this many prior draws, the hardest half (where the solver "
+                        "changes most when its steps are quadrupled: draws near a boundary "
+                        "between modes) always in, weighted so the loss stays the pool's mean "
+                        "error (0: plain draws)")
     p.add_argument("--calib-seed", type=int, default=1000,
                    help="seed of the calibration draws (validation uses calib-seed + 1)")
     p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",
@@ -169,12 +175,23 @@ def cmd_tune_steps(a) -> int:
     from ..tuning import tune_timesteps
     dev = device()
     model, cfg = load_run(a.checkpoint, "denoiser", device=dev)
-    shape = (a.n_calib, *cfg.shape)
+    if a.pool and a.pool < a.n_calib:
+        raise ValueError(f"--pool ({a.pool}) must be at least --n-calib ({a.n_calib})")
+    shape = (a.pool or a.n_calib, *cfg.shape)
     draws = [model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(a.calib_seed + k))
              .to(dev) for k in (0, 1)]
+    weights = {}
+    if a.pool:  # stratified calibration and validation draws (sdeflow.tuning.stratified_draws)
+        from ..tuning import stratified_draws
+        for k, key in enumerate(("calibration_weights", "heldout_weights")):
+            idx, weights[key] = stratified_draws(
+                model, draws[k], a.n_calib, solver=a.solver, steps=a.steps,
+                generator=torch.Generator().manual_seed(a.calib_seed + k))
+            draws[k] = draws[k][idx.to(dev)]
     res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=a.solver, steps=a.steps,
                          max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True,
-                         method=a.method, free_end=not a.fixed_end, coefficients=a.coefficients)
+                         method=a.method, free_end=not a.fixed_end, coefficients=a.coefficients,
+                         **weights)
     res.save(a.out)
     print(json.dumps({k: v for k, v in res.__dict__.items() if k not in ("timesteps", "solver_opts")},
                      indent=2))

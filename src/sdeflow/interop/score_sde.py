@@ -11,6 +11,10 @@ time embedding) with a ``ScoreSdeVeScheduler`` (or ``ScoreSdeVpScheduler``) conf
   :class:`~sdeflow.sde.VPSDE`; score_sde's continuous VP networks take the label 999·t
   (``labels = t * 999`` in score_sde, whatever N) and predict ε (the scheduler's score is
   −output/σ(t)).
+* **sub-VP**: diffusers has no scheduler for it; a config (dict or saved ``scheduler/``) of the
+  VP kind with ``"sde": "subvp"`` (score_sde's ``config.training.sde = "subvpsde"``) gives our
+  :class:`~sdeflow.sde.SubVPSDE`: score_sde's sub-VP networks take the same label 999·t and
+  predict ε for the sub-VP marginal's σ(t) (its score is −output/σ(t)).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..denoiser import Denoiser
-from ..sde import VESDE, VPSDE
+from ..sde import VESDE, VPSDE, SubVPSDE
 from .hf_diffusers import DiffusersCall, load_component, sample_shape, scheduler_config
 
 __all__ = ["from_score_sde", "ScoreSdeNet"]
@@ -51,8 +55,12 @@ def _sde_of(cfg: dict):
         return VESDE(c["sigma_min"], c["sigma_max"], T=1.0, t_min=c["sampling_eps"]), None, "score"
     if kind == "ScoreSdeVpScheduler":
         c = {**_VP_DEFAULTS, **{k: cfg[k] for k in _VP_DEFAULTS if k in cfg}}
-        sde = VPSDE(c["beta_min"], c["beta_max"], T=1.0, t_min=c["sampling_eps"])
-        return sde, 999.0, "eps"
+        kind = str(cfg.get("sde", "vp")).lower()
+        if kind not in ("vp", "vpsde", "subvp", "subvpsde"):
+            raise ValueError(f"score_sde config names sde={cfg['sde']!r}; VP-kind models are "
+                             "'vp' or 'subvp' (a VE model has a ScoreSdeVeScheduler config)")
+        make = SubVPSDE if kind.startswith("subvp") else VPSDE
+        return make(c["beta_min"], c["beta_max"], T=1.0, t_min=c["sampling_eps"]), 999.0, "eps"
     raise ValueError(f"from_score_sde needs a ScoreSdeVeScheduler or ScoreSdeVpScheduler config, "
                      f"got {kind!r} (a DDPM-family scheduler: use from_diffusers)")
 
@@ -74,9 +82,9 @@ def from_score_sde(model, scheduler=None, *, sample_size=None, device=None,
         model = load_component(path, "unet" if (path / "unet").is_dir() else None,
                                ("UNet2DModel",))
     cfg = scheduler_config(path, scheduler)
-    if "_class_name" not in cfg:  # a bare dict: VP if it names β's
-        cfg = {"_class_name": "ScoreSdeVpScheduler" if "beta_min" in cfg else "ScoreSdeVeScheduler",
-               **cfg}
+    if "_class_name" not in cfg:  # a bare dict: VP-kind if it names β's or an SDE
+        vp = "beta_min" in cfg or "sde" in cfg
+        cfg = {"_class_name": "ScoreSdeVpScheduler" if vp else "ScoreSdeVeScheduler", **cfg}
     sde, label_scale, prediction = _sde_of(cfg)
     module = model.eval().requires_grad_(False)
     if device is not None or dtype is not None:

@@ -81,6 +81,9 @@ def _runs(app: FastAPI, server: Server) -> None:
         solvers = [dict(name=s, kind=get_solver(s).kind, adaptive=get_solver(s).adaptive,
                         default_steps=get_solver(s).default_steps,
                         description=get_solver(s).description) for s in list_solvers()]
+        solvers.insert(0, dict(name="auto", kind="auto", adaptive=False, default_steps=20,
+                               description="solver, schedule and final step chosen for the "
+                                           "budget: steps = network evaluations (default 20)"))
         return dict(solvers=solvers, schedules=list_schedules(), max_steps=MAX_STEPS,
                     max_images=MAX_IMAGES, max_upload_bytes=MAX_UPLOAD_BYTES)
 

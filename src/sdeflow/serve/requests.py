@@ -25,7 +25,7 @@ class _Body(BaseModel):
 
 class SampleRequest(_Body):
     run: str
-    solver: str = "heun"
+    solver: str = "auto"  # solver, schedule and final step chosen for the budget ``steps``
     steps: int | None = STEPS
     schedule: str | None = None  # a schedule's name, or "file:<name>" of a tuned schedule
     seed: int = SEED
@@ -36,7 +36,7 @@ class SampleRequest(_Body):
 
 class CompareRequest(_Body):
     run: str
-    solvers: list[str] = Field(["heun"], min_length=1, max_length=4)
+    solvers: list[str] = Field(["auto"], min_length=1, max_length=4)
     steps: list[Annotated[int, Field(ge=1, le=MAX_STEPS)] | None] = Field(
         [5, 10, 20], min_length=1, max_length=4)
     schedule: str | None = None
@@ -69,10 +69,17 @@ class ExploreRequest(_Body):
     paths: int = Field(64, ge=1, le=256)
 
 
-def check_solver(run: Run, name: str, steps: int | None, fixed_grid: bool = False) -> None:
-    """400 unless ``name`` is a solver of this run's model that takes ``steps``."""
+def check_solver(run: Run, name: str, steps: int | None, fixed_grid: bool = False,
+                 allow_auto: bool = False) -> None:
+    """400 unless ``name`` is a solver of this run's model that takes ``steps`` (``"auto"``, the
+    budget-driven choice of ``sdeflow.sample``, only where ``allow_auto``: sample and compare)."""
     from ..cld import list_cld_solvers
     from ..samplers import get_solver, list_solvers
+    if name == "auto":
+        if not allow_auto:
+            raise ApiError(400, "solver 'auto' is for the sample and compare panels; pick a "
+                                "named solver here")
+        return
     cld = run.flag("KIND") == "cld"
     choices = list_cld_solvers() if cld else list_solvers()
     if name not in choices:
@@ -92,7 +99,7 @@ def check_schedule(run: Run, schedule: str | None, solver: str) -> None:
     from ..schedules import list_schedules
     if schedule is None:
         return
-    if schedule.startswith("file:"):
+    if schedule.startswith("file:"):  # the file names its solver (it replaces the chosen one)
         if schedule[5:] not in run.schedule_files():
             raise ApiError(400, f"no tuned schedule {schedule[5:]!r} in run {run.id!r}; its "
                                 f"files: {sorted(run.schedule_files()) or 'none'}")
@@ -100,6 +107,9 @@ def check_schedule(run: Run, schedule: str | None, solver: str) -> None:
     if schedule not in list_schedules():
         raise ApiError(400, f"unknown schedule {schedule!r}; choices: "
                             f"{', '.join(list_schedules())}, or file:<tuned schedule>")
+    if solver == "auto":
+        raise ApiError(400, "solver 'auto' chooses its own schedule: leave the schedule empty "
+                            "(or pick a named solver)")
     if solver in list_solvers() and get_solver(solver).adaptive:
         raise ApiError(400, f"{solver} is adaptive: it takes no schedule")
 
@@ -121,6 +131,8 @@ def solver_total(run: Run, solver: str, steps: int | None, schedule: str | None)
     from ..samplers import get_solver, list_solvers
     if schedule and schedule.startswith("file:"):
         return run.schedule_files()[schedule[5:]].steps
+    if solver == "auto":
+        return None  # the chosen solver's step count depends on the budget
     if solver not in list_solvers():
         return steps
     info = get_solver(solver)

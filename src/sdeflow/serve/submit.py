@@ -60,7 +60,7 @@ class Server:
 
     # --- the panels ---------------------------------------------------------------------------
     def _check_draw(self, run: Run, solver, steps, schedule, label, guidance) -> None:
-        check_solver(run, solver, steps)
+        check_solver(run, solver, steps, allow_auto=True)
         check_schedule(run, schedule, solver)
         check_class(run, label, guidance)
 
@@ -78,7 +78,7 @@ class Server:
         for s in req.solvers:
             self._check_draw(run, s, None, req.schedule, req.class_label, req.guidance)
         panels = compare_panels(req.solvers, req.steps, lambda s: run.flag("KIND") != "cld"
-                                and get_solver(s).adaptive)
+                                and s != "auto" and get_solver(s).adaptive)
         base = Draw(req.solvers[0], None, req.schedule, req.seed, req.n, req.class_label,
                     req.guidance)
         totals = [solver_total(run, s, k, req.schedule) for s, k in panels]

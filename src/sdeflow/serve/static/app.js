@@ -30,14 +30,15 @@ function fillSelects() {
   }
   for (const sel of document.querySelectorAll("select[data-solvers]")) {
     const keep = [...sel.options].filter(o => o.value === "");
-    const solvers = state.options.solvers.filter(s => sel.dataset.solvers !== "fixed" || !s.adaptive);
+    const solvers = state.options.solvers.filter(s => (sel.dataset.solvers !== "fixed" || !s.adaptive)
+                                                   && (s.kind !== "auto" || "auto" in sel.dataset));
     sel.replaceChildren(...keep, ...solvers.map(s => option(s.name, `${s.name} (${s.kind})`)));
   }
   $("#explore-form [name=solvers]").value = "heun";
   for (const o of $("#explore-form [name=solvers]").options)
     o.selected = ["heun", "euler_maruyama"].includes(o.value);
-  $("#sample-form [name=solver]").value = "heun";
-  for (const o of $("#compare-form [name=solvers]").options) o.selected = o.value === "heun";
+  $("#sample-form [name=solver]").value = "auto";
+  for (const o of $("#compare-form [name=solvers]").options) o.selected = o.value === "auto";
   for (const form of ["#sample-form", "#compare-form"]) fillSchedules($(form));
 }
 

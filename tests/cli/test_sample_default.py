@@ -1,0 +1,40 @@
+"""`sdeflow sample` / `evaluate` without --solver run ``solver="auto"`` on the budget --steps
+(NFE, default 20) — the configuration `sdeflow.samplers.auto.auto_config` picks — and fall back
+to the library's default solver when the user asks for a particular grid."""
+import json
+
+import pytest
+
+from sdeflow.cli import main
+from sdeflow.samplers.auto import auto_config
+from sdeflow.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(steps=10, batch_size=32, ckpt_every=10, log_every=5, tensorboard=False,
+                      model_kwargs=dict(hidden=16, depth=1)), out)
+    return out
+
+
+def _stats(run, tmp_path, *args):
+    out = tmp_path / "s"
+    assert main(["sample", str(run), "-n", "16", "--out", str(out), *args]) == 0
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("budget", [None, 3, 8])
+def test_default_is_auto_on_the_budget(run, tmp_path, budget):
+    st = _stats(run, tmp_path, *([] if budget is None else ["--steps", str(budget)]))
+    want = auto_config(None, budget or 20, 2)
+    assert st["nfe"] == (budget or 20)
+    assert (st["solver"], st["steps"], st["schedule"]) == (want["solver"], want["steps"],
+                                                           want["schedule"])
+
+
+def test_asking_for_a_grid_keeps_the_library_default(run, tmp_path):
+    st = _stats(run, tmp_path, "--steps", "4", "--schedule", "karras")
+    assert (st["solver"], st["nfe"]) == ("heun", 4 * 2 + 1)  # Heun, 2 calls per step + x̂0
+    st = _stats(run, tmp_path, "--solver", "euler", "--steps", "4")
+    assert (st["solver"], st["nfe"]) == ("euler", 5)
