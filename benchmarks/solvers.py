@@ -26,8 +26,9 @@ from t_min to T (DDPM's training grid), for EDM σ̃ log-uniform from σ_min to 
 with σ = 0 (its last model output is the answer); NFE = number of model calls.
 
 sdeflow ``<solver>/tuned``: the grid of ``sdeflow.tuning.tune_timesteps`` for that budget
-(200 Adam iterations through the solver, final time free), calibrated on 128 prior draws
-(seed 1000) and validated on 128 more (seed 1001); the error is measured on the benchmark's
+(200 Adam iterations through the solver, final time free, the fall-back to the best named
+configuration), calibrated on 128 prior draws (seed 1000) and validated on 128 more (seed
+1001), both stratified from pools of ``--pool`` (default 4096, as ``tune-steps``; 0: plain); the error is measured on the benchmark's
 draws (seed ``--eval-seed``, default 0), which tuning never sees. ``<base>/bns`` (up to
 ``BNS_MAX_NFE`` = 10; above, it fits the calibration draws' outliers and loses to the tuned
 grid): a bespoke non-stationary solver (``tune_timesteps(coefficients=True)``: grid *and* the
@@ -37,7 +38,8 @@ the tuned rows (minutes instead of tens of minutes); ``--tune-device cuda`` runs
 a GPU (everything else stays on the CPU).
 Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl] [--no-tune]
        [--n-calib 128] [--n-calib-bns 512] [--tune-device cpu] [--problems gmm64-edm,...]
-       [--nfes 5 6 ...] [--n-eval 4096] [--eval-seed 0] [--ref-steps 1024]
+       [--nfes 5 6 ...] [--n-eval 4096] [--eval-seed 0] [--ref-steps 1024] [--pool 4096]
+       [--auto-only | --tuned-only]
 """
 from __future__ import annotations
 
@@ -88,7 +90,7 @@ def held_out_problems():
 
 def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,
         tune_device: str = "cpu", only=None, eval_seed: int = 0, ref_steps: int = 1024,
-        auto_only: bool = False):
+        auto_only: bool = False, tuned_only: bool = False, pool: int = 4096):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
     for name, gm, sde in problems():
@@ -111,7 +113,7 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             sq = (x - ref).pow(2).mean(1)
             return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()),
                         rmse_same_mode=sq[~other].mean().sqrt().item())
-        for label, solver, opts, per_step, extra in [] if auto_only else OURS:
+        for label, solver, opts, per_step, extra in [] if auto_only or tuned_only else OURS:
             for schedule in SCHEDULES:
                 for nfe in NFES:
                     steps = (nfe - 1 - extra) // per_step
@@ -121,17 +123,19 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
                                            schedule=schedule, return_stats=True, **opts)
                     emit(dict(problem=name, impl="sdeflow", solver=f"{label}/{schedule}",
                               nfe=st["nfe"], **err(x)))
-        for nfe in NFES:
+        for nfe in [] if tuned_only else NFES:
             x, st = sdeflow.sample(model, x_T, solver="auto", steps=nfe, return_stats=True)
             emit(dict(problem=name, impl="sdeflow", solver="auto", config=f"{st['solver']}/"
                       f"{st['schedule']}", nfe=st["nfe"], **err(x)))
         if auto_only:
             continue
-        run_diffusers(emit, name, gm, sde, x_T, err)
-        if kd is not None:
-            run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
+        if not tuned_only:
+            run_diffusers(emit, name, gm, sde, x_T, err)
+            if kd is not None:
+                run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
         if tune:
-            run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns, tune_device)
+            run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns, tune_device,
+                      pool)
 
 
 def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
@@ -165,29 +169,41 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
 
 
 def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib_bns: int = 512,
-              device: str = "cpu"):
-    from sdeflow.tuning import tune_timesteps
+              device: str = "cpu", pool: int = 0):
+    """The tuned pipeline as ``tune-steps`` runs it: calibration and validation draws of its
+    own (seeds 1000, 1001) — with ``pool``, stratified from pools of that many prior draws
+    (``tuning.stratified_draws``, as ``tune-steps`` does by default) — the fall-back to the
+    best named configuration, then measured on the benchmark's draws."""
+    from sdeflow.tuning import stratified_draws, tune_timesteps
 
-    def draws(n):
-        return [sde.prior_sample((n, dim), generator=torch.Generator().manual_seed(1000 + k),
-                                 dtype=torch.float64).to(device) for k in (0, 1)]
+    def draws(n, solver, steps):
+        xs = [sde.prior_sample((max(n, pool), dim), generator=torch.Generator().manual_seed(1000 + k),
+                               dtype=torch.float64).to(device) for k in (0, 1)]
+        if not pool:
+            return xs, {}
+        picks = [stratified_draws(model, x, n, solver=solver, steps=steps,
+                                  generator=torch.Generator().manual_seed(1000 + k))
+                 for k, x in enumerate(xs)]
+        return [x[i.to(device)] for x, (i, _) in zip(xs, picks)], dict(
+            calibration_weights=picks[0][1], heldout_weights=picks[1][1])
     jobs = [(solver, "tuned", False, n_calib) for solver in TUNED]
     jobs += [(solver, "bns", True, n_calib_bns) for solver in BNS_BASES]
     for solver, label, coefficients, n_cal in jobs:
-        cal = draws(n_cal)
         for nfe in NFES:
             if coefficients and nfe > BNS_MAX_NFE:
                 continue
             start = time.perf_counter()
+            cal, weights = draws(n_cal, solver, nfe - 1)
             res = tune_timesteps(model, cal[0], x_heldout=cal[1], solver=solver,
                                  steps=nfe - 1, max_evals=200, calibration_seed=1000,
-                                 coefficients=coefficients)
+                                 coefficients=coefficients, **weights)
             x, st = sdeflow.sample(model, x_T, solver=res.solver, timesteps=res.tensor(sde),
                                    return_stats=True, **res.solver_opts)
             emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/{label}", nfe=st["nfe"],
                       **err(x), start_schedule=res.start_schedule, kept_start=res.kept_start,
                       t_end=res.timesteps[-1], method=res.method, n_calibration=n_cal,
                       calibration_loss=res.calibration_loss, heldout_loss=res.heldout_loss,
+                      pool=pool, fallback=res.fallback, best_named=res.best_named,
                       tuning_device=device, tuning_seconds=round(time.perf_counter() - start, 1)))
 
 
@@ -311,6 +327,10 @@ def main():
         ap.add_argument("--ref-steps", type=int, default=1024, help="RK4 steps of the reference")
         ap.add_argument("--auto-only", action="store_true",
                         help="only the solver='auto' rows (merge them with an earlier run)")
+        ap.add_argument("--tuned-only", action="store_true",
+                        help="only the tuned rows (merge them with an earlier --no-tune run)")
+        ap.add_argument("--pool", type=int, default=4096,
+                        help="stratify the tuned rows' draws from pools this large (0: plain)")
         ap.add_argument("--eval-seed", type=int, default=0,
                         help="seed of the evaluation draws (tuning uses 1000 and 1001)")
 
@@ -318,7 +338,8 @@ def main():
         NFES[:] = a.nfes
         run(emit, n=a.n_eval, tune=not a.no_tune, n_calib=a.n_calib, n_calib_bns=a.n_calib_bns,
             tune_device=a.tune_device, only=a.problems and a.problems.split(","),
-            eval_seed=a.eval_seed, ref_steps=a.ref_steps, auto_only=a.auto_only)
+            eval_seed=a.eval_seed, ref_steps=a.ref_steps, auto_only=a.auto_only,
+            tuned_only=a.tuned_only, pool=a.pool)
     run_benchmark(__doc__, body, markdown, add)
 
 

@@ -8,7 +8,8 @@ calibration draws), then decide between the tuned result and the best named conf
 compare every decision with the one on ``--n-truth`` fresh draws (the truth: the RMS error
 against a 256-step RK4 reference there). Rows: the two configurations' errors on the truth
 draws, and per validation kind the fraction of wrong decisions with its binomial standard
-error. Usage: python benchmarks/tuning_stability.py [--problem gmm64-edm] [--nfe 10]
+error; the markdown adds the expected excess error of the choice (P(wrong) × how much worse
+the wrong one is on the truth draws). Usage: python benchmarks/tuning_stability.py [--problem gmm64-edm] [--nfe 10]
        [--n-val 128] [--pool 4096] [--reps 20] [--n-truth 8192] [--markdown] [--out FILE]
 """
 from __future__ import annotations
@@ -73,15 +74,17 @@ def body(emit, a):
 
 
 def markdown(rows) -> str:
-    out = ["| problem | NFE | tuned / named RMS (truth) | validation | P(wrong choice) |",
-           "|---|---:|---|---|---|"]
+    out = ["| problem | NFE | tuned / named RMS (truth) | validation | P(wrong choice) | "
+           "expected excess error |", "|---|---:|---|---|---|---:|"]
     head = {(r["problem"], r["nfe"]): r for r in rows if "tuned" in r}
     for r in rows:
         if "validation" in r:
             h = head[(r["problem"], r["nfe"])]
             kind = f"{r['validation']} {r['n_val']}" + (f" of {r['pool']}" if r["pool"] else "")
+            lo, hi = sorted((h["tuned"], h["named"]))
             out.append(f"| {r['problem']} | {r['nfe']} | {h['tuned']:.3g} / {h['named']:.3g} "
-                       f"({h['best_named']}) | {kind} | {r['p_wrong']:.2f} ± {r['se']:.2f} |")
+                       f"({h['best_named']}) | {kind} | {r['p_wrong']:.2f} ± {r['se']:.2f} | "
+                       f"{100 * r['p_wrong'] * (hi / lo - 1):.1f} % |")
     return "\n".join(out)
 
 

@@ -63,7 +63,8 @@ def test_digits_training_cli_end_to_end(tmp_path):
     assert rep["fdd"] > 3 * rep["fdd_floor_train_vs_test"]
 
 
-@pytest.mark.parametrize("program", sorted(PROGRAMS))
+# the classifier's run uses the same engine: slow, so the default run stays under 10 min
+@pytest.mark.parametrize("program", ["score", pytest.param("classifier", marks=pytest.mark.slow)])
 def test_sigkill_then_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, program):
     """Kill -9 a `sdeflow train` (or `train-classifier`) process after its first checkpoint
     (and after it has logged steps past it), resume with --resume: the loss log is
@@ -113,7 +114,7 @@ DDP_CONFIGS = {
                                            lr=1e-3, warmup=1, tensorboard=False)}
 
 
-@pytest.mark.parametrize("program", sorted(DDP_CONFIGS))
+@pytest.mark.parametrize("program", ["score", pytest.param("classifier", marks=pytest.mark.slow)])
 def test_ddp_ranks_stay_identical_and_equal_one_process(tmp_path, program):
     """2 CPU ranks (gloo), 3 steps on a global batch of 16: both ranks hold bit-identical
     parameters and gradients, equal (to float32 round-off of the all-reduce) to one process

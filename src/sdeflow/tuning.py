@@ -82,6 +82,7 @@ class TunedSchedule:
     # held-out loss (same convention) of the best named configuration on the calibration draws
     heldout_best_named_loss: float | None = None
     best_named: str | None = None  # "solver(opts)/schedule" of that configuration
+    pool: int = 0  # calibration/validation draws stratified from a pool this large (0: plain)
 
     def save(self, path) -> Path:
         from .checkpoint import write_text_atomic

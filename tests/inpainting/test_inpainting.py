@@ -34,7 +34,7 @@ def reference(cond):
     return ref, max(abs(mmd2(cond.sample(N, generator=gen(20 + i)), ref)) for i in range(6))
 
 
-@pytest.mark.parametrize("name", ["ring", "rand4"])
+@pytest.mark.parametrize("name", ["ring", pytest.param("rand4", marks=pytest.mark.slow)])  # 5 s each
 @pytest.mark.parametrize("sde_name", ["vp", "edm"])
 def test_pc_inpainting_samples_the_exact_conditional(name, sde_name):
     """score_sde's PC inpainting (reverse-diffusion predictor + Langevin corrector, replacement

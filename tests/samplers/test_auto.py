@@ -32,6 +32,34 @@ def test_auto_spends_exactly_its_budget_on_every_sde(sde_case, dim, ring):
             assert (x - ref).norm(dim=1).max() < 0.05 * scale, (name, dim, nfe)
 
 
+@pytest.mark.parametrize("name", sorted(SDES))
+def test_auto_config_is_valid_for_every_budget_1_to_1000(name):
+    """Every budget 1–1000 on every SDE and data dimension (both sides of HIGH_DIM, and an
+    image's): a registered one-call-per-step ODE solver, steps + final denoising = the budget,
+    and a grid that builds — steps + 1 strictly decreasing finite times from T to no earlier
+    than t_min (a free-end grid only with the final denoising; grids built for every budget to
+    100 and every hundredth above, where a single rule applies)."""
+    from sdeflow.samplers import get_solver
+    sde, grids = SDES[name][0](), set()
+    for dim in (1, HIGH_DIM - 1, HIGH_DIM, 3 * 32 * 32):
+        for nfe in range(1, 1001):
+            cfg = auto_config(sde, nfe, dim)
+            info = get_solver(cfg["solver"])
+            assert info.kind == "ode" and not info.adaptive and cfg["solver"] in ONE_CALL
+            assert cfg["steps"] + cfg["denoise"] == nfe, (name, dim, nfe, cfg)
+            assert cfg["opts"] in ({}, {"order": 3}) and cfg["denoise"] in (True, False)
+            assert cfg["denoise"] or cfg["schedule"] not in FREE_END
+            if nfe <= 100 or nfe % 100 == 0:  # above 30 NFE one rule (iPNDM on logsnr)
+                grids.add((cfg["steps"], cfg["schedule"], cfg["denoise"]))
+    for steps, schedule, denoise in grids:  # each distinct grid once
+        ts = get_timesteps(sde, steps, schedule, dtype=torch.float64, allow_free_end=denoise)
+        assert len(ts) == steps + 1 and torch.isfinite(ts).all()
+        assert (ts[1:] < ts[:-1]).all() and ts[0] == sde.T and ts[-1] >= sde.t_min * (1 - 1e-9)
+
+
+ONE_CALL = ("ddim", "ipndm", "unipc", "dpmpp_2m", "dpmpp_3m", "deis")  # NFE = steps (+ x̂0)
+
+
 def test_auto_follows_the_dimension_and_the_budget():
     sde = sdeflow.VPSDE()
     low, high = auto_config(sde, 10, 2), auto_config(sde, 10, HIGH_DIM)

@@ -137,12 +137,13 @@ def add_tune_steps(sub) -> None:
                         "solver, one network call per step)")
     p.add_argument("--steps", type=int, default=9, help="grid intervals (NFE ≈ steps × NFE/step + 1)")
     p.add_argument("--n-calib", type=int, default=128, help="calibration (and validation) draws")
-    p.add_argument("--pool", type=int, default=0,
+    p.add_argument("--pool", type=int, default=None,
                    help="stratify: choose the --n-calib calibration (and validation) draws from "
-                        "a pool of this many prior draws, the hardest half (where the solver "
-                        "changes most when its steps are quadrupled: draws near a boundary "
-                        "between modes) always in, weighted so the loss stays the pool's mean "
-                        "error (0: plain draws)")
+                        "a pool of this many prior draws (default: 4096, or --n-calib if more), "
+                        "the hardest half (where the solver changes most when its steps are "
+                        "quadrupled: draws near a boundary between modes) always in, weighted so "
+                        "the loss stays the pool's mean error; costs 2 × pool × 5 × steps network "
+                        "calls without gradients (0: plain draws)")
     p.add_argument("--calib-seed", type=int, default=1000,
                    help="seed of the calibration draws (validation uses calib-seed + 1)")
     p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",
@@ -175,6 +176,8 @@ def cmd_tune_steps(a) -> int:
     from ..tuning import tune_timesteps
     dev = device()
     model, cfg = load_run(a.checkpoint, "denoiser", device=dev)
+    if a.pool is None:
+        a.pool = max(4096, a.n_calib)
     if a.pool and a.pool < a.n_calib:
         raise ValueError(f"--pool ({a.pool}) must be at least --n-calib ({a.n_calib})")
     shape = (a.pool or a.n_calib, *cfg.shape)
@@ -192,6 +195,7 @@ def cmd_tune_steps(a) -> int:
                          max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True,
                          method=a.method, free_end=not a.fixed_end, coefficients=a.coefficients,
                          **weights)
+    res.pool = a.pool
     res.save(a.out)
     print(json.dumps({k: v for k, v in res.__dict__.items() if k not in ("timesteps", "solver_opts")},
                      indent=2))
