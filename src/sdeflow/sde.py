@@ -309,7 +309,11 @@ class SubVPSDE(VPSDE):
         return self.B_inv(-torch.log1p(-torch.as_tensor(sigma)))
 
     def t_from_log_snr(self, lam):
-        return SDE.t_from_log_snr(self, lam)  # no closed form: bisection
+        # s/σ = v/(1 − v²) = e^λ with v = e^{−B/2}  ⇒  v = 2/(e^{−λ} + √(e^{−2λ} + 4)), the root
+        # in (0, 1); B = −2 log v. Closed form, so grids tuned in λ stay differentiable.
+        lam = torch.as_tensor(lam)
+        e = torch.exp(-lam)
+        return self.B_inv(2 * torch.log((e + torch.sqrt(e * e + 4)) / 2))
 
     def config(self):
         return dict(name=self.name, beta_min=self.beta_min, beta_max=self.beta_max, T=self.T,
