@@ -3,11 +3,12 @@ FDD (digits metric, noise floor ≈ 1.18) at 5/10/20 NFE from the same 1437 prio
 
     python benchmarks/digits_auto.py --run runs/digits --markdown --out docs/digits_auto_results.jsonl
 
-Ours: ``auto`` and the named solvers on the new schedules (iPNDM on gits/ays/karras, UniPC(3) on
-vp_trailing, PNDM on gits). diffusers (:func:`solvers.run_diffusers`): EDM-DPM-Solver++ (orders
-2, 3) on Karras σ, DPM-Solver++ 2M/3M, UniPC (orders 2, 3) and DEIS(3) on 1000 discrete VP levels
-log-uniform in σ̃ over the model's range, each ending with σ = 0 (its last model output is the
-answer). Named-schedule rows of the older solvers are in docs/digits_nfe_results.jsonl.
+Ours: ``auto`` and the named solvers on the new schedules (iPNDM on gits/ays/karras and on the
+trailing forms ays/karras/logsnr_trailing, UniPC(3) on vp_trailing, PNDM on gits). diffusers
+(:func:`solvers.run_diffusers`): EDM-DPM-Solver++ (orders 2, 3) on Karras σ, DPM-Solver++
+2M/3M, UniPC (orders 2, 3) and DEIS(3) on 1000 discrete VP levels log-uniform in σ̃ over the
+model's range, each ending with σ = 0 (its last model output is the answer). Named-schedule rows
+of the older solvers are in docs/digits_nfe_results.jsonl.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ BUDGETS = [5, 10, 20]
 OURS = [("auto", "auto", {}, 0), ("ipndm/gits", "ipndm", dict(schedule="gits"), 1),
         ("ipndm/ays", "ipndm", dict(schedule="ays"), 1),
         ("ipndm/karras", "ipndm", dict(schedule="karras"), 1),
+        ("ipndm/ays_trailing", "ipndm", dict(schedule="ays_trailing"), 1),
+        ("ipndm/karras_trailing", "ipndm", dict(schedule="karras_trailing"), 1),
+        ("ipndm/logsnr_trailing", "ipndm", dict(schedule="logsnr_trailing"), 1),
         ("unipc(3)/vp_trailing", "unipc", dict(schedule="vp_trailing", order=3), 1),
         ("pndm(plms)/gits", "pndm", dict(schedule="gits", warm_start="plms"), 2)]
 

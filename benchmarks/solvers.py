@@ -39,7 +39,7 @@ a GPU (everything else stays on the CPU).
 Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl] [--no-tune]
        [--n-calib 128] [--n-calib-bns 512] [--tune-device cpu] [--problems gmm64-edm,...]
        [--nfes 5 6 ...] [--n-eval 4096] [--eval-seed 0] [--ref-steps 1024] [--pool 4096]
-       [--auto-only | --tuned-only]
+       [--auto-only | --tuned-only | --ours-only [--solvers ipndm,...] [--schedules ...]]
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ OURS = [("dpmpp_2m", "dpmpp_2m", {}, 1, 0), ("dpmpp_3m", "dpmpp_3m", {}, 1, 0),
         ("pndm(plms)", "pndm", dict(warm_start="plms"), 1, 1),
         ("dpm_solver_2", "dpm_solver_2", {}, 2, 0), ("dpm_solver_3", "dpm_solver_3", {}, 3, 0),
         ("heun", "heun", {}, 2, 0), ("ddim", "ddim", {}, 1, 0)]
-SCHEDULES = ("karras", "logsnr", "vp_uniform", "vp_trailing", "ays", "gits")
+SCHEDULES = ("karras", "logsnr", "vp_uniform", "vp_trailing", "ays", "gits", "karras_trailing",
+             "logsnr_trailing", "ays_trailing", "gits_trailing")
 TUNED = ["dpmpp_2m", "unipc", "ipndm"]
 BNS_BASES = ["unipc"]
 BNS_MAX_NFE = 10
@@ -90,7 +91,8 @@ def held_out_problems():
 
 def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,
         tune_device: str = "cpu", only=None, eval_seed: int = 0, ref_steps: int = 1024,
-        auto_only: bool = False, tuned_only: bool = False, pool: int = 4096):
+        auto_only: bool = False, tuned_only: bool = False, pool: int = 4096,
+        ours_only: bool = False, solvers=None, schedules=None):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
     for name, gm, sde in problems():
@@ -114,7 +116,9 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()),
                         rmse_same_mode=sq[~other].mean().sqrt().item())
         for label, solver, opts, per_step, extra in [] if auto_only or tuned_only else OURS:
-            for schedule in SCHEDULES:
+            if solvers and label not in solvers:
+                continue
+            for schedule in schedules or SCHEDULES:
                 for nfe in NFES:
                     steps = (nfe - 1 - extra) // per_step
                     if steps < 1:
@@ -127,7 +131,7 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             x, st = sdeflow.sample(model, x_T, solver="auto", steps=nfe, return_stats=True)
             emit(dict(problem=name, impl="sdeflow", solver="auto", config=f"{st['solver']}/"
                       f"{st['schedule']}", nfe=st["nfe"], **err(x)))
-        if auto_only:
+        if auto_only or ours_only:
             continue
         if not tuned_only:
             run_diffusers(emit, name, gm, sde, x_T, err)
@@ -327,6 +331,10 @@ def main():
         ap.add_argument("--ref-steps", type=int, default=1024, help="RK4 steps of the reference")
         ap.add_argument("--auto-only", action="store_true",
                         help="only the solver='auto' rows (merge them with an earlier run)")
+        ap.add_argument("--ours-only", action="store_true",
+                        help="only our named and auto rows (no anchors, no tuning)")
+        ap.add_argument("--solvers", help="named rows: comma-separated labels of OURS (e.g. ipndm)")
+        ap.add_argument("--schedules", help="named rows: comma-separated schedules")
         ap.add_argument("--tuned-only", action="store_true",
                         help="only the tuned rows (merge them with an earlier --no-tune run)")
         ap.add_argument("--pool", type=int, default=4096,
@@ -339,7 +347,9 @@ def main():
         run(emit, n=a.n_eval, tune=not a.no_tune, n_calib=a.n_calib, n_calib_bns=a.n_calib_bns,
             tune_device=a.tune_device, only=a.problems and a.problems.split(","),
             eval_seed=a.eval_seed, ref_steps=a.ref_steps, auto_only=a.auto_only,
-            tuned_only=a.tuned_only, pool=a.pool)
+            tuned_only=a.tuned_only, pool=a.pool, ours_only=a.ours_only,
+            solvers=a.solvers and a.solvers.split(","),
+            schedules=a.schedules and a.schedules.split(","))
     run_benchmark(__doc__, body, markdown, add)
 
 

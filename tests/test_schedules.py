@@ -61,3 +61,51 @@ def test_free_end_schedules_need_the_final_denoising():
             call()
     with pytest.raises(ValueError, match="adaptive.*schedule"):
         sdeflow.sample(model, x, solver="rk45", schedule="vp_trailing")
+
+
+@pytest.mark.parametrize("base", ["logsnr", "karras", "ays", "gits"])
+def test_trailing_schedules_drop_the_last_time_of_one_more_step(base):
+    """``<base>_trailing`` with n steps = ``<base>`` with n + 1 steps, t_end dropped: n + 1 noise
+    levels of the base schedule, the last one the final x̂0 call's; free-end (refused without
+    the final denoising)."""
+    for sde in (sdeflow.EDMSDE(), sdeflow.VPSDE()):
+        for n in (1, 4, 9):
+            full = get_timesteps(sde, n + 1, base)
+            ts = get_timesteps(sde, n, f"{base}_trailing", allow_free_end=True)
+            torch.testing.assert_close(ts, full[:-1], rtol=1e-12, atol=0)
+            assert ts[-1] > sde.t_min
+        with pytest.raises(ValueError, match="ends early"):
+            get_timesteps(sde, 4, f"{base}_trailing")
+
+
+
+def test_ipndm_counts_the_final_denoising_on_trailing_grids(monkeypatch):
+    """On a trailing grid the x̂0 call is the first-order step to σ = 0, so iPNDM (order 4)
+    lowers its order one step later: 1, 2, 3, 2 (| x̂0) on 4 steps instead of 1, 2, 2, 1; and
+    sample() sets the flag on trailing schedules only (DPM-Solver++ keeps its orders)."""
+    from sdeflow.oracle import GaussianMixture
+    from sdeflow.samplers import exponential
+    from sdeflow.samplers.registry import Context, get_solver
+    sde = sdeflow.VPSDE()
+    model = GaussianMixture.ring().denoiser(sde)
+    x = sde.prior_sample((8, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    seen, step_order = [], exponential.step_order
+    monkeypatch.setattr(exponential, "step_order", lambda *a: seen.append(step_order(*a)) or seen[-1])
+    ts = get_timesteps(sde, 4, "logsnr_trailing", allow_free_end=True)
+    orders = {}
+    for final in (False, True):
+        seen.clear()
+        get_solver("ipndm").fn(model, x, ts, Context(final_denoise=final))
+        orders[final] = list(seen)
+    assert orders == {False: [1, 2, 2, 1], True: [1, 2, 3, 2]}, orders
+    seen.clear()
+    sdeflow.sample(model, x, solver="dpmpp_3m", steps=4, schedule="logsnr_trailing")
+    assert seen == [1, 2, 2, 1]
+    info = get_solver("ipndm")
+    for sched, final in (("logsnr_trailing", True), ("vp_trailing", True), ("logsnr", False)):
+        ts = get_timesteps(sde, 4, sched, allow_free_end=True)
+        want = model.x0(info.fn(model, x, ts, Context(final_denoise=final)), ts[-1])
+        other = model.x0(info.fn(model, x, ts, Context(final_denoise=not final)), ts[-1])
+        got = sdeflow.sample(model, x, solver="ipndm", steps=4, schedule=sched)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        assert (got - other).abs().max() > 1e-4, sched  # the flag changes the answer

@@ -19,6 +19,12 @@ endpoints. Pick one by name through :func:`get_timesteps`; :func:`list_schedules
   5–10 NFE on DDPM's VP), where the final denoising call x̂0 gives the answer: the n + 1 network
   calls all sit where the sample's component and shape are decided. A *free-end* schedule:
   ``t_end`` is where it would stop with infinitely many steps, not its last time.
+* ``logsnr_trailing``, ``karras_trailing``, ``ays_trailing``, ``gits_trailing``: the *trailing*
+  form of a schedule, as ``vp_trailing`` is of ``vp_uniform`` — its grid for n + 1 steps with
+  the last time (t_end) dropped, so n steps and the final x̂0 call spend n + 1 network calls on
+  n + 1 noise levels of the schedule, the last one the x̂0 call's (diffusers' final step to
+  σ = 0), instead of one call at σ̃(t_end) ≈ 0 where x̂0 barely moves the sample. Free-end
+  schedules.
 * ``ays``: Align Your Steps (Sabour et al. 2024), the published 10-step Stable Diffusion 1.5
   schedule as a shape — log σ̃ at the fractions u = (1, .869, .786, .728, .671, .622, .563,
   .500, .420, .265, 0) of the way from log σ̃_end to log σ̃_start, log-linearly interpolated to
@@ -124,6 +130,17 @@ def _shape(name: str):
 
 for _name in SHAPES:
     register_schedule(_name)(_shape(_name))
+
+
+def _trailing(base: str):
+    def schedule(sde: SDE, n: int, t_start: float, t_end: float, **opts) -> Tensor:
+        return _SCHEDULES[base](sde, n + 1, t_start, t_end, **opts)[:-1]
+    schedule.__doc__ = f"``{base}`` with n + 1 steps, its last time dropped (trailing)."
+    return schedule
+
+
+for _name in ("logsnr", "karras", "ays", "gits"):
+    register_schedule(f"{_name}_trailing", free_end=True)(_trailing(_name))
 
 
 def get_timesteps(sde: SDE, steps: int, schedule: str | None = None, *,

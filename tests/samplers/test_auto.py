@@ -64,7 +64,9 @@ def test_auto_follows_the_dimension_and_the_budget():
     sde = sdeflow.VPSDE()
     low, high = auto_config(sde, 10, 2), auto_config(sde, 10, HIGH_DIM)
     assert low["solver"] != high["solver"] or low["schedule"] != high["schedule"]
-    assert auto_config(sde, 5, 64)["schedule"] == "vp_trailing" and auto_config(sde, 5, 2)["schedule"] == "gits"
+    assert auto_config(sde, 5, 64)["schedule"] == "ays_trailing"
+    assert auto_config(sde, 5, 2)["schedule"] == "gits_trailing"
+    assert auto_config(sde, 12, 64)["schedule"] == "karras_trailing"
     assert auto_config(sde, 1, 64)["steps"] == 1 and auto_config(sde, 1, 64)["denoise"] is False
 
 

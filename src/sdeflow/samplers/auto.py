@@ -10,26 +10,28 @@ gives the measurements behind them):
   ``vp_trailing`` grid — every call where the sample's coarse shape is decided, the answer the
   last call's x̂0 (diffusers' trailing spacing).
 * **4–30 NFE**: the fixed-coefficient 4th-order Adams–Bashforth iPNDM (1 NFE per step, no
-  start-up calls: the best named solver on 26 of our 28 benchmark budgets) on a grid shaped by
-  the dimension:
+  start-up calls) on a *trailing* grid (``<shape>_trailing``: the shape's grid for one more
+  step with its last time dropped, so the final x̂0 call sits on the shape's last noise level
+  instead of at σ_min where it barely moves the sample, and iPNDM counts it as its first-order
+  last step), the shape chosen by the dimension:
 
-  - **low dimension** (D < 16): ``gits`` — GITS's geometry-informed shape, quick through large
-    σ̃ and dense near the data, where a low-dimensional trajectory bends most;
-  - **high dimension** (D ≥ 16): up to 6 NFE UniPC (order 3, bh2 predictor–corrector) on
-    ``vp_trailing`` — every call at σ̃ ≳ 0.4, where a draw's mixture component (an image's
-    layout) is decided; in high dimension the draws that end in the wrong component carry most
-    of the error (docs/solver_notes.md), and the corrector is worth more than a fourth order
-    when every step is long; from 7 NFE iPNDM on ``karras`` (ρ = 7), which resolves small σ̃,
-    where data with narrow components (relative to σ_min) still need accuracy.
+  - **low dimension** (D < 16): ``gits_trailing`` — GITS's geometry-informed shape, quick
+    through large σ̃ and dense near the data, where a low-dimensional trajectory bends most;
+  - **high dimension** (D ≥ 16): up to 6 NFE ``ays_trailing`` (Align Your Steps' shape: more of
+    the few calls at large σ̃, where a draw's mixture component — an image's layout — is
+    decided; in high dimension the draws that end in the wrong component carry most of the
+    error), from 7 NFE ``karras_trailing`` (ρ = 7), which resolves small σ̃, where data with
+    narrow components (relative to σ_min) still need accuracy — ``ays`` stretched to [σ_min,
+    σ_max] loses by 7–27× there at 15–20 NFE.
 
 * **Above 30 NFE**: iPNDM on the ``logsnr`` grid (every solver is near its asymptotic order
   there; log-SNR steps spread the error evenly).
 
-The first version of these rules was chosen on our four benchmark problems (2-D ring and 64-D
-mixture, EDM and VP) and used the ``ays`` shape in high dimension from 7 NFE; on a held-out
-256-D mixture with narrow components it lost to the best anchor by 1.7–27× at 12–20 NFE, so the
-high-dimensional rule above is its revision (docs/benchmarks.md, "solver='auto'": the
-revision has been checked on the problems at hand, not yet on fresh held-out ones).
+History (docs/solver_notes.md, "Defaults by budget"): the first rules were chosen on our four
+benchmark problems (2-D ring and 64-D mixture, EDM and VP); a held-out 256-D mixture with narrow
+components showed iPNDM on ``ays`` losing by up to 27× at 20 NFE, and the second revision moved
+to ``karras``; this third one moves every shape to its trailing form, chosen on all seven
+benchmark problems (held-out ones included), so its held-out check is still to come.
 """
 from __future__ import annotations
 
@@ -57,9 +59,5 @@ def auto_config(sde, nfe: int, dim: int) -> dict:
     steps = nfe - 1  # one call per step plus the final denoising
     if nfe > 30:
         return dict(solver="ipndm", steps=steps, schedule="logsnr", opts={}, denoise=True)
-    if dim < HIGH_DIM:
-        return dict(solver="ipndm", steps=steps, schedule="gits", opts={}, denoise=True)
-    if nfe <= 6:
-        return dict(solver="unipc", steps=steps, schedule="vp_trailing", opts=dict(order=3),
-                    denoise=True)
-    return dict(solver="ipndm", steps=steps, schedule="karras", opts={}, denoise=True)
+    shape = "gits" if dim < HIGH_DIM else "ays" if nfe <= 6 else "karras"
+    return dict(solver="ipndm", steps=steps, schedule=f"{shape}_trailing", opts={}, denoise=True)
