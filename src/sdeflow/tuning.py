@@ -315,7 +315,7 @@ class _Objective:
         out = get_solver(name).fn(self.model, x, ts, Context(cond=self.cond), **opts)
         return (self.model.x0(out, ts[-1], **self.cond) - ref).pow(2).flatten(1).mean(1)
 
-    def per_draw(self, p: Tensor | None, x: Tensor, ref: Tensor, w=None, ts=None) -> Tensor:
+    def per_draw(self, p: Tensor | None, x: Tensor, ref: Tensor, ts=None) -> Tensor:
         """Per-draw errors of params ``p`` (or of the base solver on ``ts``), no gradient."""
         with torch.no_grad():
             run = self.unpack(p) if ts is None else (ts, self.solver, self.opts)

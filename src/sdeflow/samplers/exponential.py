@@ -291,9 +291,9 @@ def deis(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 3,
 
     On a trailing grid (``Context.final_denoise``) iPNDM counts the final x̂0 call as its
     first-order last step when lowering its order at the end (1, 2, 3, 2 | x̂0 on 4 steps rather
-    than 1, 2, 2, 1), as diffusers' schedulers count their step to σ = 0: 0.70–0.97× the error
-    (median per problem and schedule) on our benchmark problems. DPM-Solver++ and UniPC measured
-    1.0–1.3× with the same convention and keep theirs (docs/solver_notes.md)."""
+    than 1, 2, 2, 1), as diffusers' schedulers count their step to σ = 0: 0.68–1.00× the error
+    (median per problem and trailing shape) on our benchmark problems. DPM-Solver++ and UniPC
+    measured 1.0–1.3× with the same convention and keep theirs (docs/solver_notes.md)."""
     if order not in (1, 2, 3, 4):
         raise ValueError(f"order must be 1, 2, 3 or 4, got {order}")
     if variant not in ("rhoab", "ipndm"):
