@@ -175,9 +175,10 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
 def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib_bns: int = 512,
               device: str = "cpu", pool: int = 0):
     """The tuned pipeline as ``tune-steps`` runs it: calibration and validation draws of its
-    own (seeds 1000, 1001) — with ``pool``, stratified from pools of that many prior draws
-    (``tuning.stratified_draws``, as ``tune-steps`` does by default) — the fall-back to the
-    best named configuration, then measured on the benchmark's draws."""
+    own (seeds 1000, 1001) — with ``pool``, calibration stratified from a pool of that many
+    prior draws (``tuning.stratified_draws``) and validation chosen after tuning from a second
+    pool where the candidates disagree (``heldout_draws``), as ``tune-steps`` does by default —
+    the fall-back to the best candidate, then measured on the benchmark's draws."""
     from sdeflow.tuning import stratified_draws, tune_timesteps
 
     def draws(n, solver, steps):
@@ -185,11 +186,10 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
                                dtype=torch.float64).to(device) for k in (0, 1)]
         if not pool:
             return xs, {}
-        picks = [stratified_draws(model, x, n, solver=solver, steps=steps,
-                                  generator=torch.Generator().manual_seed(1000 + k))
-                 for k, x in enumerate(xs)]
-        return [x[i.to(device)] for x, (i, _) in zip(xs, picks)], dict(
-            calibration_weights=picks[0][1], heldout_weights=picks[1][1])
+        idx, w = stratified_draws(model, xs[0], n, solver=solver, steps=steps,
+                                  generator=torch.Generator().manual_seed(1000))
+        # validation: n draws chosen from the second pool after tuning (heldout_draws)
+        return [xs[0][idx.to(device)], xs[1]], dict(calibration_weights=w, heldout_draws=n)
     jobs = [(solver, "tuned", False, n_calib) for solver in TUNED]
     jobs += [(solver, "bns", True, n_calib_bns) for solver in BNS_BASES]
     for solver, label, coefficients, n_cal in jobs:
@@ -207,7 +207,8 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
                       **err(x), start_schedule=res.start_schedule, kept_start=res.kept_start,
                       t_end=res.timesteps[-1], method=res.method, n_calibration=n_cal,
                       calibration_loss=res.calibration_loss, heldout_loss=res.heldout_loss,
-                      pool=pool, fallback=res.fallback, best_named=res.best_named,
+                      pool=pool, heldout_pool=res.heldout_pool, fallback=res.fallback,
+                      best_named=res.best_named, heldout_losses=res.heldout_losses,
                       tuning_device=device, tuning_seconds=round(time.perf_counter() - start, 1)))
 
 

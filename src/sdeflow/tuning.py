@@ -51,8 +51,8 @@ from .samplers import get_solver, sample
 from .samplers.registry import Context
 from .schedules import check_timesteps, get_timesteps
 
-__all__ = ["TunedSchedule", "tune_timesteps", "stratified_draws", "timesteps_from_theta",
-           "theta_from_timesteps"]
+__all__ = ["TunedSchedule", "tune_timesteps", "stratified_draws", "pool_losses",
+           "timesteps_from_theta", "theta_from_timesteps"]
 
 
 @dataclass
@@ -83,6 +83,10 @@ class TunedSchedule:
     heldout_best_named_loss: float | None = None
     best_named: str | None = None  # "solver(opts)/schedule" of that configuration
     pool: int = 0  # calibration/validation draws stratified from a pool this large (0: plain)
+    # validation drawn *after* tuning from a pool this large, stratified by how much the
+    # candidates disagree (0: the held-out draws were given); every candidate's held-out loss
+    heldout_pool: int = 0
+    heldout_losses: dict = field(default_factory=dict)
 
     def save(self, path) -> Path:
         from .checkpoint import write_text_atomic
@@ -151,7 +155,8 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                    step0: float = 0.5, min_step: float = 1e-3, reference_opts: dict | None = None,
                    cond: dict | None = None, calibration_seed: int = 0, progress: bool = False,
                    fallback: bool = True, calibration_weights: Tensor | None = None,
-                   heldout_weights: Tensor | None = None, **solver_opts) -> TunedSchedule:
+                   heldout_weights: Tensor | None = None, heldout_draws: int | None = None,
+                   named_candidates: int = 3, **solver_opts) -> TunedSchedule:
     r"""Tune the ``steps``-interval grid of ``solver`` for ``model`` on calibration noise ``x_cal``
     (prior draws at T). ``reference`` is the accurate answer for ``x_cal`` (computed with
     ``reference_opts``, default RK45 at 1e-6, when not given). ``method``: ``"gradient"`` (Adam
@@ -182,18 +187,30 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     ``calibration_weights`` / ``heldout_weights`` (non-negative, summing to 1; e.g. from
     :func:`stratified_draws`) make every loss the weighted mean squared error over the draws —
     an unbiased estimate of the error over the pool they were drawn from — and the held-out
-    comparisons then trim nothing (the rare draws are in the set on purpose, at their weight)."""
+    comparisons then trim nothing (the rare draws are in the set on purpose, at their weight).
+
+    ``heldout_draws = n`` makes ``x_heldout`` a validation *pool* of N > n prior draws, used
+    after tuning (:func:`_select_on_pool`): the candidates — the tuned result, its starting
+    grid and (with ``fallback``) the ``named_candidates`` best named configurations on the
+    calibration draws — are run on all N draws (no reference needed), the n draws where they
+    disagree most with the tuned answer are taken with the rest sampled at random, as
+    :func:`stratified_draws` weights them, and only those n get a reference. The candidate
+    with the least weighted RMS error is returned. Why: a tuned grid can send a draw into
+    another mode that no named solver sends there — an event rarer than 1/n is in no fixed
+    validation set of n draws, but it makes the candidates disagree, so it is in this one
+    (and counted at its weight 1/N), and the comparison is no longer blind to it."""
     _check_request(solver, steps, method, coefficients, window)
     from .cld.model import is_cld
     if is_cld(model):
         raise TypeError("tuning works on Denoiser models, not on a CLD model (sample it with "
                         "its own grids: sdeflow.cld.sample_cld)")
     cond = cond or {}
+    _check_pool(x_heldout, heldout_draws, reference_heldout, heldout_weights, cond, x_cal)
     ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
     with torch.no_grad():
         if reference is None:
             reference = sample(model, x_cal, cond=cond, **ref_opts)
-        if x_heldout is not None and reference_heldout is None:
+        if x_heldout is not None and reference_heldout is None and heldout_draws is None:
             reference_heldout = sample(model, x_heldout, cond=cond, **ref_opts)
     obj = _Objective(model, solver, steps, solver_opts, cond, free_end, coefficients, window,
                      coef_scale)
@@ -209,7 +226,11 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                         start_schedule=start_name, n_calibration=len(x_cal),
                         calibration_seed=calibration_seed, evaluations=evals,
                         solver_opts=opts, method=method, free_end=free_end, base_solver=solver)
-    if x_heldout is not None:
+    if x_heldout is not None and heldout_draws is not None:
+        _select_on_pool(out, obj, params, (start_name, starts[start_name][2]), cal, x_heldout,
+                        heldout_draws, ref_opts, named_candidates if fallback else 0,
+                        torch.Generator().manual_seed(calibration_seed + 1))
+    elif x_heldout is not None:
         heldout = (x_heldout, reference_heldout,
                    _weights(heldout_weights, x_heldout, "heldout_weights"))
         _validate(out, obj, params, starts[start_name][2], heldout, validation_trim)
@@ -249,11 +270,17 @@ def stratified_draws(model, x_pool: Tensor, n: int, *, solver: str = "dpmpp_2m",
         raise ValueError(f"n must be between 1 and the pool size {N}, got {n}")
     if not 0.0 <= hard <= 1.0:
         raise ValueError(f"hard must be a fraction in [0, 1], got {hard}")
-    k = min(round(hard * n), n - 1) if n < N else n
     with torch.no_grad():
         coarse = sample(model, x_pool, solver=solver, steps=steps, cond=cond)
         fine = sample(model, x_pool, solver=solver, steps=4 * steps, cond=cond)
-    h = (coarse - fine).pow(2).flatten(1).sum(1).cpu()
+    return _stratify((coarse - fine).pow(2).flatten(1).sum(1).cpu(), n, hard, generator)
+
+
+def _stratify(h: Tensor, n: int, hard: float, generator: torch.Generator | None):
+    """(index, weights) of n of the N scores ``h``: the ``round(hard·n)`` largest with weight
+    1/N, a uniform sample of the rest with weight (N − k)/((n − k)·N) (:func:`stratified_draws`)."""
+    N = len(h)
+    k = min(round(hard * n), n - 1) if n < N else n
     order = h.argsort(descending=True)
     top, rest = order[:k], order[k:]
     pick = rest[torch.randperm(len(rest), generator=generator)[:n - k]]
@@ -309,11 +336,15 @@ class _Objective:
         delta = delta.index_put((self.rows, self.cols), self.coef_scale * p[n + steps:])
         return ts, "bns", dict(zip("ac", unrolled_form(a, c + sde.s(ts[1:])[:, None] * delta)))
 
-    def error(self, ts, name, opts, x: Tensor, ref: Tensor) -> Tensor:
-        """Per-draw mean squared error of the solver's denoised output."""
+    def answer(self, ts, name, opts, x: Tensor) -> Tensor:
+        """The solver's denoised output x̂0(x_N, t_N) from prior draws ``x``."""
         ts = ts.to(dtype=x.dtype, device=x.device)
         out = get_solver(name).fn(self.model, x, ts, Context(cond=self.cond), **opts)
-        return (self.model.x0(out, ts[-1], **self.cond) - ref).pow(2).flatten(1).mean(1)
+        return self.model.x0(out, ts[-1], **self.cond)
+
+    def error(self, ts, name, opts, x: Tensor, ref: Tensor) -> Tensor:
+        """Per-draw mean squared error of the solver's denoised output."""
+        return _mse(self.answer(ts, name, opts, x), ref)
 
     def per_draw(self, p: Tensor | None, x: Tensor, ref: Tensor, ts=None) -> Tensor:
         """Per-draw errors of params ``p`` (or of the base solver on ``ts``), no gradient."""
@@ -388,23 +419,129 @@ def _fall_back(out: TunedSchedule, obj: _Objective, cal, heldout, trim: float) -
     if obj.solver in MULTI_CALL:
         return  # several calls per step: the named one-call solvers would use another NFE
     with torch.no_grad():
-        best = min(((_rms(obj.error(_named_grid(obj, schedule), name, opts, *cal[:2]), cal[2]),
-                     name, opts, schedule) for name, opts in NAMED
-                    for schedule in _named_schedules(obj)), key=lambda r: r[0])
-        _, name, opts, schedule = best
+        name, opts, schedule = _rank_named(obj, cal)[0]
         ts = torch.tensor(out.timesteps, dtype=torch.float64)
         x, ref, w = heldout
         tuned = obj.error(ts, out.solver, _tensors(out.solver_opts), x, ref)
         named = obj.error(_named_grid(obj, schedule), name, opts, x, ref)
     out.heldout_best_named_loss = _rms(named, w)
     out.heldout_loss = _rms(tuned, w)
-    label = ", ".join(f"{k}={v}" for k, v in opts.items())
-    out.best_named = f"{name}{f'({label})' if label else ''}/{schedule}"
+    out.best_named = _label(name, opts, schedule)
     if _rms(named, w, trim) < _rms(tuned, w, trim):
         out.solver, out.solver_opts = name, dict(opts)
         out.timesteps = _named_grid(obj, schedule).tolist()
         out.heldout_loss = out.heldout_best_named_loss
         out.fallback = out.best_named
+
+
+def _rank_named(obj: _Objective, cal) -> list[tuple[str, dict, str]]:
+    """Every named solver × named schedule at ``obj.steps`` steps, (solver, options,
+    schedule), best first by the (weighted) RMS error on the calibration draws ``cal``."""
+    with torch.no_grad():
+        scored = [(_rms(obj.error(_named_grid(obj, schedule), name, opts, *cal[:2]), cal[2]), i,
+                   (name, opts, schedule)) for i, ((name, opts), schedule) in enumerate(
+                       (c, s) for c in NAMED for s in _named_schedules(obj))]
+    return [c for *_, c in sorted(scored, key=lambda r: r[:2])]
+
+
+def _label(name: str, opts: dict, schedule: str) -> str:
+    """``solver(opts)/schedule``, as ``TunedSchedule.best_named`` / ``fallback`` name it."""
+    label = ", ".join(f"{k}={v}" for k, v in opts.items())
+    return f"{name}{f'({label})' if label else ''}/{schedule}"
+
+
+def _check_pool(x_pool, n, reference, weights, cond: dict, x_cal: Tensor) -> None:
+    """``heldout_draws`` needs a held-out *pool* (more than n draws, no reference or weights
+    of its own: they are chosen and weighted after tuning) and conditioning shared by all draws."""
+    if n is None:
+        return
+    if x_pool is None:
+        raise ValueError("heldout_draws needs x_heldout: the pool of prior draws to choose from")
+    if not 1 <= n < len(x_pool):
+        raise ValueError(f"heldout_draws must be between 1 and the pool size {len(x_pool)} - 1 "
+                         f"(x_heldout is the pool), got {n}")
+    if reference is not None or weights is not None:
+        raise ValueError("with heldout_draws the validation draws, their references and "
+                         "weights are chosen from the pool after tuning: give neither "
+                         "reference_heldout nor heldout_weights")
+    if x_pool.shape[1:] != x_cal.shape[1:]:
+        raise ValueError(f"x_heldout draws have shape {tuple(x_pool.shape[1:])}, the "
+                         f"calibration draws {tuple(x_cal.shape[1:])}")
+    per_draw = [k for k, v in cond.items() if torch.is_tensor(v) and v.dim() and len(v) > 1]
+    if per_draw:
+        raise ValueError(f"a validation pool needs conditioning shared by every draw; {per_draw} "
+                         "hold one entry per draw (give x_heldout of the calibration's size and "
+                         "no heldout_draws)")
+
+
+def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, cal,
+                    pool: Tensor, n: int, ref_opts: dict, n_named: int,
+                    generator: torch.Generator, hard: float = 0.5, chunk: int = 1024) -> None:
+    """Validate on ``n`` draws chosen from ``pool`` after tuning (:func:`tune_timesteps`,
+    ``heldout_draws``) and return the best candidate in ``out``.
+
+    Candidates: the tuned result, the base solver on its starting grid, and the ``n_named``
+    best named configurations on the calibration draws (none for multi-call solvers). Their
+    answers on all N pool draws (N·NFE network calls each, no gradients) go to
+    :func:`pool_losses`, which solves the reference (``ref_opts``) for n of them."""
+    start_name, ts0 = start
+    cands = {"tuned": obj.unpack(params.detach()),
+             f"{obj.solver}/{start_name}": (ts0, obj.solver, obj.opts)}
+    if n_named and obj.solver not in MULTI_CALL:
+        for name, opts, schedule in _rank_named(obj, cal)[:n_named]:
+            cands.setdefault(_label(name, opts, schedule), (_named_grid(obj, schedule), name, opts))
+    with torch.no_grad():
+        answers = {k: torch.cat([obj.answer(*c, xb) for xb in pool.split(chunk)])
+                   for k, c in cands.items()}
+        losses = pool_losses(answers, lambda x: torch.cat(
+            [sample(obj.model, xb, cond=obj.cond, **ref_opts) for xb in x.split(chunk)]),
+            pool, n, hard=hard, generator=generator)
+    best = min(losses, key=lambda k: (losses[k], k != "tuned"))
+    out.heldout_pool, out.heldout_losses = len(pool), losses
+    out.heldout_start_loss = losses[f"{obj.solver}/{start_name}"]
+    named = [k for k in losses if k not in ("tuned", f"{obj.solver}/{start_name}")]
+    if named:
+        out.best_named = min(named, key=lambda k: losses[k])
+        out.heldout_best_named_loss = losses[out.best_named]
+    out.heldout_loss = losses[best]
+    if best == "tuned":
+        return
+    ts, name, opts = cands[best]
+    out.timesteps, out.solver = ts.tolist(), name
+    out.solver_opts = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in opts.items()}
+    if best == f"{obj.solver}/{start_name}":
+        out.kept_start = True
+    else:
+        out.fallback = best
+
+
+def pool_losses(answers: dict, reference, pool: Tensor, n: int, *, base: str = "tuned",
+                hard: float = 0.5, generator: torch.Generator | None = None) -> dict:
+    r"""Estimated RMS errors over a pool of N prior draws of several candidates' answers
+    (``answers``: name → N answers) from references of only n of the draws
+    (``reference(x)`` → the accurate answers for draws ``x``).
+
+    The n draws are :func:`_stratify`'s choice on the disagreement with candidate ``base``,
+    :math:`d_i = \max_c \lVert \hat x^{(c)}_i - \hat x^{(base)}_i\rVert^2`: the
+    k = round(hard·n) largest enumerated at weight 1/N, the rest a uniform sample of the others.
+    Each weighted MSE is an unbiased estimate of the candidate's pool MSE, and when fewer than k
+    draws disagree at all, the *differences* between candidates are exact: a draw outside the
+    enumerated stratum has the same error under every candidate. So a rare draw that one
+    candidate sends to another mode — one in N, absent from almost every plain validation set
+    — decides the comparison as it does over the pool. Non-finite answers count as the largest
+    disagreement (and an infinite loss)."""
+    first = answers[base]
+    d = torch.stack([(a - first).pow(2).flatten(1).sum(1) for a in answers.values()]).amax(0)
+    idx, w = _stratify(torch.nan_to_num(d, nan=math.inf).cpu(), n, hard, generator)
+    idx = idx.to(pool.device)
+    ref = reference(pool[idx])
+    w = w.to(ref.device)
+    return {k: _rms(_mse(a[idx], ref), w) for k, a in answers.items()}
+
+
+def _mse(x: Tensor, ref: Tensor) -> Tensor:
+    """Per-draw mean squared error."""
+    return (x - ref).pow(2).flatten(1).mean(1)
 
 
 def _named_schedules(obj: _Objective) -> list[str]:

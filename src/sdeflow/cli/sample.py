@@ -142,8 +142,11 @@ def add_tune_steps(sub) -> None:
                         "a pool of this many prior draws (default: 4096, or --n-calib if more), "
                         "the hardest half (where the solver changes most when its steps are "
                         "quadrupled: draws near a boundary between modes) always in, weighted so "
-                        "the loss stays the pool's mean error; costs 2 × pool × 5 × steps network "
-                        "calls without gradients (0: plain draws)")
+                        "the loss stays the pool's mean error; the validation draws are chosen "
+                        "after tuning from a second pool, where the tuned grid, its start and "
+                        "the 3 best named solver × schedule disagree most, and the best of them "
+                        "on those is returned; costs ≈ pool × 10 × steps network calls without "
+                        "gradients (0: plain draws)")
     p.add_argument("--calib-seed", type=int, default=1000,
                    help="seed of the calibration draws (validation uses calib-seed + 1)")
     p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",
@@ -184,13 +187,14 @@ def cmd_tune_steps(a) -> int:
     draws = [model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(a.calib_seed + k))
              .to(dev) for k in (0, 1)]
     weights = {}
-    if a.pool:  # stratified calibration and validation draws (sdeflow.tuning.stratified_draws)
-        from ..tuning import stratified_draws
-        for k, key in enumerate(("calibration_weights", "heldout_weights")):
-            idx, weights[key] = stratified_draws(
-                model, draws[k], a.n_calib, solver=a.solver, steps=a.steps,
-                generator=torch.Generator().manual_seed(a.calib_seed + k))
-            draws[k] = draws[k][idx.to(dev)]
+    if a.pool:  # stratified calibration draws (sdeflow.tuning.stratified_draws); validation
+        from ..tuning import stratified_draws  # draws chosen from the other pool after tuning
+        idx, weights["calibration_weights"] = stratified_draws(
+            model, draws[0], a.n_calib, solver=a.solver, steps=a.steps,
+            generator=torch.Generator().manual_seed(a.calib_seed))
+        draws[0] = draws[0][idx.to(dev)]
+        if a.pool > a.n_calib:
+            weights["heldout_draws"] = a.n_calib
     res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=a.solver, steps=a.steps,
                          max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True,
                          method=a.method, free_end=not a.fixed_end, coefficients=a.coefficients,
