@@ -485,8 +485,8 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
     answers on all N pool draws (N·NFE network calls each, no gradients) go to
     :func:`pool_losses`, which solves the reference (``ref_opts``) for n of them."""
     start_name, ts0 = start
-    cands = {"tuned": obj.unpack(params.detach()),
-             f"{obj.solver}/{start_name}": (ts0, obj.solver, obj.opts)}
+    start_label = _label(obj.solver, obj.opts, start_name)
+    cands = {"tuned": obj.unpack(params.detach()), start_label: (ts0, obj.solver, obj.opts)}
     if n_named and obj.solver not in MULTI_CALL:
         for name, opts, schedule in _rank_named(obj, cal)[:n_named]:
             cands.setdefault(_label(name, opts, schedule), (_named_grid(obj, schedule), name, opts))
@@ -498,8 +498,8 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
             pool, n, hard=hard, generator=generator)
     best = min(losses, key=lambda k: (losses[k], k != "tuned"))
     out.heldout_pool, out.heldout_losses = len(pool), losses
-    out.heldout_start_loss = losses[f"{obj.solver}/{start_name}"]
-    named = [k for k in losses if k not in ("tuned", f"{obj.solver}/{start_name}")]
+    out.heldout_start_loss = losses[start_label]
+    named = [k for k in losses if k != "tuned"]
     if named:
         out.best_named = min(named, key=lambda k: losses[k])
         out.heldout_best_named_loss = losses[out.best_named]
@@ -509,7 +509,7 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
     ts, name, opts = cands[best]
     out.timesteps, out.solver = ts.tolist(), name
     out.solver_opts = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in opts.items()}
-    if best == f"{obj.solver}/{start_name}":
+    if best == start_label:
         out.kept_start = True
     else:
         out.fallback = best
