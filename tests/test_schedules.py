@@ -82,7 +82,8 @@ def test_trailing_schedules_drop_the_last_time_of_one_more_step(base):
 def test_ipndm_counts_the_final_denoising_on_trailing_grids(monkeypatch):
     """On a trailing grid the x̂0 call is the first-order step to σ = 0, so iPNDM (order 4)
     lowers its order one step later: 1, 2, 3, 2 (| x̂0) on 4 steps instead of 1, 2, 2, 1; and
-    sample() sets the flag on trailing schedules only (DPM-Solver++ keeps its orders)."""
+    sample() sets the flag on grids that end above t_min only, named or explicit (DPM-Solver++
+    keeps its orders)."""
     from sdeflow.oracle import GaussianMixture
     from sdeflow.samplers import exponential
     from sdeflow.samplers.registry import Context, get_solver
@@ -109,3 +110,18 @@ def test_ipndm_counts_the_final_denoising_on_trailing_grids(monkeypatch):
         got = sdeflow.sample(model, x, solver="ipndm", steps=4, schedule=sched)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
         assert (got - other).abs().max() > 1e-4, sched  # the flag changes the answer
+        # the same grid as explicit times (a tuned or fall-back result), in float32 too, and
+        # as tuning evaluates it: the same answer
+        explicit = sdeflow.sample(model, x, solver="ipndm", timesteps=ts)
+        torch.testing.assert_close(explicit, want, rtol=0, atol=1e-12)
+        x32 = sdeflow.sample(model, x.float(), solver="ipndm", timesteps=ts.float())
+        torch.testing.assert_close(x32.double(), want, rtol=0, atol=1e-4)
+        assert (x32.double() - other).abs().max() > 1e-4, sched
+        from sdeflow.tuning import _Objective
+        obj = _Objective(model, "ipndm", 4, {}, {}, True, False, 3, 0.2)
+        torch.testing.assert_close(obj.answer(ts, "ipndm", {}, x), want, rtol=0, atol=1e-12)
+    # an explicit t_end above t_min is an early end too
+    ts = get_timesteps(sde, 4, "logsnr", t_end=0.05)
+    got = sdeflow.sample(model, x, solver="ipndm", steps=4, schedule="logsnr", t_end=0.05)
+    want = model.x0(info.fn(model, x, ts, Context(final_denoise=True)), ts[-1])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

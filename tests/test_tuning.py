@@ -104,7 +104,11 @@ def test_tune_steps_cli_and_sampling_with_the_file(tmp_path):
     assert main(["tune-steps", str(run), "--solver", "dpmpp_2m", "--steps", "4",
                  "--n-calib", "64", "--max-evals", "20", "--out", str(out)]) == 0
     rep = json.loads(out.read_text())
-    assert rep["solver"] == "dpmpp_2m" and len(rep["timesteps"]) == 5
+    assert len(rep["timesteps"]) == 5 and rep["base_solver"] == "dpmpp_2m"
+    # the tuned grid, or the candidate that beat it on the validation pool
+    assert rep["solver"] == "dpmpp_2m" if rep["fallback"] is None else \
+        rep["fallback"].startswith(rep["solver"] + "/")
+    assert rep["heldout_loss"] == min(rep["heldout_losses"].values())
     assert rep["calibration_seed"] == 1000 and rep["calibration_loss"] <= rep["start_loss"]
     assert rep["pool"] == 4096  # stratified draws by default
     plain = tmp_path / "plain.json"
@@ -340,3 +344,27 @@ def test_tuning_validates_on_a_pool_and_returns_the_best_candidate_over_it(ring_
                        reference_heldout=pool)
     with pytest.raises(ValueError, match="needs x_heldout"):
         tune_timesteps(model, draw(8, 0), heldout_draws=8, steps=2)
+
+
+def test_named_ranking_for_the_pool_drops_configurations_with_the_same_answers(ring_edm):
+    """On two steps DPM-Solver++(3M) has no history beyond 2M's, so the two give the same
+    answers on every schedule: the plain ranking lists both, the ranking that fills the
+    validation pool's candidate slots (``distinct``) keeps one. On six steps they differ and
+    both are kept (the check does not merge distinct configurations)."""
+    from sdeflow.tuning import _Objective, _rank_named
+    model, sde = ring_edm
+    x = sde.prior_sample((64, 2), generator=gen(3), dtype=torch.float64)
+    ref = sdeflow.sample(model, x, solver="rk45", rtol=1e-7, atol=1e-7)
+
+    def pairs(steps, distinct):
+        obj = _Objective(model, "ddim", steps, {}, {}, True, False, 3, 0.2)
+        ranked = _rank_named(obj, (x, ref, None), distinct=distinct)
+        return ranked, {(n, s) for n, _, s in ranked}
+    full, p_full = pairs(2, False)
+    dist, p_dist = pairs(2, True)
+    schedules = {s for _, _, s in full}
+    assert all(("dpmpp_2m", s) in p_full and ("dpmpp_3m", s) in p_full for s in schedules)
+    assert not any(("dpmpp_2m", s) in p_dist and ("dpmpp_3m", s) in p_dist for s in schedules)
+    assert len(schedules) <= len(full) - len(dist)  # at least one per schedule dropped
+    _, p6 = pairs(6, True)
+    assert all(("dpmpp_2m", s) in p6 and ("dpmpp_3m", s) in p6 for s in schedules)

@@ -187,6 +187,15 @@ def _check_schedule(sde: SDE, schedule: str, allow_free_end: bool) -> None:
                          "solver) and tuning with free_end=True may use it")
 
 
+def ends_early(sde: SDE, ts: Tensor) -> bool:
+    """Whether the grid ``ts`` stops above the SDE's ``t_min`` (a trailing schedule of
+    :data:`FREE_END`, a tuned free-end grid, an explicit ``t_end``): then the final denoising
+    x̂0(x, t_N) is a real last step to σ = 0, which iPNDM counts when it lowers its order at
+    the end (``Context.final_denoise``). Named or explicit, the same grid gets the same
+    treatment. Relative tolerance 1e-6: a float32 ``t_min`` still counts as ``t_min``."""
+    return float(ts[-1].detach()) > sde.t_min * (1 + 1e-6)
+
+
 def check_timesteps(sde: SDE, ts) -> Tensor:
     """Validate explicit times: 1-D, ≥ 2 entries, finite, strictly decreasing, inside [0, T]."""
     ts = torch.as_tensor(ts, dtype=torch.float64).detach().cpu()

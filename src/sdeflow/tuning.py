@@ -49,7 +49,7 @@ from torch import Tensor
 from .progress import progress_bar
 from .samplers import get_solver, sample
 from .samplers.registry import Context
-from .schedules import check_timesteps, get_timesteps
+from .schedules import check_timesteps, ends_early, get_timesteps
 
 __all__ = ["TunedSchedule", "tune_timesteps", "stratified_draws", "pool_losses",
            "timesteps_from_theta", "theta_from_timesteps"]
@@ -339,7 +339,8 @@ class _Objective:
     def answer(self, ts, name, opts, x: Tensor) -> Tensor:
         """The solver's denoised output x̂0(x_N, t_N) from prior draws ``x``."""
         ts = ts.to(dtype=x.dtype, device=x.device)
-        out = get_solver(name).fn(self.model, x, ts, Context(cond=self.cond), **opts)
+        ctx = Context(cond=self.cond, final_denoise=ends_early(self.model.sde, ts))  # as sample()
+        out = get_solver(name).fn(self.model, x, ts, ctx, **opts)
         return self.model.x0(out, ts[-1], **self.cond)
 
     def error(self, ts, name, opts, x: Tensor, ref: Tensor) -> Tensor:
@@ -434,14 +435,24 @@ def _fall_back(out: TunedSchedule, obj: _Objective, cal, heldout, trim: float) -
         out.fallback = out.best_named
 
 
-def _rank_named(obj: _Objective, cal) -> list[tuple[str, dict, str]]:
+def _rank_named(obj: _Objective, cal, distinct: bool = False) -> list[tuple[str, dict, str]]:
     """Every named solver × named schedule at ``obj.steps`` steps, (solver, options,
-    schedule), best first by the (weighted) RMS error on the calibration draws ``cal``."""
+    schedule), best first by the (weighted) RMS error on the calibration draws ``cal``.
+    ``distinct``: drop a configuration whose per-draw calibration errors all equal those of a
+    better-ranked one — the same answers under another name (e.g. UniPC orders 2 and 3 on two
+    steps, where order 3 has no history to use), which would waste a validation slot."""
     with torch.no_grad():
-        scored = [(_rms(obj.error(_named_grid(obj, schedule), name, opts, *cal[:2]), cal[2]), i,
-                   (name, opts, schedule)) for i, ((name, opts), schedule) in enumerate(
-                       (c, s) for c in NAMED for s in _named_schedules(obj))]
-    return [c for *_, c in sorted(scored, key=lambda r: r[:2])]
+        scored = []
+        for i, ((name, opts), schedule) in enumerate(
+                (c, s) for c in NAMED for s in _named_schedules(obj)):
+            e = obj.error(_named_grid(obj, schedule), name, opts, *cal[:2])
+            scored.append((_rms(e, cal[2]), i, e, (name, opts, schedule)))
+    scored.sort(key=lambda r: r[:2])
+    kept: list = []
+    for *_, e, c in scored:
+        if not (distinct and any(torch.equal(e, k) for k, _ in kept)):
+            kept.append((e, c))
+    return [c for _, c in kept]
 
 
 def _label(name: str, opts: dict, schedule: str) -> str:
@@ -481,14 +492,14 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
     ``heldout_draws``) and return the best candidate in ``out``.
 
     Candidates: the tuned result, the base solver on its starting grid, and the ``n_named``
-    best named configurations on the calibration draws (none for multi-call solvers). Their
+    best distinct named configurations on the calibration draws (none for multi-call solvers). Their
     answers on all N pool draws (N·NFE network calls each, no gradients) go to
     :func:`pool_losses`, which solves the reference (``ref_opts``) for n of them."""
     start_name, ts0 = start
     start_label = _label(obj.solver, obj.opts, start_name)
     cands = {"tuned": obj.unpack(params.detach()), start_label: (ts0, obj.solver, obj.opts)}
     if n_named and obj.solver not in MULTI_CALL:
-        for name, opts, schedule in _rank_named(obj, cal)[:n_named]:
+        for name, opts, schedule in _rank_named(obj, cal, distinct=True)[:n_named]:
             cands.setdefault(_label(name, opts, schedule), (_named_grid(obj, schedule), name, opts))
     with torch.no_grad():
         answers = {k: torch.cat([obj.answer(*c, xb) for xb in pool.split(chunk)])

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..denoiser import Denoiser, check_batch
 from ..progress import progress_bar
 from ..rng import make_generator
-from ..schedules import FREE_END, check_timesteps, get_timesteps
+from ..schedules import check_timesteps, ends_early, get_timesteps
 from .registry import Context, get_solver
 
 __all__ = ["sample"]
@@ -106,7 +106,7 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     bar = progress_bar(total=None if info.adaptive else steps, desc=f"sampling ({solver})",
                        leave=False) if progress else None
     ctx = Context(generator=generator, cond=cond or {}, callback=callback, progress=bar,
-                  constraint=constraint, final_denoise=denoise and schedule in FREE_END)
+                  constraint=constraint, final_denoise=denoise and ends_early(sde, ts))
     nfe0, t0 = model.nfe, time.perf_counter()
     try:
         x = info.fn(model, x_T, ts, ctx, **solver_opts)

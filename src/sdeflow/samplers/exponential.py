@@ -289,7 +289,8 @@ def deis(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 3,
     weights are exact only for steps equal in σ̃ (measured orders on other grids:
     docs/solver_notes.md). Order 1 of either is DDIM.
 
-    On a trailing grid (``Context.final_denoise``) iPNDM counts the final x̂0 call as its
+    On a grid that ends above t_min (``Context.final_denoise``: a trailing schedule, a tuned
+    free-end grid — named or as explicit ``timesteps``) iPNDM counts the final x̂0 call as its
     first-order last step when lowering its order at the end (1, 2, 3, 2 | x̂0 on 4 steps rather
     than 1, 2, 2, 1), as diffusers' schedulers count their step to σ = 0: 0.68–1.00× the error
     (median per problem and trailing shape) on our benchmark problems. DPM-Solver++ and UniPC

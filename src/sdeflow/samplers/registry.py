@@ -28,8 +28,9 @@ class Context:
     # constraint(t, x, ctx) -> x: applied after every step of fixed-grid solvers (and every
     # corrector step of PC), e.g. inpainting's replacement of the known region
     constraint: Callable[[Tensor, Tensor, "Context"], Tensor] | None = None
-    # the grid is a *trailing* one (schedules.FREE_END, run with the final denoising): the
-    # x̂0 call that follows is its last, first-order step to σ = 0 (iPNDM counts it)
+    # the grid ends above t_min (schedules.ends_early: a trailing schedule, a tuned free-end
+    # grid) and the final denoising follows: that x̂0 call is its last, first-order step to
+    # σ = 0 (iPNDM counts it)
     final_denoise: bool = False
 
     def randn_like(self, x: Tensor) -> Tensor:
