@@ -120,6 +120,12 @@ def test_ipndm_counts_the_final_denoising_on_trailing_grids(monkeypatch):
         from sdeflow.tuning import _Objective
         obj = _Objective(model, "ipndm", 4, {}, {}, True, False, 3, 0.2)
         torch.testing.assert_close(obj.answer(ts, "ipndm", {}, x), want, rtol=0, atol=1e-12)
+    # a grid that ends at t_min in half precision does not (t_min compared in its dtype)
+    from sdeflow.schedules import ends_early
+    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert not ends_early(sde, get_timesteps(sde, 4, "logsnr", dtype=dt)), dt
+        assert ends_early(sde, get_timesteps(sde, 4, "logsnr_trailing", allow_free_end=True,
+                                             dtype=dt)), dt
     # an explicit t_end above t_min is an early end too
     ts = get_timesteps(sde, 4, "logsnr", t_end=0.05)
     got = sdeflow.sample(model, x, solver="ipndm", steps=4, schedule="logsnr", t_end=0.05)

@@ -192,8 +192,10 @@ def ends_early(sde: SDE, ts: Tensor) -> bool:
     :data:`FREE_END`, a tuned free-end grid, an explicit ``t_end``): then the final denoising
     x̂0(x, t_N) is a real last step to σ = 0, which iPNDM counts when it lowers its order at
     the end (``Context.final_denoise``). Named or explicit, the same grid gets the same
-    treatment. Relative tolerance 1e-6: a float32 ``t_min`` still counts as ``t_min``."""
-    return float(ts[-1].detach()) > sde.t_min * (1 + 1e-6)
+    treatment. ``t_min`` is compared in the grid's dtype (a float16 or float32 ``t_min`` still
+    counts as ``t_min``), with a relative tolerance of 1e-6."""
+    t_min = float(torch.tensor(sde.t_min, dtype=ts.dtype))
+    return float(ts[-1].detach()) > t_min * (1 + 1e-6)
 
 
 def check_timesteps(sde: SDE, ts) -> Tensor:

@@ -31,6 +31,23 @@ def test_coefficients_reproduce_every_multistep_solver(mixture2d, sde_name):
                                    msg=f"{sde_name} {solver}")
 
 
+def test_coefficients_follow_the_final_step_convention_of_a_trailing_grid(mixture2d):
+    """On a grid that ends above t_min iPNDM counts the final x̂0 call as a step (sample()'s
+    convention); the read-off coefficients reproduce that, so a BNS search starting from them
+    starts from the named iPNDM configuration (to 1e-11; the plain orders differ by > 1e-3)."""
+    from sdeflow.samplers.registry import Context, get_solver
+    sde = sdeflow.VPSDE()
+    model = mixture2d.denoiser(sde)
+    x = sde.prior_sample((16, 2), generator=gen(0), dtype=torch.float64)
+    ts = get_timesteps(sde, 4, "logsnr_trailing", allow_free_end=True)
+    a, c = linear_coefficients(sde, "ipndm", ts)
+    ours = sdeflow.sample(model, x, solver="bns", timesteps=ts, a=a, c=c)
+    named = sdeflow.sample(model, x, solver="ipndm", steps=4, schedule="logsnr_trailing")
+    torch.testing.assert_close(ours, named, rtol=0, atol=1e-11)
+    plain = model.x0(get_solver("ipndm").fn(model, x, ts, Context()), ts[-1])
+    assert (plain - named).abs().max() > 1e-3
+
+
 def test_ddim_coefficients_in_closed_form():
     r"""DDIM: x_{j+1} = (σ_{j+1}/σ_j) x_j + (s_{j+1} − s_j σ_{j+1}/σ_j) m_j, so
     a_j = σ_j/σ_0 and c_{jk} = (s_{k+1} − s_k σ_{k+1}/σ_k) σ_j/σ_{k+1}."""

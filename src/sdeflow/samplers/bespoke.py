@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
+from ..schedules import ends_early
 from .registry import Context, get_solver, register_solver
 
 __all__ = ["linear_coefficients", "step_form", "unrolled_form", "bns"]
@@ -45,7 +46,8 @@ def linear_coefficients(sde, solver: str, ts: Tensor, **solver_opts) -> tuple[Te
         inputs.append(x[:, 0])
         return basis[:, k + 1:k + 2].clone()
 
-    out = info.fn(Denoiser(net, sde, check_finite=False), basis[:, :1].clone(), ts, Context(),
+    ctx = Context(final_denoise=ends_early(sde, ts))  # as sample() runs the solver on ts
+    out = info.fn(Denoiser(net, sde, check_finite=False), basis[:, :1].clone(), ts, ctx,
                   **solver_opts)
     if len(inputs) != n:
         raise ValueError(f"{solver!r} called the network {len(inputs)} times on {n} steps")
