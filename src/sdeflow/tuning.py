@@ -439,8 +439,8 @@ def _rank_named(obj: _Objective, cal, distinct: bool = False) -> list[tuple[str,
     """Every named solver × named schedule at ``obj.steps`` steps, (solver, options,
     schedule), best first by the (weighted) RMS error on the calibration draws ``cal``.
     ``distinct``: drop a configuration whose per-draw calibration errors all equal those of a
-    better-ranked one — the same answers under another name (e.g. UniPC orders 2 and 3 on two
-    steps, where order 3 has no history to use), which would waste a validation slot."""
+    better-ranked one — the same answers under another name (e.g. DPM-Solver++ 2M and 3M on two
+    steps, where 3M has no history to use), which would waste a validation slot."""
     with torch.no_grad():
         scored = []
         for i, ((name, opts), schedule) in enumerate(
@@ -492,8 +492,8 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
     ``heldout_draws``) and return the best candidate in ``out``.
 
     Candidates: the tuned result, the base solver on its starting grid, and the ``n_named``
-    best distinct named configurations on the calibration draws (none for multi-call solvers). Their
-    answers on all N pool draws (N·NFE network calls each, no gradients) go to
+    best distinct named configurations on the calibration draws (none for multi-call
+    solvers). Their answers on all N pool draws (N·NFE network calls each, no gradients) go to
     :func:`pool_losses`, which solves the reference (``ref_opts``) for n of them."""
     start_name, ts0 = start
     start_label = _label(obj.solver, obj.opts, start_name)
