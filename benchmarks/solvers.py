@@ -28,7 +28,9 @@ with σ = 0 (its last model output is the answer); NFE = number of model calls.
 sdeflow ``<solver>/tuned``: the grid of ``sdeflow.tuning.tune_timesteps`` for that budget
 (200 Adam iterations through the solver, final time free, the fall-back to the best named
 configuration), calibrated on 128 prior draws (seed 1000) and validated on 128 more (seed
-1001), both stratified from pools of ``--pool`` (default 4096, as ``tune-steps``; 0: plain); the error is measured on the benchmark's
+1001), both stratified from pools of ``--pool`` (default 4096, as ``tune-steps``; 0: plain;
+the validation pool doubled up to ``--heldout-pool``, default 4 × ``--pool``, while the choice
+is unstable); the error is measured on the benchmark's
 draws (seed ``--eval-seed``, default 0), which tuning never sees. ``<base>/bns`` (up to
 ``BNS_MAX_NFE`` = 10; above, it fits the calibration draws' outliers and loses to the tuned
 grid): a bespoke non-stationary solver (``tune_timesteps(coefficients=True)``: grid *and* the
@@ -39,6 +41,7 @@ a GPU (everything else stays on the CPU).
 Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl] [--no-tune]
        [--n-calib 128] [--n-calib-bns 512] [--tune-device cpu] [--problems gmm64-edm,...]
        [--nfes 5 6 ...] [--n-eval 4096] [--eval-seed 0] [--ref-steps 1024] [--pool 4096]
+       [--heldout-pool 16384]
        [--auto-only | --tuned-only | --ours-only [--solvers ipndm,...] [--schedules ...]]
 """
 from __future__ import annotations
@@ -91,6 +94,7 @@ def held_out_problems():
 def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,
         tune_device: str = "cpu", only=None, eval_seed: int = 0, ref_steps: int = 1024,
         auto_only: bool = False, tuned_only: bool = False, pool: int = 4096,
+        heldout_pool: int | None = None,
         ours_only: bool = False, solvers=None, schedules=None):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
@@ -142,7 +146,7 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
                 run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
         if tune:
             run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns, tune_device,
-                      pool)
+                      pool, heldout_pool)
 
 
 def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
@@ -176,23 +180,27 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
 
 
 def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib_bns: int = 512,
-              device: str = "cpu", pool: int = 0):
+              device: str = "cpu", pool: int = 0, heldout_pool: int | None = None):
     """The tuned pipeline as ``tune-steps`` runs it: calibration and validation draws of its
     own (seeds 1000, 1001) — with ``pool``, calibration stratified from a pool of that many
     prior draws (``tuning.stratified_draws``) and validation chosen after tuning from a second
-    pool where the candidates disagree (``heldout_draws``), as ``tune-steps`` does by default —
+    pool where the candidates disagree (``heldout_draws``; its first ``pool`` draws, doubled
+    up to ``heldout_pool``, default 4·pool, while the choice is unstable: ``heldout_start``),
+    as ``tune-steps`` does by default —
     the fall-back to the best candidate, then measured on the benchmark's draws."""
     from sdeflow.tuning import stratified_draws, tune_timesteps
 
     def draws(n, solver, steps):
-        xs = [sde.prior_sample((max(n, pool), dim), generator=torch.Generator().manual_seed(1000 + k),
-                               dtype=torch.float64).to(device) for k in (0, 1)]
+        sizes = (max(n, pool), max(n, heldout_pool or 4 * pool))
+        xs = [sde.prior_sample((size, dim), generator=torch.Generator().manual_seed(1000 + k),
+                               dtype=torch.float64).to(device) for k, size in enumerate(sizes)]
         if not pool:
             return xs, {}
         idx, w = stratified_draws(model, xs[0], n, solver=solver, steps=steps,
                                   generator=torch.Generator().manual_seed(1000))
         # validation: n draws chosen from the second pool after tuning (heldout_draws)
-        return [xs[0][idx.to(device)], xs[1]], dict(calibration_weights=w, heldout_draws=n)
+        return [xs[0][idx.to(device)], xs[1]], dict(calibration_weights=w, heldout_draws=n,
+                                                    heldout_start=max(n + 1, pool))
     jobs = [(solver, "tuned", False, n_calib) for solver in TUNED]
     jobs += [(solver, "bns", True, n_calib_bns) for solver in BNS_BASES]
     for solver, label, coefficients, n_cal in jobs:
@@ -212,6 +220,7 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
                       calibration_loss=res.calibration_loss, heldout_loss=res.heldout_loss,
                       pool=pool, heldout_pool=res.heldout_pool, fallback=res.fallback,
                       best_named=res.best_named, heldout_losses=res.heldout_losses,
+                      heldout_p_change=res.heldout_p_change,
                       returned=dict(solver=res.solver, timesteps=res.timesteps,
                                     solver_opts=res.solver_opts),
                       tuning_device=device, tuning_seconds=round(time.perf_counter() - start, 1)))
@@ -345,6 +354,9 @@ def main():
                         help="only the tuned rows (merge them with an earlier --no-tune run)")
         ap.add_argument("--pool", type=int, default=4096,
                         help="stratify the tuned rows' draws from pools this large (0: plain)")
+        ap.add_argument("--heldout-pool", type=int, default=None,
+                        help="largest validation pool (default 4 × --pool): doubled from "
+                             "--pool while the choice is unstable")
         ap.add_argument("--eval-seed", type=int, default=0,
                         help="seed of the evaluation draws (tuning uses 1000 and 1001)")
 
@@ -353,7 +365,8 @@ def main():
         run(emit, n=a.n_eval, tune=not a.no_tune, n_calib=a.n_calib, n_calib_bns=a.n_calib_bns,
             tune_device=a.tune_device, only=a.problems and a.problems.split(","),
             eval_seed=a.eval_seed, ref_steps=a.ref_steps, auto_only=a.auto_only,
-            tuned_only=a.tuned_only, pool=a.pool, ours_only=a.ours_only,
+            tuned_only=a.tuned_only, pool=a.pool, heldout_pool=a.heldout_pool,
+            ours_only=a.ours_only,
             solvers=a.solvers and a.solvers.split(","),
             schedules=a.schedules and a.schedules.split(","))
     run_benchmark(__doc__, body, markdown, add)

@@ -111,12 +111,17 @@ def test_tune_steps_cli_and_sampling_with_the_file(tmp_path):
     assert rep["heldout_loss"] == min(rep["heldout_losses"].values())
     assert rep["calibration_seed"] == 1000 and rep["calibration_loss"] <= rep["start_loss"]
     assert rep["pool"] == 4096  # stratified draws by default
+    # validation on 4096 draws, doubled (to 4 × 4096) only while the choice is unstable
+    assert rep["heldout_pool"] in (4096, 8192, 16384)
+    assert rep["heldout_p_change"] <= 0.1 or rep["heldout_pool"] == 16384
     plain = tmp_path / "plain.json"
     assert main(["tune-steps", str(run), "--steps", "4", "--n-calib", "64", "--max-evals", "5",
                  "--pool", "0", "--out", str(plain)]) == 0
     assert json.loads(plain.read_text())["pool"] == 0
     assert main(["tune-steps", str(run), "--steps", "4", "--n-calib", "64", "--pool", "10",
                  "--out", str(plain)]) == 2  # a pool smaller than the draws: a clear error
+    assert main(["tune-steps", str(run), "--steps", "4", "--n-calib", "64", "--pool", "256",
+                 "--heldout-pool", "128", "--out", str(plain)]) == 2
     s = tmp_path / "s"
     assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(out), "--out", str(s)]) == 0
     assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 5
@@ -368,3 +373,53 @@ def test_named_ranking_for_the_pool_drops_configurations_with_the_same_answers(r
     assert len(schedules) <= len(full) - len(dist)  # at least one per schedule dropped
     _, p6 = pairs(6, True)
     assert all(("dpmpp_2m", s) in p6 and ("dpmpp_3m", s) in p6 for s in schedules)
+
+
+def test_choice_instability_is_large_only_where_a_few_rare_draws_decide():
+    """``choice_instability`` on synthetic per-draw errors of 4096 draws (uniform weights):
+    B beats A on typical draws (error 0.8× A's, 2.0 less in sum). With B sending 3 draws into
+    another mode (error 1 each, 0.07 %) B loses over the pool, but the choice rests on those 3
+    draws and a re-drawn pool would often have two or fewer (42 %) — the bootstrap says so
+    (> 0.25). With 40 such draws (1 %)
+    or with B 2× worse on every draw, the choice is stable (≤ 0.02); a copy of the chosen
+    candidate under another name does not count as a change."""
+    from sdeflow.tuning import choice_instability
+    N = 4096
+    g = gen(3)
+    a = 0.05 ** 2 * torch.rand(N, generator=g, dtype=torch.float64) * 2
+    w = torch.full((N,), 1.0 / N, dtype=torch.float64)
+
+    def b_with(crossed: int) -> torch.Tensor:
+        b = 0.8 * a.clone()
+        b[torch.randperm(N, generator=g)[:crossed]] = 1.0
+        return b
+    rare = dict(tuned=b_with(3), a=a)
+    assert (rare["tuned"] @ w) > (a @ w)  # A is chosen
+    assert (0.2 * a).sum() == pytest.approx(2.0, rel=0.1)  # B's saving on typical draws
+    assert choice_instability(rare, w, generator=gen(0)) > 0.25
+    assert choice_instability(dict(tuned=b_with(40), a=a), w, generator=gen(0)) <= 0.02
+    assert choice_instability(dict(tuned=2 * a, a=a), w, generator=gen(0)) <= 0.02
+    assert choice_instability(dict(tuned=a, copy=a.clone()), w, generator=gen(0)) == 0.0
+
+
+def test_pool_validation_grows_the_pool_while_the_choice_is_unstable(ring_edm):
+    """``heldout_start``: validation starts on the pool's first 256 draws and doubles them while
+    the bootstrap instability exceeds ``max_p_change``: with 1 it stops at 256, with 0 it goes
+    on until the choice is certain or the pool (1024) is used up; bad sizes are refused."""
+    model, sde = ring_edm
+    draw = lambda n, s: sde.prior_sample((n, 2), generator=gen(s), dtype=torch.float64)  # noqa: E731
+    pool, cal = draw(1024, 1001), draw(32, 1000)
+    kw = dict(x_heldout=pool, heldout_draws=32, solver="ddim", steps=4, max_evals=2,
+              heldout_start=256)
+    first = tune_timesteps(model, cal, max_p_change=1.0, **kw)
+    assert first.heldout_pool == 256 and 0.0 <= first.heldout_p_change <= 1.0
+    grown = tune_timesteps(model, cal, max_p_change=0.0, **kw)
+    assert grown.heldout_pool == 1024 or grown.heldout_p_change == 0.0
+    assert grown.heldout_pool > 256 or first.heldout_p_change == 0.0
+    assert grown.heldout_loss == min(grown.heldout_losses.values())
+    with pytest.raises(ValueError, match="heldout_start"):
+        tune_timesteps(model, cal, **{**kw, "heldout_start": 2048})
+    with pytest.raises(ValueError, match="heldout_start"):
+        tune_timesteps(model, cal, **{**kw, "heldout_start": 16})
+    with pytest.raises(ValueError, match="max_p_change"):
+        tune_timesteps(model, cal, max_p_change=1.5, **kw)

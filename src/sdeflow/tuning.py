@@ -52,6 +52,7 @@ from .samplers.registry import Context
 from .schedules import check_timesteps, ends_early, get_timesteps
 
 __all__ = ["TunedSchedule", "tune_timesteps", "stratified_draws", "pool_losses",
+           "choice_instability",
            "timesteps_from_theta", "theta_from_timesteps"]
 
 
@@ -87,6 +88,9 @@ class TunedSchedule:
     # candidates disagree (0: the held-out draws were given); every candidate's held-out loss
     heldout_pool: int = 0
     heldout_losses: dict = field(default_factory=dict)
+    # bootstrap probability that another candidate would have won on a re-drawn pool of that
+    # size (:func:`choice_instability`); the pool grows until it is at most ``max_p_change``
+    heldout_p_change: float | None = None
 
     def save(self, path) -> Path:
         from .checkpoint import write_text_atomic
@@ -156,7 +160,8 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                    cond: dict | None = None, calibration_seed: int = 0, progress: bool = False,
                    fallback: bool = True, calibration_weights: Tensor | None = None,
                    heldout_weights: Tensor | None = None, heldout_draws: int | None = None,
-                   named_candidates: int = 3, **solver_opts) -> TunedSchedule:
+                   named_candidates: int = 3, heldout_start: int | None = None,
+                   max_p_change: float = 0.1, **solver_opts) -> TunedSchedule:
     r"""Tune the ``steps``-interval grid of ``solver`` for ``model`` on calibration noise ``x_cal``
     (prior draws at T). ``reference`` is the accurate answer for ``x_cal`` (computed with
     ``reference_opts``, default RK45 at 1e-6, when not given). ``method``: ``"gradient"`` (Adam
@@ -198,7 +203,14 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     with the least weighted RMS error is returned. Why: a tuned grid can send a draw into
     another mode that no named solver sends there — an event rarer than 1/n is in no fixed
     validation set of n draws, but it makes the candidates disagree, so it is in this one
-    (and counted at its weight 1/N), and the comparison is no longer blind to it."""
+    (and counted at its weight 1/N), and the comparison is no longer blind to it.
+
+    ``heldout_start = N0`` (< N) validates on the pool's first N0 draws first and doubles the
+    prefix (references for n·size/N0 draws) while the choice is unstable — while the bootstrap
+    probability that another candidate would win on a re-drawn pool of that size
+    (:func:`choice_instability`) exceeds ``max_p_change`` — up to the whole pool; the cost
+    grows only where a few rare draws decide the choice (``heldout_pool`` records the size used,
+    ``heldout_p_change`` the probability there)."""
     _check_request(solver, steps, method, coefficients, window)
     from .cld.model import is_cld
     if is_cld(model):
@@ -206,6 +218,13 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                         "its own grids: sdeflow.cld.sample_cld)")
     cond = cond or {}
     _check_pool(x_heldout, heldout_draws, reference_heldout, heldout_weights, cond, x_cal)
+    if heldout_start is not None and (heldout_draws is None
+                                      or not heldout_draws < heldout_start <= len(x_heldout)):
+        raise ValueError(f"heldout_start ({heldout_start}) needs heldout_draws and must lie "
+                         f"between heldout_draws ({heldout_draws}) + 1 and the pool size "
+                         f"{None if x_heldout is None else len(x_heldout)}")
+    if not 0.0 <= max_p_change <= 1.0:
+        raise ValueError(f"max_p_change must be a probability in [0, 1], got {max_p_change}")
     ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
     with torch.no_grad():
         if reference is None:
@@ -229,7 +248,8 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     if x_heldout is not None and heldout_draws is not None:
         _select_on_pool(out, obj, params, (start_name, starts[start_name][2]), cal, x_heldout,
                         heldout_draws, ref_opts, named_candidates if fallback else 0,
-                        torch.Generator().manual_seed(calibration_seed + 1))
+                        torch.Generator().manual_seed(calibration_seed + 1),
+                        start_size=heldout_start, max_p_change=max_p_change)
     elif x_heldout is not None:
         heldout = (x_heldout, reference_heldout,
                    _weights(heldout_weights, x_heldout, "heldout_weights"))
@@ -487,28 +507,44 @@ def _check_pool(x_pool, n, reference, weights, cond: dict, x_cal: Tensor) -> Non
 
 def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, cal,
                     pool: Tensor, n: int, ref_opts: dict, n_named: int,
-                    generator: torch.Generator, hard: float = 0.5, chunk: int = 1024) -> None:
+                    generator: torch.Generator, hard: float = 0.5, chunk: int = 1024,
+                    start_size: int | None = None, max_p_change: float = 0.1) -> None:
     """Validate on ``n`` draws chosen from ``pool`` after tuning (:func:`tune_timesteps`,
     ``heldout_draws``) and return the best candidate in ``out``.
 
     Candidates: the tuned result, the base solver on its starting grid, and the ``n_named``
     best distinct named configurations on the calibration draws (none for multi-call
-    solvers). Their answers on all N pool draws (N·NFE network calls each, no gradients) go to
-    :func:`pool_losses`, which solves the reference (``ref_opts``) for n of them."""
+    solvers). Their answers on the N pool draws (N·NFE network calls each, no gradients) go to
+    :func:`pool_losses`, which solves the reference (``ref_opts``) for n of them. With
+    ``start_size`` the pool is used in doubling prefixes from that size (n growing with it),
+    answers computed for the new draws only, until :func:`choice_instability` is at most
+    ``max_p_change``."""
     start_name, ts0 = start
     start_label = _label(obj.solver, obj.opts, start_name)
     cands = {"tuned": obj.unpack(params.detach()), start_label: (ts0, obj.solver, obj.opts)}
     if n_named and obj.solver not in MULTI_CALL:
         for name, opts, schedule in _rank_named(obj, cal, distinct=True)[:n_named]:
             cands.setdefault(_label(name, opts, schedule), (_named_grid(obj, schedule), name, opts))
-    with torch.no_grad():
-        answers = {k: torch.cat([obj.answer(*c, xb) for xb in pool.split(chunk)])
-                   for k, c in cands.items()}
-        losses = pool_losses(answers, lambda x: torch.cat(
-            [sample(obj.model, xb, cond=obj.cond, **ref_opts) for xb in x.split(chunk)]),
-            pool, n, hard=hard, generator=generator)
+    sizes = [len(pool)] if start_size is None else _doublings(start_size, len(pool))
+    answers: dict = {k: [] for k in cands}
+    done = 0
+    for size in sizes:
+        with torch.no_grad():
+            for k, c in cands.items():
+                answers[k] += [obj.answer(*c, xb) for xb in pool[done:size].split(chunk)]
+            done = size
+            errors, w = _pool_errors({k: torch.cat(a) for k, a in answers.items()},
+                                     lambda x: torch.cat([sample(obj.model, xb, cond=obj.cond,
+                                                                 **ref_opts)
+                                                          for xb in x.split(chunk)]),
+                                     pool[:size], min(n * size // sizes[0], size - 1),
+                                     hard=hard, generator=generator)
+        p_change = choice_instability(errors, w, generator=generator)
+        if p_change <= max_p_change:
+            break
+    losses = {k: _rms(e, w) for k, e in errors.items()}
     best = min(losses, key=lambda k: (losses[k], k != "tuned"))
-    out.heldout_pool, out.heldout_losses = len(pool), losses
+    out.heldout_pool, out.heldout_losses, out.heldout_p_change = size, losses, p_change
     out.heldout_start_loss = losses[start_label]
     named = [k for k in losses if k != "tuned"]
     if named:
@@ -526,6 +562,14 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
         out.fallback = best
 
 
+def _doublings(start: int, N: int) -> list[int]:
+    """start, 2·start, 4·start, … up to N (N always last)."""
+    sizes = [start]
+    while sizes[-1] < N:
+        sizes.append(min(2 * sizes[-1], N))
+    return sizes
+
+
 def pool_losses(answers: dict, reference, pool: Tensor, n: int, *, base: str = "tuned",
                 hard: float = 0.5, generator: torch.Generator | None = None) -> dict:
     r"""Estimated RMS errors over a pool of N prior draws of several candidates' answers
@@ -541,13 +585,56 @@ def pool_losses(answers: dict, reference, pool: Tensor, n: int, *, base: str = "
     candidate sends to another mode — one in N, absent from almost every plain validation set
     — decides the comparison as it does over the pool. Non-finite answers count as the largest
     disagreement (and an infinite loss)."""
+    errors, w = _pool_errors(answers, reference, pool, n, base=base, hard=hard,
+                             generator=generator)
+    return {k: _rms(e, w) for k, e in errors.items()}
+
+
+def _pool_errors(answers: dict, reference, pool: Tensor, n: int, *, base: str = "tuned",
+                 hard: float = 0.5, generator: torch.Generator | None = None):
+    """(name → per-draw MSE on the n chosen draws, their weights): :func:`pool_losses`."""
     first = answers[base]
     d = torch.stack([(a - first).pow(2).flatten(1).sum(1) for a in answers.values()]).amax(0)
     idx, w = _stratify(torch.nan_to_num(d, nan=math.inf).cpu(), n, hard, generator)
     idx = idx.to(pool.device)
     ref = reference(pool[idx])
     w = w.to(ref.device)
-    return {k: _rms(_mse(a[idx], ref), w) for k, a in answers.items()}
+    return {k: _mse(a[idx], ref) for k, a in answers.items()}, w
+
+
+def choice_instability(errors: dict, w: Tensor, *, replicates: int = 400,
+                       generator: torch.Generator | None = None) -> float:
+    r"""The probability that another candidate would have the least loss on a re-drawn pool.
+
+    ``errors``: name → per-draw errors :math:`e_i` on the same validation draws, ``w`` their
+    weights (:func:`pool_losses`' stratified draws). Each of ``replicates`` Poisson-bootstrap
+    resamplings multiplies every draw's weight by :math:`m_i \sim \mathrm{Poisson}(1)` and
+    scores each candidate by :math:`\sum_i m_i w_i e_i / \sum_i m_i w_i`; the result is the
+    fraction whose best candidate (ties to ``"tuned"``, then the first) gives other answers
+    than the one chosen on the draws themselves. Where a few rare draws decide the choice —
+    a candidate that sends one draw in a thousand into another mode — it is large: a larger
+    pool is needed."""
+    names = list(errors)
+    e = torch.nan_to_num(torch.stack([errors[k] for k in names]).to(torch.float64),
+                         nan=math.inf, posinf=math.inf)
+    tie = torch.tensor([k != "tuned" for k in names], dtype=torch.float64)
+    wd = w.to(e)
+    chosen = _argmin_first(_weighted(e, wd), tie)
+    m = torch.poisson(torch.ones(replicates, len(wd), dtype=torch.float64), generator=generator)
+    picks = [_argmin_first(_weighted(e, m[r] * wd), tie) for r in range(replicates)]
+    differs = torch.tensor([not torch.equal(e[i], e[chosen]) for i in range(len(names))])
+    return float(differs[torch.stack(picks)].double().mean())
+
+
+def _weighted(e: Tensor, w: Tensor) -> Tensor:
+    """Weighted mean of each row of ``e`` (an infinite error with weight 0 counts 0)."""
+    return torch.where(w > 0, e * w, 0.0).sum(1) / w.sum().clamp_min(1e-300)
+
+
+def _argmin_first(loss: Tensor, tie: Tensor) -> Tensor:
+    """Index of the least ``loss``, ties broken by the least ``tie``, then the first."""
+    cand = (loss == loss.min()).nonzero().flatten()
+    return cand[tie[cand].argmin()]
 
 
 def _mse(x: Tensor, ref: Tensor) -> Tensor:

@@ -147,6 +147,12 @@ def add_tune_steps(sub) -> None:
                         "the 3 best named solver × schedule disagree most, and the best of them "
                         "on those is returned; costs ≈ pool × 10 × steps network calls without "
                         "gradients (0: plain draws)")
+    p.add_argument("--heldout-pool", type=int, default=None,
+                   help="largest validation pool (default: 4 × --pool): validation starts on "
+                        "--pool draws and doubles them while the choice is unstable — while "
+                        "the bootstrap probability that another candidate would win on a "
+                        "re-drawn pool exceeds 0.1, as when a few draws that one candidate "
+                        "sends into another mode decide it")
     p.add_argument("--calib-seed", type=int, default=1000,
                    help="seed of the calibration draws (validation uses calib-seed + 1)")
     p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",
@@ -183,9 +189,14 @@ def cmd_tune_steps(a) -> int:
         a.pool = max(4096, a.n_calib)
     if a.pool and a.pool < a.n_calib:
         raise ValueError(f"--pool ({a.pool}) must be at least --n-calib ({a.n_calib})")
-    shape = (a.pool or a.n_calib, *cfg.shape)
-    draws = [model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(a.calib_seed + k))
-             .to(dev) for k in (0, 1)]
+    if a.heldout_pool is None:
+        a.heldout_pool = 4 * a.pool
+    if a.pool and a.heldout_pool < a.pool:
+        raise ValueError(f"--heldout-pool ({a.heldout_pool}) must be at least --pool ({a.pool})")
+    sizes = (a.pool or a.n_calib, a.heldout_pool if a.pool > a.n_calib else a.pool or a.n_calib)
+    draws = [model.sde.prior_sample((size, *cfg.shape),
+                                    generator=torch.Generator().manual_seed(a.calib_seed + k))
+             .to(dev) for k, size in enumerate(sizes)]
     weights = {}
     if a.pool:  # stratified calibration draws (sdeflow.tuning.stratified_draws); validation
         from ..tuning import stratified_draws  # draws chosen from the other pool after tuning
@@ -195,6 +206,7 @@ def cmd_tune_steps(a) -> int:
         draws[0] = draws[0][idx.to(dev)]
         if a.pool > a.n_calib:
             weights["heldout_draws"] = a.n_calib
+            weights["heldout_start"] = a.pool
     res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=a.solver, steps=a.steps,
                          max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True,
                          method=a.method, free_end=not a.fixed_end, coefficients=a.coefficients,
