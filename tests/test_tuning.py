@@ -122,6 +122,8 @@ def test_tune_steps_cli_and_sampling_with_the_file(tmp_path):
                  "--out", str(plain)]) == 2  # a pool smaller than the draws: a clear error
     assert main(["tune-steps", str(run), "--steps", "4", "--n-calib", "64", "--pool", "256",
                  "--heldout-pool", "128", "--out", str(plain)]) == 2
+    assert main(["tune-steps", str(run), "--steps", "4", "--n-calib", "64", "--pool", "0",
+                 "--heldout-pool", "8192", "--out", str(plain)]) == 2
     s = tmp_path / "s"
     assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(out), "--out", str(s)]) == 0
     assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 5

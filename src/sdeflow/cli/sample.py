@@ -189,6 +189,9 @@ def cmd_tune_steps(a) -> int:
         a.pool = max(4096, a.n_calib)
     if a.pool and a.pool < a.n_calib:
         raise ValueError(f"--pool ({a.pool}) must be at least --n-calib ({a.n_calib})")
+    if a.heldout_pool is not None and not a.pool:
+        raise ValueError("--heldout-pool needs a pool: validation grows a pool chosen after "
+                         "tuning, and --pool 0 validates on plain draws (drop one of them)")
     if a.heldout_pool is None:
         a.heldout_pool = 4 * a.pool
     if a.pool and a.heldout_pool < a.pool:
