@@ -2,8 +2,8 @@
 
 On ``--problem`` (default gmm256w-edm, held out from ``benchmarks/solvers.py``), run every
 candidate the tuned pipeline compared at ``--nfes`` — the tuned grids it returned (``returned``
-of the tuned rows in ``--tuned-jsonl``) and named solver × schedule configurations (``NAMED``
-below) — on ``--n`` prior draws (seed 2024) against an RK4 reference of ``--ref-steps`` steps,
+of the tuned rows in ``--tuned-jsonl``) and named solver × schedule configurations
+(``NAMED_CANDIDATES`` below) — on ``--n`` prior draws (seed 2024) against an RK4 reference of ``--ref-steps`` steps,
 then draw ``--reps`` bootstrap pools of each size in ``--sizes`` from those draws and choose the
 least-MSE candidate on each, as pool validation does with exact references. Rows: per
 candidate its RMS error and crossed draws over all n; per pool size the probability of not
@@ -29,7 +29,7 @@ from sdeflow.tuning import choice_instability
 
 #: named candidates per budget: those the pipeline's pools ranked best on gmm256w-edm, `auto`'s
 #: configuration and a DPM-Solver++(3M) stand-in for the best anchor
-NAMED = {15: ["unipc3/ays_trailing", "ipndm/karras_trailing", "ipndm/karras",
+NAMED_CANDIDATES = {15: ["unipc3/ays_trailing", "ipndm/karras_trailing", "ipndm/karras",
               "unipc3/karras_trailing", "ipndm/logsnr_trailing", "dpmpp_3m/karras"],
          20: ["ipndm/logsnr_trailing", "ipndm/vp_uniform", "ipndm/karras_trailing",
               "unipc3/karras_trailing", "ipndm/logsnr", "dpmpp_3m/karras", "unipc3/ays_trailing"]}
@@ -57,7 +57,7 @@ def candidates(a) -> dict:
                 solver=ret["solver"], timesteps=torch.tensor(ret["timesteps"], dtype=torch.float64),
                 **ret["solver_opts"])
     for nfe in a.nfes:
-        for label in NAMED.get(nfe, []):
+        for label in NAMED_CANDIDATES.get(nfe, []):
             solver, schedule = label.split("/")
             opts = dict(solver="unipc", order=3) if solver == "unipc3" else dict(solver=solver)
             out[f"{nfe}|{label}"] = dict(steps=nfe - 1, schedule=schedule, **opts)

@@ -404,19 +404,32 @@ def test_choice_instability_is_large_only_where_a_few_rare_draws_decide():
     assert choice_instability(dict(tuned=a, copy=a.clone()), w, generator=gen(0)) == 0.0
 
 
-def test_pool_validation_grows_the_pool_while_the_choice_is_unstable(ring_edm):
+def test_pool_validation_grows_the_pool_while_the_choice_is_unstable(ring_edm, monkeypatch):
     """``heldout_start``: validation starts on the pool's first 256 draws and doubles them while
     the bootstrap instability exceeds ``max_p_change``: with 1 it stops at 256, with 0 it goes
     on until the choice is certain or the pool (1024) is used up; bad sizes are refused."""
     model, sde = ring_edm
     draw = lambda n, s: sde.prior_sample((n, 2), generator=gen(s), dtype=torch.float64)  # noqa: E731
     pool, cal = draw(1024, 1001), draw(32, 1000)
-    kw = dict(x_heldout=pool, heldout_draws=32, solver="ddim", steps=4, max_evals=2,
-              heldout_start=256)
+    kw = dict(x_heldout=pool, heldout_draws=32, solver="ipndm", steps=8, max_evals=2,
+              heldout_start=256)  # near-tied candidates: the choice is unstable at 256 draws
     first = tune_timesteps(model, cal, max_p_change=1.0, **kw)
     assert first.heldout_pool == 256 and 0.0 <= first.heldout_p_change <= 1.0
+    import sdeflow.tuning as tuning
+    ref_rows, plain_sample = [], tuning.sample
+
+    def counting(model, x, **opts):  # the references' rows (RK45, tuning's default reference)
+        if opts.get("solver") == "rk45":
+            ref_rows.append(len(x))
+        return plain_sample(model, x, **opts)
+    monkeypatch.setattr(tuning, "sample", counting)
     grown = tune_timesteps(model, cal, max_p_change=0.0, **kw)
     assert grown.heldout_pool == 1024 or grown.heldout_p_change == 0.0
+    stages = [256 * 2 ** k for k in range(3) if 256 * 2 ** k <= grown.heldout_pool]
+    # references: 32 per 256 pool draws at each stage; a draw chosen again is not re-solved
+    solved = sum(ref_rows) - 32  # minus the calibration draws' own reference
+    assert solved <= sum(32 * s // 256 for s in stages)
+    assert len(stages) > 1 and solved < sum(32 * s // 256 for s in stages)
     assert grown.heldout_pool > 256 or first.heldout_p_change == 0.0
     assert grown.heldout_loss == min(grown.heldout_losses.values())
     with pytest.raises(ValueError, match="heldout_start"):

@@ -527,6 +527,15 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
             cands.setdefault(_label(name, opts, schedule), (_named_grid(obj, schedule), name, opts))
     sizes = [len(pool)] if start_size is None else _doublings(start_size, len(pool))
     answers: dict = {k: [] for k in cands}
+    refs: dict = {}  # pool index → reference answer, kept across the doublings
+
+    def reference_at(idx: Tensor) -> Tensor:
+        new = [i for i in idx.tolist() if i not in refs]
+        if new:
+            x = pool[torch.tensor(new, device=pool.device)]
+            refs.update(zip(new, torch.cat([sample(obj.model, xb, cond=obj.cond, **ref_opts)
+                                            for xb in x.split(chunk)])))
+        return torch.stack([refs[i] for i in idx.tolist()])
     done = 0
     for size in sizes:
         with torch.no_grad():
@@ -534,10 +543,7 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
                 answers[k] += [obj.answer(*c, xb) for xb in pool[done:size].split(chunk)]
             done = size
             errors, w = _pool_errors({k: torch.cat(a) for k, a in answers.items()},
-                                     lambda x: torch.cat([sample(obj.model, xb, cond=obj.cond,
-                                                                 **ref_opts)
-                                                          for xb in x.split(chunk)]),
-                                     pool[:size], min(n * size // sizes[0], size - 1),
+                                     reference_at, min(n * size // sizes[0], size - 1),
                                      hard=hard, generator=generator)
         p_change = choice_instability(errors, w, generator=generator)
         if p_change <= max_p_change:
@@ -585,20 +591,20 @@ def pool_losses(answers: dict, reference, pool: Tensor, n: int, *, base: str = "
     candidate sends to another mode — one in N, absent from almost every plain validation set
     — decides the comparison as it does over the pool. Non-finite answers count as the largest
     disagreement (and an infinite loss)."""
-    errors, w = _pool_errors(answers, reference, pool, n, base=base, hard=hard,
-                             generator=generator)
+    errors, w = _pool_errors(answers, lambda idx: reference(pool[idx.to(pool.device)]), n,
+                             base=base, hard=hard, generator=generator)
     return {k: _rms(e, w) for k, e in errors.items()}
 
 
-def _pool_errors(answers: dict, reference, pool: Tensor, n: int, *, base: str = "tuned",
+def _pool_errors(answers: dict, reference_at, n: int, *, base: str = "tuned",
                  hard: float = 0.5, generator: torch.Generator | None = None):
-    """(name → per-draw MSE on the n chosen draws, their weights): :func:`pool_losses`."""
+    """(name → per-draw MSE on the n chosen draws, their weights): :func:`pool_losses`;
+    ``reference_at(idx)`` → the references of the pool draws ``idx``."""
     first = answers[base]
     d = torch.stack([(a - first).pow(2).flatten(1).sum(1) for a in answers.values()]).amax(0)
     idx, w = _stratify(torch.nan_to_num(d, nan=math.inf).cpu(), n, hard, generator)
-    idx = idx.to(pool.device)
-    ref = reference(pool[idx])
-    w = w.to(ref.device)
+    ref = reference_at(idx)
+    idx, w = idx.to(first.device), w.to(ref.device)
     return {k: _mse(a[idx], ref) for k, a in answers.items()}, w
 
 
