@@ -9,7 +9,9 @@ least-MSE candidate on each, as pool validation does with exact references. Rows
 candidate its RMS error and crossed draws over all n; per pool size the probability of not
 choosing the candidate best over all n (with its binomial standard error), the mean excess RMS
 error of the choice, and how often ``tuning.choice_instability`` on that pool exceeds 0.1 (the
-rule that grows the pool). ``--cache FILE`` keeps the per-draw errors (the reference and the
+rule that grows the pool); per growth rule (the bootstrap alone, or with
+``tuning.unseen_lead``), the pipeline's doubling from the first size on bootstrap pools: the
+mean pool it used, P(wrong choice), the mean excess and P(a choice > 1.5× the best). ``--cache FILE`` keeps the per-draw errors (the reference and the
 candidates cost ≈ 40 min on two CPU cores at n = 32768) and reuses them.
 Usage: python benchmarks/pool_size.py [--problem gmm256w-edm] [--nfes 15 20] [--n 32768]
        [--tuned-jsonl docs/solvers_256d_4096_results.jsonl] [--sizes 4096 8192 16384]
@@ -22,10 +24,10 @@ from pathlib import Path
 
 import torch
 from common import run_benchmark
-from solvers import held_out_problems, problems
+from solvers import problems
 
 import sdeflow
-from sdeflow.tuning import choice_instability
+from sdeflow.tuning import choice_instability, unseen_lead
 
 #: named candidates per budget: those the pipeline's pools ranked best on gmm256w-edm, `auto`'s
 #: configuration and a DPM-Solver++(3M) stand-in for the best anchor
@@ -67,7 +69,7 @@ def candidates(a) -> dict:
 def per_draw_errors(a) -> dict:
     if a.cache and Path(a.cache).exists():
         return torch.load(a.cache)
-    (gm, sde), = [(gm, sde) for name, gm, sde in problems() + held_out_problems()
+    (gm, sde), = [(gm, sde) for name, gm, sde in problems()
                   if name == a.problem]
     model = gm.denoiser(sde)
     x = sde.prior_sample((a.n, gm.dim), generator=torch.Generator().manual_seed(2024),
@@ -110,6 +112,35 @@ def body(emit, a):
             emit(dict(problem=a.problem, nfe=nfe, pool=size, reps=a.reps, p_wrong=p,
                       p_wrong_se=(p * (1 - p) / a.reps) ** 0.5, mean_excess=excess / a.reps,
                       p_grow=grow / a.reps))
+        for rule, unseen in (("bootstrap", 0.0), ("bootstrap+unseen", 3.0)):
+            emit(policy(a, nfe, keys, sq, truth, best, rule, unseen, g))
+
+
+def policy(a, nfe, keys, sq, truth, best, rule, unseen, g) -> dict:
+    """The pipeline's growth rule on bootstrap pools: prefixes ``a.sizes`` (the pipeline
+    doubles them) of a pool of the largest size, grown while the choice is unstable
+    (instability > 0.1, from 100 resamplings where the pipeline takes 400) or — with
+    ``unseen`` — while :func:`~sdeflow.tuning.unseen_lead` is below 1; the choice (least MSE
+    over all draws with references, as the pipeline's stratified estimate of it) at the size
+    where it stops."""
+    wrong, excess, used, bad = 0, 0.0, 0, 0
+    for _ in range(a.reps):
+        idx = torch.randint(0, sq.shape[1], (max(a.sizes),), generator=g)
+        for size in a.sizes:
+            errs = {k: sq[i, idx[:size]] for i, k in enumerate(keys)}
+            w = torch.full((size,), 1.0 / size, dtype=torch.float64)
+            stable = choice_instability(errs, w, replicates=100, generator=g) <= 0.1
+            if stable and (not unseen or unseen_lead(errs, w, size, count=unseen) >= 1.0):
+                break
+        c = int(sq[:, idx[:size]].mean(1).argmin())
+        wrong += c != best
+        excess += (truth[c] / truth[best] - 1).item()
+        bad += bool(truth[c] > 1.5 * truth[best])
+        used += size
+    p = wrong / a.reps
+    return dict(problem=a.problem, nfe=nfe, rule=rule, sizes=a.sizes, reps=a.reps, p_wrong=p,
+                p_wrong_se=(p * (1 - p) / a.reps) ** 0.5, mean_excess=excess / a.reps,
+                mean_pool=used / a.reps, p_over_1_5x=bad / a.reps)
 
 
 def markdown(rows) -> str:
@@ -119,6 +150,13 @@ def markdown(rows) -> str:
         if "pool" in r:
             lines.append(f"| {r['nfe']} | {r['pool']} | {r['p_wrong']:.2f} ± {r['p_wrong_se']:.2f} "
                          f"| {100 * r['mean_excess']:.0f} % | {r['p_grow']:.2f} |")
+    lines += ["", "| NFE | growth rule | mean pool used | P(wrong choice) | mean excess RMS "
+              "| P(> 1.5× the best) |", "|---:|---|---:|---|---:|---:|"]
+    for r in rows:
+        if "rule" in r:
+            lines.append(f"| {r['nfe']} | {r['rule']} | {r['mean_pool']:.0f} | {r['p_wrong']:.2f}"
+                         f" ± {r['p_wrong_se']:.2f} | {100 * r['mean_excess']:.0f} % "
+                         f"| {r['p_over_1_5x']:.3f} |")
     return "\n".join(lines)
 
 

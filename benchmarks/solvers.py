@@ -76,12 +76,13 @@ def problems():
     ring = GaussianMixture.ring()
     dev = [(f"{g}-{s}", gm, sde) for g, gm in (("ring2d", ring), ("gmm64", hi))
            for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
-    return dev + held_out_problems()
+    return dev + held_out_problems() + fresh_problems()
 
 
 def held_out_problems():
-    """Problems the choice of solver="auto" never saw: a 256-D mixture with strongly unequal
-    weights under EDM, a 16-D one under the cosine VP SDE, and a 3-D one under sub-VP."""
+    """Problems the first choices of solver="auto" and the tuning code never saw (its third
+    revision was chosen on them too): a 256-D mixture with strongly unequal weights under EDM,
+    a 16-D one under the cosine VP SDE, and a 3-D one under sub-VP."""
     big = GaussianMixture.random(256, k=4, seed=11, std_range=(0.05, 0.4))
     big = GaussianMixture(torch.tensor([0.55, 0.25, 0.15, 0.05]), big.means, covs=big.covs)
     mid = GaussianMixture.random(16, k=5, seed=12, scale=1.5)
@@ -91,13 +92,27 @@ def held_out_problems():
             ("gmm3-subvp", small, sdeflow.SubVPSDE())]
 
 
+def fresh_problems():
+    """A second held-out set, designed (2026-12-04) before any run on it, to check a revision
+    of solver="auto" chosen on the seven above: a 32-D mixture of 8 narrow components (std
+    0.02–0.1, where small noise levels need resolving) under EDM, and a 96-D one with unequal
+    weights under the linear VP SDE."""
+    narrow = GaussianMixture.random(32, k=8, seed=21, std_range=(0.02, 0.1))
+    wide = GaussianMixture.random(96, k=5, seed=22, std_range=(0.1, 0.5))
+    wide = GaussianMixture(torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05]), wide.means, covs=wide.covs)
+    return [("gmm32n-edm", narrow, sdeflow.EDMSDE()), ("gmm96w-vp", wide, sdeflow.VPSDE())]
+
+
 def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,
         tune_device: str = "cpu", only=None, eval_seed: int = 0, ref_steps: int = 1024,
         auto_only: bool = False, tuned_only: bool = False, pool: int = 4096,
         heldout_pool: int | None = None,
-        ours_only: bool = False, solvers=None, schedules=None):
+        ours_only: bool = False, solvers=None, schedules=None, k_diffusion_only: bool = False):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
+    if k_diffusion_only and kd is None:
+        raise SystemExit("--k-diffusion-only: k-diffusion's sampling module is not importable "
+                         "(pip install --no-deps k-diffusion)")
     for name, gm, sde in problems():
         if only and name not in only:
             continue
@@ -122,6 +137,10 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             sq = (x - ref).pow(2).mean(1)
             return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()),
                         rmse_same_mode=sq[~other].mean().sqrt().item())
+        if k_diffusion_only:
+            if kd is not None:
+                run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
+            continue
         for label, solver, opts, per_step, extra in [] if auto_only or tuned_only else OURS:
             if solvers and label not in solvers:
                 continue
@@ -220,7 +239,7 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
                       calibration_loss=res.calibration_loss, heldout_loss=res.heldout_loss,
                       pool=pool, heldout_pool=res.heldout_pool, fallback=res.fallback,
                       best_named=res.best_named, heldout_losses=res.heldout_losses,
-                      heldout_p_change=res.heldout_p_change,
+                      heldout_p_change=res.heldout_p_change, heldout_lead=res.heldout_lead,
                       returned=dict(solver=res.solver, timesteps=res.timesteps,
                                     solver_opts=res.solver_opts),
                       tuning_device=device, tuning_seconds=round(time.perf_counter() - start, 1)))
@@ -350,6 +369,9 @@ def main():
                         help="only our named and auto rows (no anchors, no tuning)")
         ap.add_argument("--solvers", help="named rows: comma-separated labels of OURS (e.g. ipndm)")
         ap.add_argument("--schedules", help="named rows: comma-separated schedules")
+        ap.add_argument("--k-diffusion-only", action="store_true",
+                        help="only k-diffusion's anchor rows (merge them with a run made "
+                             "where its sampling module was missing)")
         ap.add_argument("--tuned-only", action="store_true",
                         help="only the tuned rows (merge them with an earlier --no-tune run)")
         ap.add_argument("--pool", type=int, default=4096,
@@ -366,7 +388,7 @@ def main():
             tune_device=a.tune_device, only=a.problems and a.problems.split(","),
             eval_seed=a.eval_seed, ref_steps=a.ref_steps, auto_only=a.auto_only,
             tuned_only=a.tuned_only, pool=a.pool, heldout_pool=a.heldout_pool,
-            ours_only=a.ours_only,
+            ours_only=a.ours_only, k_diffusion_only=a.k_diffusion_only,
             solvers=a.solvers and a.solvers.split(","),
             schedules=a.schedules and a.schedules.split(","))
     run_benchmark(__doc__, body, markdown, add)

@@ -2,6 +2,7 @@
 has a much smaller error than the best named schedule on noise it was never tuned on; tuned
 grids save, load and drive `sdeflow sample`; bad requests are refused."""
 import json
+import math
 
 import pytest
 import torch
@@ -412,7 +413,8 @@ def test_pool_validation_grows_the_pool_while_the_choice_is_unstable(ring_edm, m
     draw = lambda n, s: sde.prior_sample((n, 2), generator=gen(s), dtype=torch.float64)  # noqa: E731
     pool, cal = draw(1024, 1001), draw(32, 1000)
     kw = dict(x_heldout=pool, heldout_draws=32, solver="ipndm", steps=8, max_evals=2,
-              heldout_start=256)  # near-tied candidates: the choice is unstable at 256 draws
+              heldout_start=256, unseen_draws=0.0)  # the bootstrap rule alone
+    # near-tied candidates: the choice is unstable at 256 draws
     first = tune_timesteps(model, cal, max_p_change=1.0, **kw)
     assert first.heldout_pool == 256 and 0.0 <= first.heldout_p_change <= 1.0
     import sdeflow.tuning as tuning
@@ -438,3 +440,80 @@ def test_pool_validation_grows_the_pool_while_the_choice_is_unstable(ring_edm, m
         tune_timesteps(model, cal, **{**kw, "heldout_start": 16})
     with pytest.raises(ValueError, match="max_p_change"):
         tune_timesteps(model, cal, max_p_change=1.5, **kw)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="unseen_draws"):
+            tune_timesteps(model, cal, **{**kw, "unseen_draws": bad})
+
+
+def test_unseen_lead_flags_a_lead_that_rests_on_absent_rare_draws():
+    """``unseen_lead`` on synthetic per-draw errors of 4096 draws (uniform weights). B is 0.8×
+    A on typical draws and sends none to another mode; A sends 2 (error 1 each). The bootstrap
+    calls B's win stable (≤ 0.1) — but B's lead (≈ 2 crossings' worth) is less than the 3
+    crossings the rule of three allows a candidate seen with none: unseen_lead < 1, the pool
+    must grow. Power: with A crossing on 12, or with no crossings at all and B 0.95× A, the lead
+    covers three unseen draws (≥ 1); where B truly crosses at A's rate ×3 (6 per 4096), the
+    doubled pool shows it and chooses A. With stratified validation weights (256 of the 4096
+    pool draws: the 128 where the candidates disagree most at 1/4096, the rest at their larger
+    weight) the lead is in the same units: the pool size sets them, not the validation size."""
+    from sdeflow.tuning import choice_instability, unseen_lead
+    N = 4096
+    g = gen(4)
+    a = 0.05 ** 2 * torch.rand(N, generator=g, dtype=torch.float64) * 2
+    w = torch.full((N,), 1.0 / N, dtype=torch.float64)
+
+    def crossed(e: torch.Tensor, k: int) -> torch.Tensor:
+        e = e.clone()
+        e[torch.randperm(len(e), generator=g)[:k]] = 1.0
+        return e
+    two = dict(tuned=0.95 * a, a=crossed(a, 2))
+    assert choice_instability(two, w, generator=gen(0)) <= 0.1  # the bootstrap trusts it
+    assert unseen_lead(two, w, N) < 1.0  # the rule of three does not
+    assert unseen_lead(dict(tuned=0.95 * a, a=crossed(a, 12)), w, N) >= 1.0
+    assert unseen_lead(dict(tuned=0.95 * a, a=a), w, N) >= 1.0  # no rare draws anywhere
+    assert unseen_lead(two, w, N, count=0.0) == math.inf
+    assert unseen_lead(dict(tuned=a, copy=a.clone()), w, N) == math.inf  # no real rival
+    # the doubled pool (8192): B's 12 crossings outweigh A's 4 — the choice flips to A
+    a2 = torch.cat([a, 0.05 ** 2 * torch.rand(N, generator=g, dtype=torch.float64) * 2])
+    b2 = 0.95 * a2
+    b2[N + torch.randperm(N, generator=g)[:12]] = 1.0
+    w2 = torch.full((2 * N,), 1.0 / (2 * N), dtype=torch.float64)
+    errs = dict(tuned=b2, a=crossed(a2, 4))
+    assert (errs["a"] @ w2) < (errs["tuned"] @ w2) and unseen_lead(errs, w2, 2 * N) >= 1.0
+    from sdeflow.tuning import _stratify
+    d = (two["a"] - two["tuned"]).abs()
+    idx, ws = _stratify(d, 256, 0.5, gen(5))
+    sub = lambda errs: {k: v[idx] for k, v in errs.items()}  # noqa: E731
+    assert unseen_lead(sub(two), ws, N) == pytest.approx(unseen_lead(two, w, N), rel=0.5)
+    assert unseen_lead(sub(two), ws, N) < 1.0
+    assert unseen_lead(sub(dict(tuned=0.95 * a, a=crossed(a, 12))), ws, N) >= 1.0
+
+
+def test_pool_validation_always_compares_auto_and_grows_on_a_thin_lead(ring_edm, monkeypatch):
+    """``solver="auto"``'s configuration at the same NFE is among the validation candidates
+    whatever the calibration ranking; ``unseen_draws`` grows the pool by itself (bootstrap check
+    off: ``max_p_change=1``) when the lead is thinner than that many worst draws, and not at 0."""
+    from sdeflow.samplers.auto import auto_config
+    model, sde = ring_edm
+    draw = lambda n, s: sde.prior_sample((n, 2), generator=gen(s), dtype=torch.float64)  # noqa: E731
+    pool, cal = draw(1024, 1001), draw(32, 1000)
+    kw = dict(x_heldout=pool, heldout_draws=32, solver="dpmpp_2m", steps=6, max_evals=2,
+              heldout_start=256, max_p_change=1.0, named_candidates=1)
+    cfg = auto_config(sde, 7, 2)
+    label = f"{cfg['solver']}/{cfg['schedule']}"
+    import sdeflow.tuning as tuning
+    # the calibration ranking's best named configuration is another one
+    monkeypatch.setattr(tuning, "_rank_named", lambda *a, **k: [("dpmpp_2m", {}, "karras")])
+    never = tune_timesteps(model, cal, unseen_draws=0.0, **kw)
+    assert set(never.heldout_losses) == {"tuned", "dpmpp_2m/logsnr", "dpmpp_2m/karras", label}
+    assert never.heldout_loss == never.heldout_losses[label]  # auto wins here, and is returned
+    assert never.fallback == label and never.solver == cfg["solver"]
+    assert never.heldout_pool == 256 and never.heldout_lead is None
+    always = tune_timesteps(model, cal, unseen_draws=1e9, **kw)  # no lead covers 1e9 draws
+    assert always.heldout_pool == 1024 and always.heldout_lead < 1.0
+    # without a pool (plain held-out draws) the fall-back compares auto's configuration too
+    plain = tune_timesteps(model, cal, x_heldout=pool[:64], solver="dpmpp_2m", steps=6,
+                           max_evals=2)
+    assert plain.best_named == label and plain.fallback == label
+    # and no fall-back, no candidates beyond the tuned grid and its start
+    bare = tune_timesteps(model, cal, fallback=False, **{**kw, "unseen_draws": 0.0})
+    assert set(bare.heldout_losses) == {"tuned", "dpmpp_2m/logsnr"}

@@ -52,7 +52,7 @@ from .samplers.registry import Context
 from .schedules import check_timesteps, ends_early, get_timesteps
 
 __all__ = ["TunedSchedule", "tune_timesteps", "stratified_draws", "pool_losses",
-           "choice_instability",
+           "choice_instability", "unseen_lead",
            "timesteps_from_theta", "theta_from_timesteps"]
 
 
@@ -91,6 +91,10 @@ class TunedSchedule:
     # bootstrap probability that another candidate would have won on a re-drawn pool of that
     # size (:func:`choice_instability`); the pool grows until it is at most ``max_p_change``
     heldout_p_change: float | None = None
+    # the chosen candidate's lead over the runner-up in units of ``unseen_draws`` unseen draws
+    # with the largest error seen (:func:`unseen_lead`); the pool also grows while it is below
+    # 1 (None: the check was off, or no candidate gave other answers)
+    heldout_lead: float | None = None
 
     def save(self, path) -> Path:
         from .checkpoint import write_text_atomic
@@ -161,7 +165,8 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                    fallback: bool = True, calibration_weights: Tensor | None = None,
                    heldout_weights: Tensor | None = None, heldout_draws: int | None = None,
                    named_candidates: int = 3, heldout_start: int | None = None,
-                   max_p_change: float = 0.1, **solver_opts) -> TunedSchedule:
+                   max_p_change: float = 0.1, unseen_draws: float = 3.0,
+                   **solver_opts) -> TunedSchedule:
     r"""Tune the ``steps``-interval grid of ``solver`` for ``model`` on calibration noise ``x_cal``
     (prior draws at T). ``reference`` is the accurate answer for ``x_cal`` (computed with
     ``reference_opts``, default RK45 at 1e-6, when not given). ``method``: ``"gradient"`` (Adam
@@ -183,7 +188,9 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     schedules only with ``free_end``) on the *calibration* draws, as the tuned grid was chosen,
     and returns it (``fallback`` names it) when it beats the tuned result on the held-out
     draws — so tuning never returns a configuration worse on held-out draws than that named
-    candidate. ``heldout_loss`` is the returned configuration's untrimmed held-out RMS error,
+    candidate — and ``solver="auto"``'s configuration at the same NFE is compared too
+    (:func:`~sdeflow.samplers.auto.auto_config`; one-call-per-step solvers, 4–30 NFE): tuning
+    never returns a configuration worse on the held-out draws than not tuning. ``heldout_loss`` is the returned configuration's untrimmed held-out RMS error,
     ``heldout_best_named_loss`` the candidate's. The comparison leaves out the worst ``validation_trim``
     fraction of draws of each: in high dimension a draw near the boundary between two modes
     lands in the other mode after almost any perturbation, and one such draw moves the RMS error
@@ -210,7 +217,12 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     probability that another candidate would win on a re-drawn pool of that size
     (:func:`choice_instability`) exceeds ``max_p_change`` — up to the whole pool; the cost
     grows only where a few rare draws decide the choice (``heldout_pool`` records the size used,
-    ``heldout_p_change`` the probability there)."""
+    ``heldout_p_change`` the probability there). The prefix also doubles while the chosen
+    candidate's lead rests on the *absence* of rare draws (:func:`unseen_lead` with
+    ``count=unseen_draws`` below 1, recorded as ``heldout_lead``; 0 turns the check off): a
+    bootstrap resamples only the draws the pool holds, and a candidate that sends one draw in
+    600 to another mode crosses on none of 4096 once in 1000 pools — the rule of three says
+    zero of N only bounds its rate below 3/N."""
     _check_request(solver, steps, method, coefficients, window)
     from .cld.model import is_cld
     if is_cld(model):
@@ -225,6 +237,8 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                          f"{None if x_heldout is None else len(x_heldout)}")
     if not 0.0 <= max_p_change <= 1.0:
         raise ValueError(f"max_p_change must be a probability in [0, 1], got {max_p_change}")
+    if not 0.0 <= unseen_draws < math.inf:
+        raise ValueError(f"unseen_draws must be a finite count ≥ 0, got {unseen_draws}")
     ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
     with torch.no_grad():
         if reference is None:
@@ -247,9 +261,10 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                         solver_opts=opts, method=method, free_end=free_end, base_solver=solver)
     if x_heldout is not None and heldout_draws is not None:
         _select_on_pool(out, obj, params, (start_name, starts[start_name][2]), cal, x_heldout,
-                        heldout_draws, ref_opts, named_candidates if fallback else 0,
+                        heldout_draws, ref_opts, named_candidates,
                         torch.Generator().manual_seed(calibration_seed + 1),
-                        start_size=heldout_start, max_p_change=max_p_change)
+                        start_size=heldout_start, max_p_change=max_p_change,
+                        unseen_draws=unseen_draws, fallback=fallback)
     elif x_heldout is not None:
         heldout = (x_heldout, reference_heldout,
                    _weights(heldout_weights, x_heldout, "heldout_weights"))
@@ -439,20 +454,23 @@ def _fall_back(out: TunedSchedule, obj: _Objective, cal, heldout, trim: float) -
     part only when ``obj.free_end``."""
     if obj.solver in MULTI_CALL:
         return  # several calls per step: the named one-call solvers would use another NFE
+    x, ref, w = heldout
+    name, opts, schedule = _rank_named(obj, cal)[0]
+    cands = {_label(name, opts, schedule): (_named_grid(obj, schedule), name, opts)}
+    cands.update(_auto_candidate(obj, x[0].numel()))
     with torch.no_grad():
-        name, opts, schedule = _rank_named(obj, cal)[0]
         ts = torch.tensor(out.timesteps, dtype=torch.float64)
-        x, ref, w = heldout
         tuned = obj.error(ts, out.solver, _tensors(out.solver_opts), x, ref)
-        named = obj.error(_named_grid(obj, schedule), name, opts, x, ref)
-    out.heldout_best_named_loss = _rms(named, w)
+        errors = {k: obj.error(*c, x, ref) for k, c in cands.items()}
+    best = min(errors, key=lambda k: _rms(errors[k], w, trim))
+    out.heldout_best_named_loss = _rms(errors[best], w)
     out.heldout_loss = _rms(tuned, w)
-    out.best_named = _label(name, opts, schedule)
-    if _rms(named, w, trim) < _rms(tuned, w, trim):
-        out.solver, out.solver_opts = name, dict(opts)
-        out.timesteps = _named_grid(obj, schedule).tolist()
+    out.best_named = best
+    if _rms(errors[best], w, trim) < _rms(tuned, w, trim):
+        grid, out.solver, named_opts = cands[best]
+        out.solver_opts, out.timesteps = dict(named_opts), grid.tolist()
         out.heldout_loss = out.heldout_best_named_loss
-        out.fallback = out.best_named
+        out.fallback = best
 
 
 def _rank_named(obj: _Objective, cal, distinct: bool = False) -> list[tuple[str, dict, str]]:
@@ -508,23 +526,27 @@ def _check_pool(x_pool, n, reference, weights, cond: dict, x_cal: Tensor) -> Non
 def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, cal,
                     pool: Tensor, n: int, ref_opts: dict, n_named: int,
                     generator: torch.Generator, hard: float = 0.5, chunk: int = 1024,
-                    start_size: int | None = None, max_p_change: float = 0.1) -> None:
+                    start_size: int | None = None, max_p_change: float = 0.1,
+                    unseen_draws: float = 3.0, fallback: bool = True) -> None:
     """Validate on ``n`` draws chosen from ``pool`` after tuning (:func:`tune_timesteps`,
     ``heldout_draws``) and return the best candidate in ``out``.
 
-    Candidates: the tuned result, the base solver on its starting grid, and the ``n_named``
-    best distinct named configurations on the calibration draws (none for multi-call
-    solvers). Their answers on the N pool draws (N·NFE network calls each, no gradients) go to
+    Candidates: the tuned result, the base solver on its starting grid, and with
+    ``fallback`` the ``n_named`` best distinct named configurations on the calibration draws
+    and ``solver="auto"``'s configuration (neither for multi-call solvers). Their answers on the N pool draws (N·NFE network calls each, no gradients) go to
     :func:`pool_losses`, which solves the reference (``ref_opts``) for n of them. With
     ``start_size`` the pool is used in doubling prefixes from that size (n growing with it),
     answers computed for the new draws only, until :func:`choice_instability` is at most
-    ``max_p_change``."""
+    ``max_p_change`` and the chosen candidate's lead covers ``unseen_draws`` unseen rare draws
+    (:func:`unseen_lead`)."""
     start_name, ts0 = start
     start_label = _label(obj.solver, obj.opts, start_name)
     cands = {"tuned": obj.unpack(params.detach()), start_label: (ts0, obj.solver, obj.opts)}
-    if n_named and obj.solver not in MULTI_CALL:
+    if fallback and obj.solver not in MULTI_CALL:
         for name, opts, schedule in _rank_named(obj, cal, distinct=True)[:n_named]:
             cands.setdefault(_label(name, opts, schedule), (_named_grid(obj, schedule), name, opts))
+        for label, c in _auto_candidate(obj, pool[0].numel()).items():
+            cands.setdefault(label, c)
     sizes = [len(pool)] if start_size is None else _doublings(start_size, len(pool))
     answers: dict = {k: [] for k in cands}
     refs: dict = {}  # pool index → reference answer, kept across the doublings
@@ -546,11 +568,13 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
                                      reference_at, min(n * size // sizes[0], size - 1),
                                      hard=hard, generator=generator)
         p_change = choice_instability(errors, w, generator=generator)
-        if p_change <= max_p_change:
+        lead = unseen_lead(errors, w, size, count=unseen_draws) if unseen_draws else math.inf
+        if p_change <= max_p_change and lead >= 1.0:
             break
     losses = {k: _rms(e, w) for k, e in errors.items()}
     best = min(losses, key=lambda k: (losses[k], k != "tuned"))
     out.heldout_pool, out.heldout_losses, out.heldout_p_change = size, losses, p_change
+    out.heldout_lead = lead if math.isfinite(lead) else None
     out.heldout_start_loss = losses[start_label]
     named = [k for k in losses if k != "tuned"]
     if named:
@@ -620,16 +644,65 @@ def choice_instability(errors: dict, w: Tensor, *, replicates: int = 400,
     than the one chosen on the draws themselves. Where a few rare draws decide the choice —
     a candidate that sends one draw in a thousand into another mode — it is large: a larger
     pool is needed."""
+    e, wd, tie, chosen = _choice(errors, w)
+    m = torch.poisson(torch.ones(replicates, len(wd), dtype=torch.float64), generator=generator)
+    picks = [_argmin_first(_weighted(e, m[r] * wd), tie) for r in range(replicates)]
+    differs = torch.tensor([not torch.equal(e[i], e[chosen]) for i in range(len(e))])
+    return float(differs[torch.stack(picks)].double().mean())
+
+
+def unseen_lead(errors: dict, w: Tensor, pool: int, count: float = 3.0) -> float:
+    r"""The chosen candidate's lead over its runner-up in units of ``count`` unseen draws.
+
+    ``errors``/``w`` as in :func:`choice_instability`, from a pool of ``pool`` draws (a pool
+    draw enumerated in the stratified validation set has weight 1/pool). With L the largest
+    finite per-draw error any candidate made there — the size of a draw sent to another mode
+    where one happened, which the chosen candidate could make unseen even where only a rival
+    was seen to (a candidate that blows up on some draw makes the check grow the pool: a cost,
+    never another choice) — the result is :math:`(\ell_{2} - \ell_{1}) / (\mathrm{count}\cdot
+    L/\mathrm{pool})`: ℓ1 the chosen candidate's weighted MSE, ℓ2 the least of the candidates
+    that give other answers. Below 1 the chosen candidate would lose if it had ``count`` such
+    draws the pool did not hold — and zero events in N draws only bound their rate below
+    ≈ 3/N (the rule of three, 95 %), so a lead smaller than that rests on rare events being
+    absent, which a bootstrap of the pool cannot see. ``inf`` when no other candidate exists
+    or no error was made."""
+    e, wd, _, chosen = _choice(errors, w)
+    loss = _weighted(e, wd)
+    rivals = [i for i in range(len(e)) if not torch.equal(e[i], e[chosen])]
+    if not rivals or count <= 0.0:
+        return math.inf
+    seen = e[:, wd > 0]
+    seen = seen[torch.isfinite(seen)]
+    big = float(seen.max()) if seen.numel() else 0.0
+    margin = float(loss[rivals].min() - loss[chosen])
+    if big <= 0.0 or margin != margin:  # no error at all; nan: both infinite
+        return math.inf
+    return margin / (count * big / pool)
+
+
+def _auto_candidate(obj: _Objective, dim: int) -> dict:
+    """``{label: (grid, solver, options)}`` of ``solver="auto"`` at the tuned result's NFE
+    (``steps`` + the final x̂0 call) — its grid as ``sample()`` builds it, a free end allowed
+    whatever ``obj.free_end`` — when it spends one call per step on ``steps`` steps (every
+    budget of 4–30 NFE); else empty."""
+    from .samplers.auto import auto_config
+    cfg = auto_config(obj.model.sde, obj.steps + 1, dim)
+    if not cfg["denoise"] or cfg["steps"] != obj.steps or cfg["solver"] in MULTI_CALL:
+        return {}
+    grid = get_timesteps(obj.model.sde, obj.steps, cfg["schedule"], allow_free_end=True)
+    return {_label(cfg["solver"], cfg["opts"], cfg["schedule"]):
+            (grid, cfg["solver"], dict(cfg["opts"]))}
+
+
+def _choice(errors: dict, w: Tensor):
+    """(errors as a float64 matrix with NaN → inf, weights, tie-break keys, index of the
+    least weighted loss — ties to ``"tuned"``, then the first)."""
     names = list(errors)
     e = torch.nan_to_num(torch.stack([errors[k] for k in names]).to(torch.float64),
                          nan=math.inf, posinf=math.inf)
     tie = torch.tensor([k != "tuned" for k in names], dtype=torch.float64)
     wd = w.to(e)
-    chosen = _argmin_first(_weighted(e, wd), tie)
-    m = torch.poisson(torch.ones(replicates, len(wd), dtype=torch.float64), generator=generator)
-    picks = [_argmin_first(_weighted(e, m[r] * wd), tie) for r in range(replicates)]
-    differs = torch.tensor([not torch.equal(e[i], e[chosen]) for i in range(len(names))])
-    return float(differs[torch.stack(picks)].double().mean())
+    return e, wd, tie, int(_argmin_first(_weighted(e, wd), tie))
 
 
 def _weighted(e: Tensor, w: Tensor) -> Tensor:

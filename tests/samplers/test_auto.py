@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sdeflow
-from sdeflow.samplers.auto import HIGH_DIM, auto_config
+from sdeflow.samplers.auto import HIGH_DIM, WIDE_DIM, auto_config
 from sdeflow.schedules import FREE_END, get_timesteps
 from tests.conftest import SDES
 
@@ -41,7 +41,7 @@ def test_auto_config_is_valid_for_every_budget_1_to_1000(name):
     100 and every hundredth above, where a single rule applies)."""
     from sdeflow.samplers import get_solver
     sde, grids = SDES[name][0](), set()
-    for dim in (1, HIGH_DIM - 1, HIGH_DIM, 3 * 32 * 32):
+    for dim in (1, HIGH_DIM - 1, HIGH_DIM, WIDE_DIM, 3 * 32 * 32):
         for nfe in range(1, 1001):
             cfg = auto_config(sde, nfe, dim)
             info = get_solver(cfg["solver"])
@@ -66,7 +66,12 @@ def test_auto_follows_the_dimension_and_the_budget():
     assert low["solver"] != high["solver"] or low["schedule"] != high["schedule"]
     assert auto_config(sde, 5, 64)["schedule"] == "ays_trailing"
     assert auto_config(sde, 5, 2)["schedule"] == "gits_trailing"
-    assert auto_config(sde, 12, 64)["schedule"] == "karras_trailing"
+    assert auto_config(sde, 12, 64)["schedule"] == "ays_trailing"
+    assert auto_config(sde, 12, WIDE_DIM - 1)["schedule"] == "ays_trailing"
+    assert auto_config(sde, 12, WIDE_DIM)["schedule"] == "karras_trailing"
+    assert auto_config(sde, 7, WIDE_DIM)["schedule"] == "karras_trailing"
+    assert auto_config(sde, 30, WIDE_DIM - 1)["schedule"] == "ays_trailing"
+    assert auto_config(sde, 6, 3 * 32 * 32)["schedule"] == "ays_trailing"
     assert auto_config(sde, 1, 64)["steps"] == 1 and auto_config(sde, 1, 64)["denoise"] is False
 
 

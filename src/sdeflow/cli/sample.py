@@ -152,7 +152,11 @@ def add_tune_steps(sub) -> None:
                         "--pool draws and doubles them while the choice is unstable — while "
                         "the bootstrap probability that another candidate would win on a "
                         "re-drawn pool exceeds 0.1, as when a few draws that one candidate "
-                        "sends into another mode decide it")
+                        "sends into another mode decide it — or while the chosen one's lead "
+                        "is smaller than three unseen such draws would cost it (rule of three: "
+                        "none in N draws only bounds their rate below 3/N); solver 'auto' at "
+                        "the same NFE is among the candidates whenever it is a one-call "
+                        "solver there (4–30 NFE)")
     p.add_argument("--calib-seed", type=int, default=1000,
                    help="seed of the calibration draws (validation uses calib-seed + 1)")
     p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",

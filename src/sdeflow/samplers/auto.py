@@ -17,12 +17,18 @@ gives the measurements behind them):
 
   - **low dimension** (D < 16): ``gits_trailing`` — GITS's geometry-informed shape, quick
     through large σ̃ and dense near the data, where a low-dimensional trajectory bends most;
-  - **high dimension** (D ≥ 16): up to 6 NFE ``ays_trailing`` (Align Your Steps' shape: more of
-    the few calls at large σ̃, where a draw's mixture component — an image's layout — is
-    decided; in high dimension the draws that end in the wrong component carry most of the
-    error), from 7 NFE ``karras_trailing`` (ρ = 7), which resolves small σ̃, where data with
-    narrow components (relative to σ_min) still need accuracy — ``ays`` stretched to [σ_min,
-    σ_max] loses by 7–27× there at 15–20 NFE.
+  - **high dimension** (D ≥ 16): ``ays_trailing`` (Align Your Steps' shape: after one large
+    first jump, more of the calls at intermediate σ̃, where a draw's mixture component — an
+    image's layout — is decided; in high dimension the draws that end in the wrong component
+    carry most of the error), except from 7 NFE in **very high dimension** (D ≥ 128):
+    ``karras_trailing`` (ρ = 7), with nearly twice the calls above σ̃ ≈ 10 (7 to 4 at 20
+    NFE). Why the dimension decides: for data of unit scale per coordinate, two draws lie
+    ≈ √(2D) apart, so components are told apart at σ̃ ≈ √(D/2) — ≈ 6 at D = 64, ≈ 11 at
+    D = 256; the two shapes' step densities cross between σ̃ ≈ 6 and 8 (on [0.002, 80]),
+    i.e. near D = 128. Measured at 8–20 NFE (4096 draws): in 16–96 D ``ays_trailing`` sends
+    as few or fewer draws to another component than ``karras_trailing`` (up to 9× fewer), in
+    256 D 2–3× more, and 6 of 1024 where ``karras_trailing`` sends none
+    (docs/solver_notes.md).
 
 * **Above 30 NFE**: iPNDM on the ``logsnr`` grid (every solver is near its asymptotic order
   there; log-SNR steps spread the error evenly).
@@ -30,14 +36,17 @@ gives the measurements behind them):
 History (docs/solver_notes.md, "Defaults by budget"): the first rules were chosen on our four
 benchmark problems (2-D ring and 64-D mixture, EDM and VP); a held-out 256-D mixture with narrow
 components showed iPNDM on ``ays`` losing by up to 27× at 20 NFE, and the second revision moved
-to ``karras``; this third one moves every shape to its trailing form, chosen on all seven
-benchmark problems (held-out ones included), so its held-out check is still to come.
+to ``karras``; the third moved every shape to its trailing form; this fourth one keeps ``ays``
+below D = 128 (both chosen on all seven benchmark problems, held-out ones included) and was
+checked on two fresh problems designed before it was run on them (32-D narrow components under
+EDM, 96-D unequal weights under VP; docs/benchmarks.md).
 """
 from __future__ import annotations
 
-__all__ = ["auto_config", "HIGH_DIM"]
+__all__ = ["auto_config", "HIGH_DIM", "WIDE_DIM"]
 
 HIGH_DIM = 16  # data dimension from which the high-dimensional rule applies
+WIDE_DIM = 128  # ... and from which its components are decided above σ̃ ≈ 8 (karras above 6 NFE)
 
 
 def auto_config(sde, nfe: int, dim: int) -> dict:
@@ -59,5 +68,5 @@ def auto_config(sde, nfe: int, dim: int) -> dict:
     steps = nfe - 1  # one call per step plus the final denoising
     if nfe > 30:
         return dict(solver="ipndm", steps=steps, schedule="logsnr", opts={}, denoise=True)
-    shape = "gits" if dim < HIGH_DIM else "ays" if nfe <= 6 else "karras"
+    shape = "gits" if dim < HIGH_DIM else "ays" if nfe <= 6 or dim < WIDE_DIM else "karras"
     return dict(solver="ipndm", steps=steps, schedule=f"{shape}_trailing", opts={}, denoise=True)
