@@ -11,8 +11,9 @@ choosing the candidate best over all n (with its binomial standard error), the m
 error of the choice, and how often ``tuning.choice_instability`` on that pool exceeds 0.1 (the
 rule that grows the pool); per growth rule (the bootstrap alone, or with
 ``tuning.unseen_lead``), the pipeline's doubling from the first size on bootstrap pools: the
-mean pool it used, P(wrong choice), the mean excess and P(a choice > 1.5× the best). ``--cache FILE`` keeps the per-draw errors (the reference and the
-candidates cost ≈ 40 min on two CPU cores at n = 32768) and reuses them.
+mean pool it used, P(wrong choice), the mean excess and P(a choice > 1.5× the best).
+``--cache FILE`` keeps the per-draw errors (the reference and the candidates cost ≈ 40 min on
+two CPU cores at n = 32768) and reuses them.
 Usage: python benchmarks/pool_size.py [--problem gmm256w-edm] [--nfes 15 20] [--n 32768]
        [--tuned-jsonl docs/solvers_256d_4096_results.jsonl] [--sizes 4096 8192 16384]
        [--reps 400] [--ref-steps 128] [--cache FILE] [--markdown] [--out FILE]

@@ -446,9 +446,9 @@ def test_pool_validation_grows_the_pool_while_the_choice_is_unstable(ring_edm, m
 
 
 def test_unseen_lead_flags_a_lead_that_rests_on_absent_rare_draws():
-    """``unseen_lead`` on synthetic per-draw errors of 4096 draws (uniform weights). B is 0.8×
+    """``unseen_lead`` on synthetic per-draw errors of 4096 draws (uniform weights). B is 0.95×
     A on typical draws and sends none to another mode; A sends 2 (error 1 each). The bootstrap
-    calls B's win stable (≤ 0.1) — but B's lead (≈ 2 crossings' worth) is less than the 3
+    calls B's win stable (≤ 0.1) — but B's lead (≈ 2.5 crossings' worth) is less than the 3
     crossings the rule of three allows a candidate seen with none: unseen_lead < 1, the pool
     must grow. Power: with A crossing on 12, or with no crossings at all and B 0.95× A, the lead
     covers three unseen draws (≥ 1); where B truly crosses at A's rate ×3 (6 per 4096), the

@@ -190,7 +190,8 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     draws — so tuning never returns a configuration worse on held-out draws than that named
     candidate — and ``solver="auto"``'s configuration at the same NFE is compared too
     (:func:`~sdeflow.samplers.auto.auto_config`; one-call-per-step solvers, 4–30 NFE): tuning
-    never returns a configuration worse on the held-out draws than not tuning. ``heldout_loss`` is the returned configuration's untrimmed held-out RMS error,
+    never returns a configuration worse on the held-out draws than not tuning.
+    ``heldout_loss`` is the returned configuration's untrimmed held-out RMS error,
     ``heldout_best_named_loss`` the candidate's. The comparison leaves out the worst ``validation_trim``
     fraction of draws of each: in high dimension a draw near the boundary between two modes
     lands in the other mode after almost any perturbation, and one such draw moves the RMS error
@@ -533,7 +534,8 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
 
     Candidates: the tuned result, the base solver on its starting grid, and with
     ``fallback`` the ``n_named`` best distinct named configurations on the calibration draws
-    and ``solver="auto"``'s configuration (neither for multi-call solvers). Their answers on the N pool draws (N·NFE network calls each, no gradients) go to
+    and ``solver="auto"``'s configuration (neither for multi-call solvers). Their answers on
+    the N pool draws (N·NFE network calls each, no gradients) go to
     :func:`pool_losses`, which solves the reference (``ref_opts``) for n of them. With
     ``start_size`` the pool is used in doubling prefixes from that size (n growing with it),
     answers computed for the new draws only, until :func:`choice_instability` is at most
@@ -543,7 +545,8 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
     start_label = _label(obj.solver, obj.opts, start_name)
     cands = {"tuned": obj.unpack(params.detach()), start_label: (ts0, obj.solver, obj.opts)}
     if fallback and obj.solver not in MULTI_CALL:
-        for name, opts, schedule in _rank_named(obj, cal, distinct=True)[:n_named]:
+        for name, opts, schedule in _rank_named(obj, cal, distinct=True)[:n_named] if n_named \
+                else []:  # ranking runs every named configuration: skip it when none is wanted
             cands.setdefault(_label(name, opts, schedule), (_named_grid(obj, schedule), name, opts))
         for label, c in _auto_candidate(obj, pool[0].numel()).items():
             cands.setdefault(label, c)
