@@ -26,11 +26,12 @@ from t_min to T (DDPM's training grid), for EDM σ̃ log-uniform from σ_min to 
 with σ = 0 (its last model output is the answer); NFE = number of model calls.
 
 sdeflow ``<solver>/tuned``: the grid of ``sdeflow.tuning.tune_timesteps`` for that budget
-(200 Adam iterations through the solver, final time free, the fall-back to the best named
-configuration), calibrated on 128 prior draws (seed 1000) and validated on 128 more (seed
-1001), both stratified from pools of ``--pool`` (default 4096, as ``tune-steps``; 0: plain;
-the validation pool doubled up to ``--heldout-pool``, default 4 × ``--pool``, while the choice
-is unstable); the error is measured on the benchmark's
+(200 Adam iterations through the solver, final time free, then the pool line search over
+named grids and log-SNR blends on the calibration pool — ``--no-pool-search`` leaves it out —
+and the fall-back to the best named configuration), calibrated on 128 prior draws (seed 1000)
+and validated on 128 more (seed 1001), both stratified from pools of ``--pool`` (default 4096,
+as ``tune-steps``; 0: plain; the validation pool doubled up to ``--heldout-pool``, default 4 ×
+``--pool``, while the choice is unstable); the error is measured on the benchmark's
 draws (seed ``--eval-seed``, default 0), which tuning never sees. ``<base>/bns`` (up to
 ``BNS_MAX_NFE`` = 10; above, it fits the calibration draws' outliers and loses to the tuned
 grid): a bespoke non-stationary solver (``tune_timesteps(coefficients=True)``: grid *and* the
@@ -41,7 +42,7 @@ a GPU (everything else stays on the CPU).
 Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl] [--no-tune]
        [--n-calib 128] [--n-calib-bns 512] [--tune-device cpu] [--problems gmm64-edm,...]
        [--nfes 5 6 ...] [--n-eval 4096] [--eval-seed 0] [--ref-steps 1024] [--pool 4096]
-       [--heldout-pool 16384]
+       [--heldout-pool 16384] [--no-pool-search] [--choose-from runs.jsonl [--choice-pool N]]
        [--auto-only | --tuned-only | --ours-only [--solvers ipndm,...] [--schedules ...]]
 """
 from __future__ import annotations
@@ -107,7 +108,8 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
         tune_device: str = "cpu", only=None, eval_seed: int = 0, ref_steps: int = 1024,
         auto_only: bool = False, tuned_only: bool = False, pool: int = 4096,
         heldout_pool: int | None = None,
-        ours_only: bool = False, solvers=None, schedules=None, k_diffusion_only: bool = False):
+        ours_only: bool = False, solvers=None, schedules=None, k_diffusion_only: bool = False,
+        pool_search: bool = True, choose_from=None, choice_pool: int = 16384):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
     if k_diffusion_only and kd is None:
@@ -137,6 +139,9 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             sq = (x - ref).pow(2).mean(1)
             return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()),
                         rmse_same_mode=sq[~other].mean().sqrt().item())
+        if choose_from:
+            run_choice(emit, name, model, sde, gm.dim, x_T, err, choose_from, choice_pool)
+            continue
         if k_diffusion_only:
             if kd is not None:
                 run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
@@ -165,7 +170,7 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
                 run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
         if tune:
             run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns, tune_device,
-                      pool, heldout_pool)
+                      pool, heldout_pool, pool_search)
 
 
 def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
@@ -199,17 +204,19 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
 
 
 def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib_bns: int = 512,
-              device: str = "cpu", pool: int = 0, heldout_pool: int | None = None):
+              device: str = "cpu", pool: int = 0, heldout_pool: int | None = None,
+              pool_search: bool = True):
     """The tuned pipeline as ``tune-steps`` runs it: calibration and validation draws of its
     own (seeds 1000, 1001) — with ``pool``, calibration stratified from a pool of that many
     prior draws (``tuning.stratified_draws``) and validation chosen after tuning from a second
     pool where the candidates disagree (``heldout_draws``; its first ``pool`` draws, doubled
     up to ``heldout_pool``, default 4·pool, while the choice is unstable: ``heldout_start``),
-    as ``tune-steps`` does by default —
-    the fall-back to the best candidate, then measured on the benchmark's draws."""
+    as ``tune-steps`` does by default —, with ``pool_search`` the pool line search on the
+    calibration pool (grid rows only: ``tune_timesteps(calibration_pool=...)``), the fall-back
+    to the best candidate, then measured on the benchmark's draws."""
     from sdeflow.tuning import stratified_draws, tune_timesteps
 
-    def draws(n, solver, steps):
+    def draws(n, solver, steps, coefficients):
         sizes = (max(n, pool), max(n, heldout_pool or 4 * pool))
         xs = [sde.prior_sample((size, dim), generator=torch.Generator().manual_seed(1000 + k),
                                dtype=torch.float64).to(device) for k, size in enumerate(sizes)]
@@ -218,8 +225,10 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
         idx, w = stratified_draws(model, xs[0], n, solver=solver, steps=steps,
                                   generator=torch.Generator().manual_seed(1000))
         # validation: n draws chosen from the second pool after tuning (heldout_draws)
+        search = {} if coefficients or not pool_search or len(xs[0]) <= n else dict(
+            calibration_pool=xs[0], pool_draws=min(512, len(xs[0]) - 1))  # pool line search
         return [xs[0][idx.to(device)], xs[1]], dict(calibration_weights=w, heldout_draws=n,
-                                                    heldout_start=max(n + 1, pool))
+                                                    heldout_start=max(n + 1, pool), **search)
     jobs = [(solver, "tuned", False, n_calib) for solver in TUNED]
     jobs += [(solver, "bns", True, n_calib_bns) for solver in BNS_BASES]
     for solver, label, coefficients, n_cal in jobs:
@@ -227,7 +236,7 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
             if coefficients and nfe > BNS_MAX_NFE:
                 continue
             start = time.perf_counter()
-            cal, weights = draws(n_cal, solver, nfe - 1)
+            cal, weights = draws(n_cal, solver, nfe - 1, coefficients)
             res = tune_timesteps(model, cal[0], x_heldout=cal[1], solver=solver,
                                  steps=nfe - 1, max_evals=200, calibration_seed=1000,
                                  coefficients=coefficients, **weights)
@@ -240,9 +249,37 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
                       pool=pool, heldout_pool=res.heldout_pool, fallback=res.fallback,
                       best_named=res.best_named, heldout_losses=res.heldout_losses,
                       heldout_p_change=res.heldout_p_change, heldout_lead=res.heldout_lead,
+                      search_choice=res.search_choice,
                       returned=dict(solver=res.solver, timesteps=res.timesteps,
                                     solver_opts=res.solver_opts),
                       tuning_device=device, tuning_seconds=round(time.perf_counter() - start, 1)))
+
+
+def run_choice(emit, name, model, sde, dim, x_T, err, files, pool: int = 16384, n: int = 512):
+    """The tuned pipeline's last step when several tuned files exist for one budget (one per
+    base solver, and BNS): ``tuning.choose_tuned`` compares what each returned on one common
+    validation pool (seed 1002, ``pool`` prior draws, references for ``n`` of them) and keeps
+    the least loss — rather than comparing the rows' own validation losses, each estimated on
+    other draws, whose least is biased towards the row whose estimate happened to be low.
+    Rows from ``files`` (earlier ``--tuned-only`` runs; their ``returned`` configurations)."""
+    import json
+    from sdeflow.tuning import TunedSchedule, choose_tuned
+    rows = [r for f in files for r in map(json.loads, open(f))
+            if r.get("problem") == name and "returned" in r]
+    x_pool = sde.prior_sample((pool, dim), generator=torch.Generator().manual_seed(1002),
+                              dtype=torch.float64)
+    for nfe in sorted({r["nfe"] for r in rows}):
+        cands = {r["solver"]: TunedSchedule(**r["returned"], steps=len(r["returned"]["timesteps"])
+                                            - 1, sde=sde.config(), calibration_loss=math.nan,
+                                            start_loss=math.nan, start_schedule="")
+                 for r in rows if r["nfe"] == nfe}
+        best, losses = choose_tuned(model, cands, x_pool, n,
+                                    generator=torch.Generator().manual_seed(1002))
+        res = cands[best]
+        x, st = sdeflow.sample(model, x_T, solver=res.solver, timesteps=res.tensor(sde),
+                               return_stats=True, **res.solver_opts)
+        emit(dict(problem=name, impl="sdeflow", solver="tuned/chosen", nfe=st["nfe"], **err(x),
+                  chosen=best, choice_losses=losses, choice_pool=pool))
 
 
 def run_diffusers(emit, name, gm, sde, x_T, err, model=None):
@@ -379,6 +416,14 @@ def main():
         ap.add_argument("--heldout-pool", type=int, default=None,
                         help="largest validation pool (default 4 × --pool): doubled from "
                              "--pool while the choice is unstable")
+        ap.add_argument("--no-pool-search", action="store_true",
+                        help="tuned rows without the pool line search (tune_timesteps' "
+                             "calibration_pool)")
+        ap.add_argument("--choose-from", help="comma-separated jsonl files of --tuned-only runs: "
+                        "choose among each budget's tuned rows on one common validation pool "
+                        "(rows solver='tuned/chosen'; no other rows)")
+        ap.add_argument("--choice-pool", type=int, default=16384,
+                        help="prior draws of that common validation pool (seed 1002)")
         ap.add_argument("--eval-seed", type=int, default=0,
                         help="seed of the evaluation draws (tuning uses 1000 and 1001)")
 
@@ -389,6 +434,8 @@ def main():
             eval_seed=a.eval_seed, ref_steps=a.ref_steps, auto_only=a.auto_only,
             tuned_only=a.tuned_only, pool=a.pool, heldout_pool=a.heldout_pool,
             ours_only=a.ours_only, k_diffusion_only=a.k_diffusion_only,
+            pool_search=not a.no_pool_search, choice_pool=a.choice_pool,
+            choose_from=a.choose_from and a.choose_from.split(","),
             solvers=a.solvers and a.solvers.split(","),
             schedules=a.schedules and a.schedules.split(","))
     run_benchmark(__doc__, body, markdown, add)

@@ -22,6 +22,22 @@ derivative-free pattern search for models one cannot differentiate. Both start f
 named schedule and keep the best grid seen. Evaluate on noise that was *not* used for
 calibration: :func:`tune_timesteps` reports the loss on a separate held-out draw too.
 
+**Pool line search** (``calibration_pool``): the gradient search fits the draws that stay in
+their mode — a draw the solver sends into another mode adds a large but flat error, nothing to
+the gradient — so a tuned grid is more accurate on typical draws and can cross more often than a
+named one. After it, the grids are compared on a large pool of prior draws (N, e.g. 4096;
+references for ``pool_draws`` of them, half where the candidates disagree most, half at
+random: :func:`pool_losses`), where the crossing rate is counted: first the base solver on
+every named schedule, then every blend of the tuned grid and the ``pool_partners`` best of
+those, pairwise, in log-SNR,
+
+.. math:: \lambda_k(\alpha) = (1-\alpha)\,\lambda^{(a)}_k + \alpha\,\lambda^{(b)}_k,
+          \quad \alpha \in \{\tfrac14, \tfrac12, \tfrac34\}
+
+(:func:`blend_grids`; a convex combination of two decreasing grids is one) — a derivative-free
+search along one-parameter families, few enough that a pool of thousands does not overfit; the
+least-loss grid becomes the tuned result.
+
 ``coefficients=True`` tunes the solver with its grid (Shaul et al. 2024, "Bespoke
 Non-Stationary Solvers"; S4S, Frankel et al. 2025): a one-call-per-step solver is read off as
 x_j = a_j x_0 + Σ_k c_jk x̂0_k (:mod:`sdeflow.samplers.bespoke`) and written in step form
@@ -52,7 +68,7 @@ from .samplers.registry import Context
 from .schedules import check_timesteps, ends_early, get_timesteps
 
 __all__ = ["TunedSchedule", "tune_timesteps", "stratified_draws", "pool_losses",
-           "choice_instability", "unseen_lead",
+           "choice_instability", "unseen_lead", "blend_grids", "choose_tuned",
            "timesteps_from_theta", "theta_from_timesteps"]
 
 
@@ -95,6 +111,12 @@ class TunedSchedule:
     # with the largest error seen (:func:`unseen_lead`); the pool also grows while it is below
     # 1 (None: the check was off, or no candidate gave other answers)
     heldout_lead: float | None = None
+    # pool line search (``calibration_pool``): the grid it chose ("tuned", a named schedule or
+    # "a+α*b", a blend in log-SNR) and every candidate's RMS error estimated on the pool (the
+    # tuned grid, its partners and the blends from the second round's references, the other
+    # named schedules from the first's); ``calibration_loss`` is then the chosen grid's
+    search_choice: str | None = None
+    search_losses: dict = field(default_factory=dict)
 
     def save(self, path) -> Path:
         from .checkpoint import write_text_atomic
@@ -153,6 +175,25 @@ def theta_from_timesteps(sde, ts: Tensor, t_end: float | None = None,
     return w.clamp_min(1e-12).log()
 
 
+def blend_grids(sde, a: Tensor, b: Tensor, alpha: float) -> Tensor:
+    r"""The grid :math:`\lambda_k = (1-\alpha)\lambda^{(a)}_k + \alpha\lambda^{(b)}_k` in
+    log-SNR between two grids of the same length that start at the same time (a convex
+    combination of two increasing λ sequences increases, so the result is a valid decreasing
+    grid; where both end at the same time, so does it)."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    if a.shape != b.shape or a.dim() != 1:
+        raise ValueError(f"blend_grids needs two 1-D grids of the same length, got shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    lam = (1 - alpha) * sde.log_snr(a) + alpha * sde.log_snr(b)
+    ts = sde.t_from_log_snr(lam).to(torch.float64)
+    ts[0] = a[0]
+    if a[-1] == b[-1]:
+        ts[-1] = a[-1]
+    return ts
+
+
 def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int = 10,
                    method: str = "gradient", free_end: bool = True, coefficients: bool = False,
                    reference: Tensor | None = None, x_heldout: Tensor | None = None,
@@ -166,7 +207,8 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                    heldout_weights: Tensor | None = None, heldout_draws: int | None = None,
                    named_candidates: int = 3, heldout_start: int | None = None,
                    max_p_change: float = 0.1, unseen_draws: float = 3.0,
-                   **solver_opts) -> TunedSchedule:
+                   calibration_pool: Tensor | None = None, pool_partners: int = 3,
+                   pool_draws: int = 512, **solver_opts) -> TunedSchedule:
     r"""Tune the ``steps``-interval grid of ``solver`` for ``model`` on calibration noise ``x_cal``
     (prior draws at T). ``reference`` is the accurate answer for ``x_cal`` (computed with
     ``reference_opts``, default RK45 at 1e-6, when not given). ``method``: ``"gradient"`` (Adam
@@ -223,7 +265,19 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     ``count=unseen_draws`` below 1, recorded as ``heldout_lead``; 0 turns the check off): a
     bootstrap resamples only the draws the pool holds, and a candidate that sends one draw in
     600 to another mode crosses on none of 4096 once in 1000 pools — the rule of three says
-    zero of N only bounds its rate below 3/N."""
+    zero of N only bounds its rate below 3/N.
+
+    ``calibration_pool`` (prior draws, e.g. the pool :func:`stratified_draws` chose ``x_cal``
+    from) runs the pool line search after the gradient or pattern search (module docstring):
+    the base solver on every named schedule (free-end ones with ``free_end``) and the blends of
+    the tuned grid with the ``pool_partners`` best of them are scored on the pool with
+    references for ``pool_draws`` draws (:func:`pool_losses`: half where the candidates disagree
+    most, half at random), and the least-loss grid is the tuned result (``search_choice``;
+    ``search_losses`` every candidate's estimate; ``calibration_loss`` the chosen grid's on
+    ``x_cal``, which can exceed the gradient search's: the pool decides). Not with
+    ``coefficients`` (the coefficients belong to their grid); ``pool_partners=0`` scores the
+    tuned grid against the named ones only. Validation then treats the result as the tuned
+    one."""
     _check_request(solver, steps, method, coefficients, window)
     from .cld.model import is_cld
     if is_cld(model):
@@ -240,6 +294,7 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
         raise ValueError(f"max_p_change must be a probability in [0, 1], got {max_p_change}")
     if not 0.0 <= unseen_draws < math.inf:
         raise ValueError(f"unseen_draws must be a finite count ≥ 0, got {unseen_draws}")
+    _check_search_pool(calibration_pool, pool_partners, pool_draws, coefficients, x_cal, cond)
     ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
     with torch.no_grad():
         if reference is None:
@@ -254,12 +309,19 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     start_name = min(starts, key=lambda k: starts[k][0])
     params, best, evals = _search(obj, cal, starts[start_name][1], len(starts), method,
                                   max_evals, progress, lr=lr, step0=step0, min_step=min_step)
+    search = None
+    if calibration_pool is not None:
+        params, search = _pool_search(obj, params, calibration_pool, pool_draws, pool_partners,
+                                      ref_opts, torch.Generator().manual_seed(calibration_seed))
+        best = _rms(obj.per_draw(params, *cal[:2]), cal[2])  # the chosen grid's
     ts_list, name, opts = obj.record(params)
     out = TunedSchedule(solver=name, steps=steps, timesteps=ts_list, sde=model.sde.config(),
                         calibration_loss=best, start_loss=starts[start_name][0],
                         start_schedule=start_name, n_calibration=len(x_cal),
                         calibration_seed=calibration_seed, evaluations=evals,
                         solver_opts=opts, method=method, free_end=free_end, base_solver=solver)
+    if search is not None:
+        out.search_choice, out.search_losses = search
     if x_heldout is not None and heldout_draws is not None:
         _select_on_pool(out, obj, params, (start_name, starts[start_name][2]), cal, x_heldout,
                         heldout_draws, ref_opts, named_candidates,
@@ -517,11 +579,86 @@ def _check_pool(x_pool, n, reference, weights, cond: dict, x_cal: Tensor) -> Non
     if x_pool.shape[1:] != x_cal.shape[1:]:
         raise ValueError(f"x_heldout draws have shape {tuple(x_pool.shape[1:])}, the "
                          f"calibration draws {tuple(x_cal.shape[1:])}")
+    _check_shared_cond(cond, "a validation pool", " (give x_heldout of the calibration's size "
+                       "and no heldout_draws)")
+
+
+def _check_shared_cond(cond: dict, what: str, hint: str = "") -> None:
+    """Pool draws are run in chunks of any size: their conditioning must be shared by all."""
     per_draw = [k for k, v in cond.items() if torch.is_tensor(v) and v.dim() and len(v) > 1]
     if per_draw:
-        raise ValueError(f"a validation pool needs conditioning shared by every draw; {per_draw} "
-                         "hold one entry per draw (give x_heldout of the calibration's size and "
-                         "no heldout_draws)")
+        raise ValueError(f"{what} needs conditioning shared by every draw; {per_draw} hold one "
+                         f"entry per draw{hint}")
+
+
+def _check_search_pool(pool, partners: int, n: int, coefficients: bool, x_cal: Tensor,
+                       cond: dict) -> None:
+    if pool is None:
+        return
+    if coefficients:
+        raise ValueError("calibration_pool (the pool line search over grids) does not work with "
+                         "coefficients=True: a BNS solver's coefficients belong to its grid")
+    if not torch.is_tensor(pool) or pool.shape[1:] != x_cal.shape[1:]:
+        raise ValueError(f"calibration_pool must be prior draws shaped like x_cal "
+                         f"(N, {', '.join(map(str, x_cal.shape[1:]))}), got "
+                         f"{tuple(pool.shape) if torch.is_tensor(pool) else type(pool).__name__}")
+    if not 1 <= n < len(pool):
+        raise ValueError(f"pool_draws must be between 1 and the pool size {len(pool)} - 1, "
+                         f"got {n}")
+    if not (isinstance(partners, int) and partners >= 0):
+        raise ValueError(f"pool_partners must be an integer ≥ 0, got {partners!r}")
+    if pool.device != x_cal.device:
+        raise ValueError(f"calibration_pool is on {pool.device}, the calibration draws on "
+                         f"{x_cal.device}: put both where the model runs")
+    _check_shared_cond(cond, "the pool line search (calibration_pool)")
+
+
+#: blend weights α of the pool line search (:func:`blend_grids`)
+BLENDS = (0.25, 0.5, 0.75)
+
+
+def _pool_search(obj: _Objective, params: Tensor, pool: Tensor, n: int, partners: int,
+                 ref_opts: dict, generator: torch.Generator, chunk: int = 1024):
+    """The pool line search (module docstring): (params of the chosen grid, (its label, every
+    candidate's estimated pool RMS)). Every candidate is held as params, so that the grid
+    scored is the grid returned."""
+    sde = obj.model.sde
+    t_end = obj.t_end if obj.free_end else None
+    reference_at = _references(obj, pool, ref_opts, chunk)
+    answers: dict = {}  # label → answers on the pool, kept for the second round
+
+    def score(cands: dict) -> dict:
+        with torch.no_grad():
+            for k, p in cands.items():
+                if k not in answers:
+                    answers[k] = torch.cat([obj.answer(*obj.unpack(p), xb)
+                                            for xb in pool.split(chunk)])
+            errors, w = _pool_errors({k: answers[k] for k in cands}, reference_at, n,
+                                     generator=generator)
+        return {k: _rms(e, w) for k, e in errors.items()}
+
+    def as_params(ts: Tensor) -> Tensor:  # exact: a grid ending at t_min keeps its end
+        return theta_from_timesteps(sde, ts, t_end, min_gap=0.0)
+    cands = {"tuned": params.detach()}
+    for schedule in _named_schedules(obj):
+        try:
+            cands[schedule] = as_params(_named_grid(obj, schedule))
+        except ValueError:  # a schedule with no valid grid at this step count
+            continue
+    first = score(cands)
+    grids = {k: obj.unpack(cands[k])[0] for k in
+             ["tuned"] + sorted((k for k in cands if k != "tuned"), key=first.get)[:partners]}
+    for k in set(answers) - set(grids):
+        del answers[k]  # only the partners' answers are used again
+    blends = {}
+    for i, a in enumerate(grids):
+        for b in list(grids)[i + 1:]:
+            for alpha in BLENDS:
+                blends[f"{a}+{alpha}*{b}"] = as_params(blend_grids(sde, grids[a], grids[b], alpha))
+    losses = score({**{k: cands[k] for k in grids}, **blends}) if blends else first
+    cands.update(blends)
+    best = min(losses, key=lambda k: (losses[k], k != "tuned"))
+    return cands[best], (best, {**first, **losses})
 
 
 def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, cal,
@@ -552,15 +689,7 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
             cands.setdefault(label, c)
     sizes = [len(pool)] if start_size is None else _doublings(start_size, len(pool))
     answers: dict = {k: [] for k in cands}
-    refs: dict = {}  # pool index → reference answer, kept across the doublings
-
-    def reference_at(idx: Tensor) -> Tensor:
-        new = [i for i in idx.tolist() if i not in refs]
-        if new:
-            x = pool[torch.tensor(new, device=pool.device)]
-            refs.update(zip(new, torch.cat([sample(obj.model, xb, cond=obj.cond, **ref_opts)
-                                            for xb in x.split(chunk)])))
-        return torch.stack([refs[i] for i in idx.tolist()])
+    reference_at = _references(obj, pool, ref_opts, chunk)  # kept across the doublings
     done = 0
     for size in sizes:
         with torch.no_grad():
@@ -595,6 +724,21 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
         out.fallback = best
 
 
+def _references(obj: _Objective, pool: Tensor, ref_opts: dict, chunk: int):
+    """``reference_at(idx)`` → the reference answers of pool draws ``idx``, each solved once
+    (``ref_opts``, in chunks) and kept for later calls."""
+    refs: dict = {}  # pool index → reference answer
+
+    def reference_at(idx: Tensor) -> Tensor:
+        new = [i for i in idx.tolist() if i not in refs]
+        if new:
+            x = pool[torch.tensor(new, device=pool.device)]
+            refs.update(zip(new, torch.cat([sample(obj.model, xb, cond=obj.cond, **ref_opts)
+                                            for xb in x.split(chunk)])))
+        return torch.stack([refs[i] for i in idx.tolist()])
+    return reference_at
+
+
 def _doublings(start: int, N: int) -> list[int]:
     """start, 2·start, 4·start, … up to N (N always last)."""
     sizes = [start]
@@ -621,6 +765,45 @@ def pool_losses(answers: dict, reference, pool: Tensor, n: int, *, base: str = "
     errors, w = _pool_errors(answers, lambda idx: reference(pool[idx.to(pool.device)]), n,
                              base=base, hard=hard, generator=generator)
     return {k: _rms(e, w) for k, e in errors.items()}
+
+
+def choose_tuned(model, candidates: dict, x_pool: Tensor, n: int = 512, *,
+                 reference_opts: dict | None = None, cond: dict | None = None,
+                 generator: torch.Generator | None = None, chunk: int = 1024) -> tuple[str, dict]:
+    """Choose among several tuned results for one budget — e.g. one ``tune-steps`` file per
+    base solver, and a BNS one — on **one common** validation pool: ``candidates`` maps a label
+    to a :class:`TunedSchedule`; each is run on the N prior draws ``x_pool`` and
+    :func:`pool_losses` estimates its RMS error there from references (``reference_opts``,
+    default RK45 at 1e-6) for ``n`` draws, half where they disagree most, half at random.
+    Returns (the least-loss label, every label's loss).
+
+    Why not the files' own ``heldout_loss``: each is estimated on other reference draws, and
+    the least of several noisy estimates favours the file whose estimate happened to be low
+    (docs/benchmarks.md, "The pool line search": one configuration estimated at 0.086–0.140 in
+    four files of one cell). Use draws that none of the files was tuned or validated on."""
+    if not candidates:
+        raise ValueError("choose_tuned needs at least one tuned result")
+    if not 1 <= n < len(x_pool):
+        raise ValueError(f"n must be between 1 and the pool size {len(x_pool)} - 1, got {n}")
+    _check_shared_cond(cond or {}, "choose_tuned")
+    sde = model.sde
+    ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
+
+    def run(res, x, **kw):
+        return sample(model, x, solver=res.solver, timesteps=res.tensor(sde), cond=cond,
+                      **_tensors(res.solver_opts), **kw)
+    with torch.no_grad():
+        nfe = {label: run(res, x_pool[:1], return_stats=True)[1]["nfe"]
+               for label, res in candidates.items()}
+        if len(set(nfe.values())) > 1:
+            raise ValueError(f"the tuned results spend different numbers of network calls "
+                             f"({nfe}): compare results for one budget")
+        answers = {label: torch.cat([run(res, xb) for xb in x_pool.split(chunk)])
+                   for label, res in candidates.items()}
+        losses = pool_losses(answers, lambda x: torch.cat(
+            [sample(model, xb, cond=cond, **ref_opts) for xb in x.split(chunk)]), x_pool, n,
+            base=next(iter(answers)), generator=generator)
+    return min(losses, key=losses.get), losses
 
 
 def _pool_errors(answers: dict, reference_at, n: int, *, base: str = "tuned",
@@ -650,7 +833,7 @@ def choice_instability(errors: dict, w: Tensor, *, replicates: int = 400,
     e, wd, tie, chosen = _choice(errors, w)
     m = torch.poisson(torch.ones(replicates, len(wd), dtype=torch.float64), generator=generator)
     picks = [_argmin_first(_weighted(e, m[r] * wd), tie) for r in range(replicates)]
-    differs = torch.tensor([not torch.equal(e[i], e[chosen]) for i in range(len(e))])
+    differs = torch.tensor([not _same(e[i], e[chosen]) for i in range(len(e))])
     return float(differs[torch.stack(picks)].double().mean())
 
 
@@ -671,7 +854,7 @@ def unseen_lead(errors: dict, w: Tensor, pool: int, count: float = 3.0) -> float
     or no error was made."""
     e, wd, _, chosen = _choice(errors, w)
     loss = _weighted(e, wd)
-    rivals = [i for i in range(len(e)) if not torch.equal(e[i], e[chosen])]
+    rivals = [i for i in range(len(e)) if not _same(e[i], e[chosen])]
     if not rivals or count <= 0.0:
         return math.inf
     seen = e[:, wd > 0]
@@ -706,6 +889,13 @@ def _choice(errors: dict, w: Tensor):
     tie = torch.tensor([k != "tuned" for k in names], dtype=torch.float64)
     wd = w.to(e)
     return e, wd, tie, int(_argmin_first(_weighted(e, wd), tie))
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Whether two candidates' per-draw errors are the same answers — up to rounding, so that
+    one grid reached by two routes (a named schedule the pool search returned as the tuned
+    grid, and the same schedule named) is not counted as a rival of itself."""
+    return bool(torch.allclose(a, b, rtol=1e-9, atol=1e-300, equal_nan=True))
 
 
 def _weighted(e: Tensor, w: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from .common import add_command, add_sampling_args, device, grid_args, load_run,
 from .controllable import add_guidance_args, guided_model
 
 __all__ = ["add_sample", "cmd_sample", "add_evaluate", "cmd_evaluate", "add_tune_steps",
-           "cmd_tune_steps"]
+           "cmd_tune_steps", "add_choose_steps", "cmd_choose_steps"]
 
 
 def add_sample(sub) -> None:
@@ -157,6 +157,17 @@ def add_tune_steps(sub) -> None:
                         "none in N draws only bounds their rate below 3/N); solver 'auto' at "
                         "the same NFE is among the candidates whenever it is a one-call "
                         "solver there (4–30 NFE)")
+    p.add_argument("--pool-partners", type=int, default=3,
+                   help="after the search, score the grids on the whole --pool (needs --pool "
+                        "> --n-calib; references for 512 draws, half where the grids disagree "
+                        "most, half at random), so that draws the solver "
+                        "sends into another mode count at their rate: the solver on every "
+                        "named schedule, then blends in log-SNR (α = 1/4, 1/2, 3/4) of the "
+                        "tuned grid and this many of the best of those, pairwise; the least "
+                        "loss is the tuned grid (0: tuned against the named ones only; -1: "
+                        "off; not with --coefficients); costs ≈ 31 solver runs on the pool without "
+                        "gradients at 3 partners (12 schedules, 18 blends; 25 with --fixed-end) "
+                        "and up to 1024 reference solves")
     p.add_argument("--calib-seed", type=int, default=1000,
                    help="seed of the calibration draws (validation uses calib-seed + 1)")
     p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",
@@ -191,6 +202,9 @@ def cmd_tune_steps(a) -> int:
     model, cfg = load_run(a.checkpoint, "denoiser", device=dev)
     if a.pool is None:
         a.pool = max(4096, a.n_calib)
+    if a.pool_partners < -1:
+        raise ValueError(f"--pool-partners must be ≥ 0, or -1 to turn the pool line search off; "
+                         f"got {a.pool_partners}")
     if a.pool and a.pool < a.n_calib:
         raise ValueError(f"--pool ({a.pool}) must be at least --n-calib ({a.n_calib})")
     if a.heldout_pool is not None and not a.pool:
@@ -210,6 +224,10 @@ def cmd_tune_steps(a) -> int:
         idx, weights["calibration_weights"] = stratified_draws(
             model, draws[0], a.n_calib, solver=a.solver, steps=a.steps,
             generator=torch.Generator().manual_seed(a.calib_seed))
+        if a.pool_partners >= 0 and a.pool > a.n_calib and not a.coefficients:
+            weights["calibration_pool"] = draws[0]  # the pool line search
+            weights["pool_partners"] = a.pool_partners
+            weights["pool_draws"] = min(512, a.pool - 1)
         draws[0] = draws[0][idx.to(dev)]
         if a.pool > a.n_calib:
             weights["heldout_draws"] = a.n_calib
@@ -222,5 +240,45 @@ def cmd_tune_steps(a) -> int:
     res.save(a.out)
     print(json.dumps({k: v for k, v in res.__dict__.items() if k not in ("timesteps", "solver_opts")},
                      indent=2))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def add_choose_steps(sub) -> None:
+    p = add_command(sub, "choose-steps", cmd_choose_steps, checkpoint=True)
+    p.add_argument("files", nargs="+", help="tuned schedules (JSON from `sdeflow tune-steps`), "
+                                            "e.g. one per base solver for the same NFE")
+    p.add_argument("--pool", type=int, default=16384, help="prior draws of the common pool")
+    p.add_argument("--n-ref", type=int, default=512,
+                   help="draws of the pool that get a reference (half where the files disagree "
+                        "most, half at random)")
+    p.add_argument("--seed", type=int, default=1002,
+                   help="seed of the pool: use draws none of the files was tuned or validated "
+                        "on (tune-steps uses --calib-seed 1000 and 1001)")
+    p.add_argument("--out", default="outputs/chosen_schedule.json",
+                   help="where the chosen file is copied")
+
+
+def cmd_choose_steps(a) -> int:
+    """choose the best of several tuned schedules on one common pool
+
+    Compare tuned schedules for the same model and budget (one `tune-steps` file per base
+    solver, a BNS one, ...) on one pool of fresh prior draws — every file run on every draw,
+    references for --n-ref of them — and copy the one with the least estimated RMS error to
+    --out. Why not the files' own validation losses: each was estimated on other draws, and the
+    least of several noisy estimates favours the one that happened to come out low.
+    """
+    from ..tuning import TunedSchedule, choose_tuned
+    dev = device()
+    model, cfg = load_run(a.checkpoint, "denoiser", device=dev)
+    files = {str(f): TunedSchedule.load(f) for f in a.files}
+    if not 1 <= a.n_ref < a.pool:
+        raise ValueError(f"--n-ref must be between 1 and --pool - 1 ({a.pool - 1}), got {a.n_ref}")
+    pool = model.sde.prior_sample((a.pool, *cfg.shape),
+                                  generator=torch.Generator().manual_seed(a.seed)).to(dev)
+    best, losses = choose_tuned(model, files, pool, a.n_ref,
+                                generator=torch.Generator().manual_seed(a.seed))
+    files[best].save(a.out)
+    print(json.dumps(dict(chosen=best, losses=losses, pool=a.pool, n_ref=a.n_ref), indent=2))
     print(f"wrote {a.out}")
     return 0
