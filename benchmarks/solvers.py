@@ -265,7 +265,7 @@ def run_choice(emit, name, model, sde, dim, x_T, err, files, pool: int = 16384, 
     import json
     from sdeflow.tuning import TunedSchedule, choose_tuned
     rows = [r for f in files for r in map(json.loads, open(f))
-            if r.get("problem") == name and "returned" in r]
+            if r.get("problem") == name and "returned" in r and r["nfe"] in NFES]
     x_pool = sde.prior_sample((pool, dim), generator=torch.Generator().manual_seed(1002),
                               dtype=torch.float64)
     for nfe in sorted({r["nfe"] for r in rows}):
