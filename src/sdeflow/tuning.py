@@ -194,6 +194,10 @@ def blend_grids(sde, a: Tensor, b: Tensor, alpha: float) -> Tensor:
     return ts
 
 
+#: how references are solved unless ``reference_opts`` says otherwise
+REFERENCE = dict(solver="rk45", rtol=1e-6, atol=1e-6)
+
+
 def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int = 10,
                    method: str = "gradient", free_end: bool = True, coefficients: bool = False,
                    reference: Tensor | None = None, x_heldout: Tensor | None = None,
@@ -295,7 +299,7 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
     if not 0.0 <= unseen_draws < math.inf:
         raise ValueError(f"unseen_draws must be a finite count ≥ 0, got {unseen_draws}")
     _check_search_pool(calibration_pool, pool_partners, pool_draws, coefficients, x_cal, cond)
-    ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
+    ref_opts = {**REFERENCE, **(reference_opts or {})}
     with torch.no_grad():
         if reference is None:
             reference = sample(model, x_cal, cond=cond, **ref_opts)
@@ -640,11 +644,8 @@ def _pool_search(obj: _Objective, params: Tensor, pool: Tensor, n: int, partners
     def as_params(ts: Tensor) -> Tensor:  # exact: a grid ending at t_min keeps its end
         return theta_from_timesteps(sde, ts, t_end, min_gap=0.0)
     cands = {"tuned": params.detach()}
-    for schedule in _named_schedules(obj):
-        try:
-            cands[schedule] = as_params(_named_grid(obj, schedule))
-        except ValueError:  # a schedule with no valid grid at this step count
-            continue
+    cands.update((schedule, as_params(_named_grid(obj, schedule)))
+                 for schedule in _named_schedules(obj))
     first = score(cands)
     grids = {k: obj.unpack(cands[k])[0] for k in
              ["tuned"] + sorted((k for k in cands if k != "tuned"), key=first.get)[:partners]}
@@ -787,7 +788,7 @@ def choose_tuned(model, candidates: dict, x_pool: Tensor, n: int = 512, *,
         raise ValueError(f"n must be between 1 and the pool size {len(x_pool)} - 1, got {n}")
     _check_shared_cond(cond or {}, "choose_tuned")
     sde = model.sde
-    ref_opts = {**dict(solver="rk45", rtol=1e-6, atol=1e-6), **(reference_opts or {})}
+    ref_opts = {**REFERENCE, **(reference_opts or {})}
 
     def run(res, x, **kw):
         return sample(model, x, solver=res.solver, timesteps=res.tensor(sde), cond=cond,
