@@ -38,17 +38,21 @@ grid): a bespoke non-stationary solver (``tune_timesteps(coefficients=True)``: g
 solver's linear-multistep coefficients, starting from ``<base>``'s, window 3) calibrated on
 ``--n-calib-bns`` draws (default 512; seed 1000, validation seed 1001). ``--no-tune`` skips
 the tuned rows (minutes instead of tens of minutes); ``--tune-device cuda`` runs the tuning on
-a GPU (everything else stays on the CPU).
+a GPU (everything else stays on the CPU). DPM-Solver-v3 (``dpm_solver_v3``) runs only when
+named (``--solvers dpm_solver_v3``, ``--tuned-bases dpm_solver_v3``), with statistics estimated
+from 1024 of the problem's PF-ODE trajectories (seed 1000) and cached in ``--ems-dir``.
 Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl] [--no-tune]
        [--n-calib 128] [--n-calib-bns 512] [--tune-device cpu] [--problems gmm64-edm,...]
        [--nfes 5 6 ...] [--n-eval 4096] [--eval-seed 0] [--ref-steps 1024] [--pool 4096]
        [--heldout-pool 16384] [--no-pool-search] [--choose-from runs.jsonl [--choice-pool N]]
+       [--tuned-bases dpmpp_2m,unipc,ipndm,dpm_solver_v3] [--bns-bases unipc] [--ems-dir DIR]
        [--auto-only | --tuned-only | --ours-only [--solvers ipndm,...] [--schedules ...]]
 """
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 from anchors import k_diffusion_sampling
@@ -56,6 +60,7 @@ from common import run_benchmark
 
 import sdeflow
 from sdeflow.oracle import GaussianMixture
+from sdeflow.samplers.ems import estimate_statistics
 
 NFES = [5, 6, 8, 10, 12, 15, 20]
 # (label, solver, options, NFE per step, extra calls): every named solver
@@ -64,10 +69,11 @@ OURS = [("dpmpp_2m", "dpmpp_2m", {}, 1, 0), ("dpmpp_3m", "dpmpp_3m", {}, 1, 0),
         ("deis", "deis", {}, 1, 0), ("ipndm", "ipndm", {}, 1, 0),
         ("pndm(plms)", "pndm", dict(warm_start="plms"), 1, 1),
         ("dpm_solver_2", "dpm_solver_2", {}, 2, 0), ("dpm_solver_3", "dpm_solver_3", {}, 3, 0),
-        ("heun", "heun", {}, 2, 0), ("ddim", "ddim", {}, 1, 0)]
+        ("heun", "heun", {}, 2, 0), ("ddim", "ddim", {}, 1, 0),
+        ("dpm_solver_v3", "dpm_solver_v3", dict(statistics=None), 1, 0)]
 SCHEDULES = ("karras", "logsnr", "vp_uniform", "vp_trailing", "ays", "gits", "karras_trailing",
              "logsnr_trailing", "ays_trailing", "gits_trailing")
-TUNED = ["dpmpp_2m", "unipc", "ipndm"]
+TUNED = ["dpmpp_2m", "unipc", "ipndm"]  # dpm_solver_v3 too with --tuned-bases
 BNS_BASES = ["unipc"]
 BNS_MAX_NFE = 10
 
@@ -109,7 +115,8 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
         auto_only: bool = False, tuned_only: bool = False, pool: int = 4096,
         heldout_pool: int | None = None,
         ours_only: bool = False, solvers=None, schedules=None, k_diffusion_only: bool = False,
-        pool_search: bool = True, choose_from=None, choice_pool: int = 16384):
+        pool_search: bool = True, choose_from=None, choice_pool: int = 16384,
+        tuned_bases=None, bns_bases=None, ems_dir: str = "outputs/ems"):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
     if k_diffusion_only and kd is None:
@@ -146,9 +153,22 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             if kd is not None:
                 run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
             continue
+        def statistics():
+            """DPM-Solver-v3's statistics of the problem's model, from 1024 trajectories of
+            the calibration seed (1000), cached as a file the tuned rows can name."""
+            path = Path(ems_dir) / f"{name}.safetensors"
+            if not path.exists():
+                start = time.perf_counter()
+                estimate_statistics(model, (gm.dim,), n=1024, points=200, seed=1000,
+                                    dtype=torch.float64).save(path)
+                emit(dict(problem=name, meta=True, ems=str(path), ems_trajectories=1024,
+                          ems_points=200, ems_seconds=round(time.perf_counter() - start, 1)))
+            return str(path.resolve())
         for label, solver, opts, per_step, extra in [] if auto_only or tuned_only else OURS:
-            if solvers and label not in solvers:
-                continue
+            if solvers and label not in solvers or not solvers and solver == "dpm_solver_v3":
+                continue  # v3 (statistics of its own) only when asked for by name
+            if "statistics" in opts:
+                opts = dict(opts, statistics=statistics())
             for schedule in schedules or SCHEDULES:
                 for nfe in NFES:
                     steps = (nfe - 1 - extra) // per_step
@@ -169,8 +189,12 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             if kd is not None:
                 run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
         if tune:
+            bases = TUNED if tuned_bases is None else tuned_bases
             run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns, tune_device,
-                      pool, heldout_pool, pool_search)
+                      pool, heldout_pool, pool_search, bases,
+                      BNS_BASES if bns_bases is None else bns_bases,
+                      {"dpm_solver_v3": dict(statistics=statistics())}
+                      if "dpm_solver_v3" in bases else {})
 
 
 def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
@@ -205,7 +229,7 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
 
 def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib_bns: int = 512,
               device: str = "cpu", pool: int = 0, heldout_pool: int | None = None,
-              pool_search: bool = True):
+              pool_search: bool = True, bases=TUNED, bns_bases=BNS_BASES, base_opts=None):
     """The tuned pipeline as ``tune-steps`` runs it: calibration and validation draws of its
     own (seeds 1000, 1001) — with ``pool``, calibration stratified from a pool of that many
     prior draws (``tuning.stratified_draws``) and validation chosen after tuning from a second
@@ -213,8 +237,12 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
     up to ``heldout_pool``, default 4·pool, while the choice is unstable: ``heldout_start``),
     as ``tune-steps`` does by default —, with ``pool_search`` the pool line search on the
     calibration pool (grid rows only: ``tune_timesteps(calibration_pool=...)``), the fall-back
-    to the best candidate, then measured on the benchmark's draws."""
+    to the best candidate, then measured on the benchmark's draws. ``bases``: the solvers
+    whose grids are tuned, ``bns_bases`` those whose coefficients are; ``base_opts`` their
+    options (DPM-Solver-v3's statistics)."""
     from sdeflow.tuning import stratified_draws, tune_timesteps
+
+    base_opts = base_opts or {}
 
     def draws(n, solver, steps, coefficients):
         sizes = (max(n, pool), max(n, heldout_pool or 4 * pool))
@@ -223,14 +251,15 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
         if not pool:
             return xs, {}
         idx, w = stratified_draws(model, xs[0], n, solver=solver, steps=steps,
-                                  generator=torch.Generator().manual_seed(1000))
+                                  generator=torch.Generator().manual_seed(1000),
+                                  solver_opts=base_opts.get(solver))
         # validation: n draws chosen from the second pool after tuning (heldout_draws)
         search = {} if coefficients or not pool_search or len(xs[0]) <= n else dict(
             calibration_pool=xs[0], pool_draws=min(512, len(xs[0]) - 1))  # pool line search
         return [xs[0][idx.to(device)], xs[1]], dict(calibration_weights=w, heldout_draws=n,
                                                     heldout_start=max(n + 1, pool), **search)
-    jobs = [(solver, "tuned", False, n_calib) for solver in TUNED]
-    jobs += [(solver, "bns", True, n_calib_bns) for solver in BNS_BASES]
+    jobs = [(solver, "tuned", False, n_calib) for solver in bases]
+    jobs += [(solver, "bns", True, n_calib_bns) for solver in bns_bases]
     for solver, label, coefficients, n_cal in jobs:
         for nfe in NFES:
             if coefficients and nfe > BNS_MAX_NFE:
@@ -239,7 +268,8 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
             cal, weights = draws(n_cal, solver, nfe - 1, coefficients)
             res = tune_timesteps(model, cal[0], x_heldout=cal[1], solver=solver,
                                  steps=nfe - 1, max_evals=200, calibration_seed=1000,
-                                 coefficients=coefficients, **weights)
+                                 coefficients=coefficients, **weights,
+                                 **base_opts.get(solver, {}))
             x, st = sdeflow.sample(model, x_T, solver=res.solver, timesteps=res.tensor(sde),
                                    return_stats=True, **res.solver_opts)
             emit(dict(problem=name, impl="sdeflow", solver=f"{solver}/{label}", nfe=st["nfe"],
@@ -424,6 +454,12 @@ def main():
                         "(rows solver='tuned/chosen'; no other rows)")
         ap.add_argument("--choice-pool", type=int, default=16384,
                         help="prior draws of that common validation pool (seed 1002)")
+        ap.add_argument("--tuned-bases", help="comma-separated solvers whose grids are tuned "
+                        f"(default: {','.join(TUNED)}; dpm_solver_v3 estimates its statistics)")
+        ap.add_argument("--bns-bases", help="comma-separated solvers whose coefficients are "
+                        f"tuned (default: {','.join(BNS_BASES)}; '' for none)")
+        ap.add_argument("--ems-dir", default="outputs/ems",
+                        help="where DPM-Solver-v3's statistics of each problem are cached")
         ap.add_argument("--eval-seed", type=int, default=0,
                         help="seed of the evaluation draws (tuning uses 1000 and 1001)")
 
@@ -437,7 +473,10 @@ def main():
             pool_search=not a.no_pool_search, choice_pool=a.choice_pool,
             choose_from=a.choose_from and a.choose_from.split(","),
             solvers=a.solvers and a.solvers.split(","),
-            schedules=a.schedules and a.schedules.split(","))
+            schedules=a.schedules and a.schedules.split(","),
+            tuned_bases=a.tuned_bases and a.tuned_bases.split(","),
+            bns_bases=None if a.bns_bases is None else [b for b in a.bns_bases.split(",") if b],
+            ems_dir=a.ems_dir)
     run_benchmark(__doc__, body, markdown, add)
 
 

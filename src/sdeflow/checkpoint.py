@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = ["CheckpointError", "save_checkpoint", "resolve_checkpoint", "read_checkpoint",
-           "read_config", "read_weights", "read_state", "load_weights", "write_text_atomic"]
+           "read_config", "read_weights", "read_state", "load_weights", "write_text_atomic",
+           "check_safetensors"]
 
 
 class CheckpointError(ValueError):
@@ -120,7 +121,7 @@ def read_config(ck: Path) -> dict:
     return cfg
 
 
-def _check_safetensors(f: Path) -> None:
+def check_safetensors(f: Path) -> None:
     """Header sanity before safetensors reads the file, so damage gets a precise message."""
     if not f.is_file():
         raise CheckpointError(f, "missing")
@@ -152,7 +153,7 @@ def _check_safetensors(f: Path) -> None:
 def read_weights(ck: Path, name: str) -> dict[str, torch.Tensor]:
     """``<name>.safetensors`` of a checkpoint folder as a state dict (CPU tensors)."""
     f = Path(ck) / f"{name}.safetensors"
-    _check_safetensors(f)
+    check_safetensors(f)
     try:
         return load_file(str(f))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

@@ -343,7 +343,8 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
 
 def stratified_draws(model, x_pool: Tensor, n: int, *, solver: str = "dpmpp_2m", steps: int = 10,
                      hard: float = 0.5, cond: dict | None = None,
-                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                     generator: torch.Generator | None = None,
+                     solver_opts: dict | None = None) -> tuple[Tensor, Tensor]:
     r"""Choose ``n`` calibration draws from a pool of prior draws ``x_pool`` (N of them),
     stratified by how hard they are for ``solver`` at ``steps`` steps, with weights that keep
     the loss an unbiased estimate of the error over the whole pool.
@@ -364,6 +365,8 @@ def stratified_draws(model, x_pool: Tensor, n: int, *, solver: str = "dpmpp_2m",
     hard stratum is enumerated, the rest is a simple random sample), with lower variance than
     n plain draws when the error concentrates on the hard draws.
 
+    ``solver_opts`` go to the solver (e.g. DPM-Solver-v3's ``statistics``).
+
     Returns ``(index, weights)``: ``x_pool[index]`` are the draws (with ``cond`` indexed the
     same way), ``weights`` sum to 1 — for :func:`tune_timesteps`'s ``calibration_weights`` /
     ``heldout_weights``."""
@@ -373,8 +376,9 @@ def stratified_draws(model, x_pool: Tensor, n: int, *, solver: str = "dpmpp_2m",
     if not 0.0 <= hard <= 1.0:
         raise ValueError(f"hard must be a fraction in [0, 1], got {hard}")
     with torch.no_grad():
-        coarse = sample(model, x_pool, solver=solver, steps=steps, cond=cond)
-        fine = sample(model, x_pool, solver=solver, steps=4 * steps, cond=cond)
+        opts = solver_opts or {}
+        coarse = sample(model, x_pool, solver=solver, steps=steps, cond=cond, **opts)
+        fine = sample(model, x_pool, solver=solver, steps=4 * steps, cond=cond, **opts)
     return _stratify((coarse - fine).pow(2).flatten(1).sum(1).cpu(), n, hard, generator)
 
 

@@ -20,7 +20,7 @@ COMMANDS = sorted(SUBPARSERS.choices)
 
 
 def test_the_commands_are_all_there():
-    assert COMMANDS == sorted(["train", "sample", "evaluate", "tune-steps", "choose-steps",
+    assert COMMANDS == sorted(["train", "sample", "evaluate", "tune-steps", "choose-steps", "ems",
                                "train-classifier",
                                "train-autoencoder", "distill", "inpaint", "colorize", "sr", "demo", "likelihood",
                                "interpolate", "list", "serve"])

@@ -103,10 +103,15 @@ def test_float64_in_float64_out_and_nfe(mixture2d, solver):
         ts = sdeflow.get_timesteps(model.sde, 10, dtype=torch.float64)
         a, c = linear_coefficients(model.sde, "unipc", ts)
         opts = dict(timesteps=ts, a=a, c=c)
+    if solver == "dpm_solver_v3":  # with the model's statistics (a few draws suffice here)
+        from sdeflow.samplers.ems import estimate_statistics
+        opts["statistics"] = estimate_statistics(model, (2,), n=16, points=10,
+                                                 dtype=torch.float64)
     x, stats = sdeflow.sample(model, x_T, solver=solver, return_stats=True, **opts)
     assert x.dtype == torch.float64 and x.shape == x_T.shape and torch.isfinite(x).all()
     per_step = {"euler": 1, "ddim": 1, "heun": 2, "rk4": 4, "dpmpp_2m": 1, "dpmpp_3m": 1,
-                "dpm_solver_2": 2, "dpm_solver_3": 3, "unipc": 1, "deis": 1, "ipndm": 1, "bns": 1}
+                "dpm_solver_2": 2, "dpm_solver_3": 3, "unipc": 1, "deis": 1, "ipndm": 1, "bns": 1,
+                "dpm_solver_v3": 1}
     total = {"pndm": 3 * 4 + 7}  # its pseudo Runge–Kutta warm start: 4 NFE on 3 steps
     if solver in total:
         assert stats["nfe"] == total[solver] + 1

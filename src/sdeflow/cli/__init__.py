@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 USER_ERRORS = (ValueError, OSError, TypeError)
 
 COMMANDS = (train.add_train, sample.add_sample, sample.add_evaluate, sample.add_tune_steps,
-            sample.add_choose_steps,
+            sample.add_choose_steps, sample.add_ems,
             train.add_train_classifier, autoencoder.add_train_autoencoder, distill.add_distill,
             controllable.add_inpaint, controllable.add_colorize, controllable.add_sr,
             info.add_demo, likelihood.add_likelihood, likelihood.add_interpolate, info.add_list,

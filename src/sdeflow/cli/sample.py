@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from .common import add_command, add_sampling_args, device, grid_args, load_run, write_report
+from .common import (add_command, add_sampling_args, device, grid_args, json_dict, load_run,
+                     write_report)
 from .controllable import add_guidance_args, guided_model
 
 __all__ = ["add_sample", "cmd_sample", "add_evaluate", "cmd_evaluate", "add_tune_steps",
-           "cmd_tune_steps", "add_choose_steps", "cmd_choose_steps"]
+           "cmd_tune_steps", "add_choose_steps", "cmd_choose_steps", "add_ems", "cmd_ems"]
 
 
 def add_sample(sub) -> None:
@@ -183,6 +184,9 @@ def add_tune_steps(sub) -> None:
     p.add_argument("--max-evals", type=int, default=200,
                    help="iterations (gradient: one forward + backward pass each) or solver runs "
                         "(pattern) the search may spend")
+    p.add_argument("--solver-opts", type=json_dict, default={},
+                   help="options of --solver as JSON, e.g. '{\"statistics\": "
+                        "\"outputs/ems.safetensors\"}' for dpm_solver_v3 (from `sdeflow ems`)")
     p.add_argument("--out", default="outputs/tuned_schedule.json")
 
 
@@ -212,6 +216,8 @@ def cmd_tune_steps(a) -> int:
                          "tuning, and --pool 0 validates on plain draws (drop one of them)")
     if a.heldout_pool is None:
         a.heldout_pool = 4 * a.pool
+    if isinstance(a.solver_opts.get("statistics"), str):  # so the file works from anywhere
+        a.solver_opts["statistics"] = str(Path(a.solver_opts["statistics"]).resolve())
     if a.pool and a.heldout_pool < a.pool:
         raise ValueError(f"--heldout-pool ({a.heldout_pool}) must be at least --pool ({a.pool})")
     sizes = (a.pool or a.n_calib, a.heldout_pool if a.pool > a.n_calib else a.pool or a.n_calib)
@@ -223,7 +229,7 @@ def cmd_tune_steps(a) -> int:
         from ..tuning import stratified_draws  # draws chosen from the other pool after tuning
         idx, weights["calibration_weights"] = stratified_draws(
             model, draws[0], a.n_calib, solver=a.solver, steps=a.steps,
-            generator=torch.Generator().manual_seed(a.calib_seed))
+            generator=torch.Generator().manual_seed(a.calib_seed), solver_opts=a.solver_opts)
         if a.pool_partners >= 0 and a.pool > a.n_calib and not a.coefficients:
             weights["calibration_pool"] = draws[0]  # the pool line search
             weights["pool_partners"] = a.pool_partners
@@ -235,7 +241,7 @@ def cmd_tune_steps(a) -> int:
     res = tune_timesteps(model, draws[0], x_heldout=draws[1], solver=a.solver, steps=a.steps,
                          max_evals=a.max_evals, calibration_seed=a.calib_seed, progress=True,
                          method=a.method, free_end=not a.fixed_end, coefficients=a.coefficients,
-                         **weights)
+                         **weights, **a.solver_opts)
     res.pool = a.pool
     res.save(a.out)
     print(json.dumps({k: v for k, v in res.__dict__.items() if k not in ("timesteps", "solver_opts")},
@@ -281,4 +287,41 @@ def cmd_choose_steps(a) -> int:
     files[best].save(a.out)
     print(json.dumps(dict(chosen=best, losses=losses, pool=a.pool, n_ref=a.n_ref), indent=2))
     print(f"wrote {a.out}")
+    return 0
+
+
+def add_ems(sub) -> None:
+    p = add_command(sub, "ems", cmd_ems, checkpoint=True)
+    p.add_argument("-n", "--num", type=int, default=1024,
+                   help="PF-ODE trajectories the statistics average over")
+    p.add_argument("--points", type=int, default=200,
+                   help="log-SNRs, equally spaced over the SDE's range, where they are estimated")
+    p.add_argument("--batch", type=int, default=256, help="draws per network call")
+    p.add_argument("--seed", type=int, default=1000, help="seed of the prior draws and probes")
+    p.add_argument("--out", default="outputs/ems.safetensors")
+
+
+def cmd_ems(a) -> int:
+    """estimate DPM-Solver-v3's empirical model statistics
+
+    Estimate the statistics l, s, b of DPM-Solver-v3 (Zheng et al. 2023) for a checkpoint from
+    --num of its own PF-ODE trajectories (no data needed; --points network calls with a
+    backward pass each, on every trajectory). Sample with them by `sdeflow sample CKPT
+    --solver dpm_solver_v3 --steps N --schedule ays --solver-opts '{"statistics": "OUT"}'`, or
+    tune the solver's grid with `sdeflow tune-steps CKPT --solver dpm_solver_v3 --solver-opts
+    '{"statistics": "OUT"}'`.
+    """
+    from ..samplers.ems import estimate_statistics
+    if a.num < 2 or a.points < 3 or a.batch < 1:
+        raise ValueError(f"need --num ≥ 2, --points ≥ 3 and --batch ≥ 1 (got {a.num}, "
+                         f"{a.points}, {a.batch})")
+    dev = device()
+    model, cfg = load_run(a.checkpoint, "denoiser", device=dev)
+    stats = estimate_statistics(model, tuple(cfg.shape), n=a.num, points=a.points,
+                                batch=a.batch, seed=a.seed, progress=True, device=dev)
+    path = stats.save(a.out)
+    print(json.dumps(dict(points=a.points, trajectories=a.num,
+                          log_snr=[float(stats.lam[0]), float(stats.lam[-1])],
+                          l_mean=float(stats.l.mean()), s_mean=float(stats.s.mean()))))
+    print(f"wrote {path}")
     return 0
