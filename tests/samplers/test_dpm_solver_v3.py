@@ -138,6 +138,14 @@ def test_statistics_file_round_trip_and_errors(tmp_path, mixture2d):
     back = ModelStatistics.load(path)
     for k in ("lam", "l", "s", "b"):
         assert torch.equal(getattr(back, k), getattr(st, k))
+    assert back.sde == st.sde == sde.config()
+    # statistics of another SDE whose log-SNR range covers this one's: refused, not used
+    subvp = estimate_statistics(mixture2d.denoiser(sdeflow.SubVPSDE()), (2,), n=16, points=5,
+                                dtype=torch.float64)
+    vp = mixture2d.denoiser(sdeflow.VPSDE())
+    with pytest.raises(ValueError, match="estimated under SDE"):
+        sdeflow.sample(vp, torch.zeros(4, 2, dtype=torch.float64), solver="dpm_solver_v3",
+                       steps=3, statistics=subvp)
     x_T = sde.prior_sample((4, 2), generator=gen(0), dtype=torch.float64)
     by_path = sdeflow.sample(model, x_T, solver="dpm_solver_v3", steps=3, statistics=str(path))
     torch.testing.assert_close(by_path, sdeflow.sample(model, x_T, solver="dpm_solver_v3",
@@ -206,6 +214,16 @@ def test_cli_ems_sample_and_tune(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(tuned),
                  "--out", str(s)]) == 0
     assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 5
+    # --solver-opts overrides the tuned file's own options (e.g. statistics that moved)
+    moved = tmp_path / "moved.safetensors"
+    ems.rename(moved)
+    if rep["solver"] == "dpm_solver_v3":
+        assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(tuned), "--out",
+                     str(s)]) == 2
+    assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(tuned), "--solver-opts",
+                 json.dumps({"statistics": str(moved)}) if rep["solver"] == "dpm_solver_v3"
+                 else "{}", "--out", str(s)]) == 0
+    moved.rename(ems)
     capsys.readouterr()
     assert main(["ems", str(run), "--points", "2", "--out", str(ems)]) == 2
     assert "--points" in capsys.readouterr().err

@@ -93,20 +93,21 @@ def add_sampling_args(p, grid: bool = True) -> None:
 
 
 def grid_args(a, model) -> dict:
-    """solver/steps/schedule (or the solver and grid of --timesteps-file), denoise and force
-    from the arguments, as ``sdeflow.sample`` takes them (None: the model's own default)."""
+    """solver/steps/schedule (or the solver and grid of --timesteps-file), denoise, force and
+    the solver options (--solver-opts over a tuned file's own) from the arguments, as
+    ``sdeflow.sample`` takes them (None: the model's own default)."""
     own = dict(denoise=False if a.no_denoise else None, force=a.force)
     if not getattr(a, "timesteps_file", None):
         solver = "auto" if _auto_by_default(a, model) else a.solver
         if solver == "auto":
-            return dict(solver=solver, steps=a.steps, force=a.force)
-        return dict(solver=solver, steps=a.steps, schedule=a.schedule, **own)
+            return dict(solver=solver, steps=a.steps, force=a.force, **a.solver_opts)
+        return dict(solver=solver, steps=a.steps, schedule=a.schedule, **own, **a.solver_opts)
     from ..tuning import TunedSchedule
     tuned = TunedSchedule.load(a.timesteps_file)
     if a.steps is not None or a.schedule is not None:
         raise ValueError("--timesteps-file replaces --steps and --schedule")
     return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **own,
-                **tuned.solver_opts)
+                **{**tuned.solver_opts, **a.solver_opts})
 
 
 def _auto_by_default(a, model) -> bool:

@@ -55,7 +55,7 @@ def cmd_sample(a) -> int:
     with torch.no_grad():
         x, stats = sample(model, shape=(a.num, *cfg.shape), seed=a.seed,
                           device=dev, cond=cond, progress=True, return_stats=True,
-                          **grid_args(a, model), **a.solver_opts)
+                          **grid_args(a, model))
     x = x.cpu()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def cmd_evaluate(a) -> int:
     cond, text_labels = _test_captions(cfg, a.num, a.seed)
     grid = grid_args(a, model)
     x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
-                         cond=cond, progress=True, **grid, **a.solver_opts)
+                         cond=cond, progress=True, **grid)
     labels = text_labels if text_labels is not None else labels
     steps = len(grid["timesteps"]) - 1 if "timesteps" in grid else a.steps
     report = dict(checkpoint=str(a.checkpoint), data=cfg.data, solver=grid["solver"], steps=steps,

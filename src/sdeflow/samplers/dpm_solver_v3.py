@@ -165,6 +165,9 @@ def dpm_solver_v3(model, x: Tensor, ts: Tensor, ctx: Context, statistics=None, o
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     stats = _statistics(statistics)
+    if stats.sde is not None and stats.sde != model.sde.config():
+        raise ValueError(f"the model statistics were estimated under SDE {stats.sde}, not the "
+                         f"model's {model.sde.config()}: run `sdeflow ems` for this model")
     if stats.shape != tuple(x.shape[1:]):
         raise ValueError(f"the model statistics are for samples of shape {stats.shape}, "
                          f"got {tuple(x.shape[1:])}")

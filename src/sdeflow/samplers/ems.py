@@ -22,6 +22,7 @@ E‖f‖²/D, so a dimension where f does not vary (a Gaussian's) gets s ≈ 0 a
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -40,14 +41,18 @@ _RIDGE = 1e-4
 @dataclass
 class ModelStatistics:
     """l, s, b (shape (K, *sample shape)) of a model at the increasing log-SNRs ``lam`` (K,);
-    linear in λ between them."""
+    linear in λ between them. ``sde``: the config of the SDE they were estimated under (None:
+    unknown), which the solver checks against the model's. Kept on the CPU."""
 
     lam: Tensor
     l: Tensor
     s: Tensor
     b: Tensor
+    sde: dict | None = None
 
     def __post_init__(self):
+        for name in ("lam", "l", "s", "b"):
+            setattr(self, name, getattr(self, name).detach().cpu())
         lam = self.lam
         if lam.dim() != 1 or len(lam) < 2 or not bool((lam[1:] > lam[:-1]).all()):
             raise ValueError("model statistics: lam must be an increasing 1-D grid of at least "
@@ -94,7 +99,7 @@ class ModelStatistics:
         os.close(fd)
         try:
             save_file({k: getattr(self, k).detach().contiguous().cpu() for k in ("lam", "l", "s", "b")},
-                      tmp, metadata={"format": "sdeflow-ems"})
+                      tmp, metadata={"format": "sdeflow-ems", "sde": json.dumps(self.sde)})
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -112,14 +117,16 @@ class ModelStatistics:
         check_safetensors(path)
         try:
             with safe_open(str(path), "pt") as fh:
-                if (fh.metadata() or {}).get("format") != "sdeflow-ems":
+                meta = fh.metadata() or {}
+                if meta.get("format") != "sdeflow-ems":
                     raise CheckpointError(path, "not model statistics of `sdeflow ems` (no "
                                                 "'sdeflow-ems' format tag)")
                 tensors = {k: fh.get_tensor(k) for k in ("lam", "l", "s", "b")}
-        except (SafetensorError, OSError, RuntimeError) as e:
+            sde = json.loads(meta.get("sde", "null"))
+        except (SafetensorError, OSError, RuntimeError, json.JSONDecodeError) as e:
             raise CheckpointError(path, f"corrupted ({str(e).splitlines()[0]})") from None
         try:
-            return cls(**tensors)
+            return cls(**tensors, sde=sde)
         except ValueError as e:
             raise CheckpointError(path, str(e)) from None
 
@@ -178,13 +185,15 @@ def estimate_statistics(model, shape, *, n: int = 1024, points: int = 200, batch
     r"""EMS of ``model`` (a :class:`~sdeflow.Denoiser`) for samples of ``shape`` (no batch
     dimension), from ``n`` of its own PF-ODE trajectories on ``points`` log-SNRs equally spaced
     over [λ(T), λ(t_min)] (module docstring). ``batch`` bounds the draws per network call;
-    ``seed`` fixes the prior draws and probes. Costs ``points`` network calls with a backward
-    pass per draw."""
+    ``seed`` fixes the prior draws and probes; ``dtype``/``device`` default to those of the
+    model's parameters. Costs ``points`` network calls with a backward pass per draw."""
     if n < 2 or points < 3 or batch < 1:
         raise ValueError(f"need n >= 2 draws, points >= 3 and batch >= 1 (got n={n}, "
                          f"points={points}, batch={batch})")
     sde = model.sde
-    dtype = dtype or torch.get_default_dtype()
+    param = next(iter(getattr(model, "parameters", lambda: [])()), None)
+    dtype = dtype or (param.dtype if param is not None else torch.get_default_dtype())
+    device = device or (param.device if param is not None else None)
     gen = torch.Generator(device=device or "cpu").manual_seed(seed)
     x = sde.prior_sample((n, *shape), generator=gen, dtype=dtype, device=device)
     # one Rademacher probe per draw for its whole trajectory: the estimator's noise is then
@@ -210,4 +219,4 @@ def estimate_statistics(model, shape, *, n: int = 1024, points: int = 200, batch
     sb.append(_regress(fs[-2], fs[-1], fs[-1], lam[-1] - lam[-2]))
     return ModelStatistics(lam.detach().cpu().to(torch.float64), torch.stack(ls).cpu(),
                            torch.stack([v[0] for v in sb]).cpu(),
-                           torch.stack([v[1] for v in sb]).cpu())
+                           torch.stack([v[1] for v in sb]).cpu(), sde=sde.config())
