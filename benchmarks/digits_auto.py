@@ -2,13 +2,19 @@
 FDD (digits metric, noise floor ≈ 1.18) at 5/10/20 NFE from the same 1437 prior draws.
 
     python benchmarks/digits_auto.py --run runs/digits --markdown --out docs/digits_auto_results.jsonl
+    python benchmarks/digits_auto.py --run runs/digits --metric rmse -n 512 --markdown --out …
+
+``--metric rmse``: instead of FDD, the RMS error against the network's own PF-ODE solution
+from the same noise (RK45 at 1e-6) — the solver's accuracy on a trained network, which FDD
+near its noise floor cannot separate at 10–20 NFE.
 
 Ours: ``auto`` and the named solvers on the new schedules (iPNDM on gits/ays/karras and on the
 trailing forms ays/karras/logsnr_trailing, UniPC(3) on vp_trailing, PNDM on gits). diffusers
 (:func:`solvers.run_diffusers`): EDM-DPM-Solver++ (orders 2, 3) on Karras σ, DPM-Solver++
 2M/3M, UniPC (orders 2, 3) and DEIS(3) on 1000 discrete VP levels log-uniform in σ̃ over the
 model's range, each ending with σ = 0 (its last model output is the answer). Named-schedule rows
-of the older solvers are in docs/digits_nfe_results.jsonl.
+of the older solvers are in docs/digits_nfe_results.jsonl. DPM-Solver-v3 rows (on ays,
+ays_trailing, karras, logsnr_trailing) when `sdeflow ems RUN` has written the run's statistics.
 """
 from __future__ import annotations
 
@@ -28,36 +34,55 @@ OURS = [("auto", "auto", {}, 0), ("ipndm/gits", "ipndm", dict(schedule="gits"), 
         ("ipndm/logsnr_trailing", "ipndm", dict(schedule="logsnr_trailing"), 1),
         ("unipc(3)/vp_trailing", "unipc", dict(schedule="vp_trailing", order=3), 1),
         ("pndm(plms)/gits", "pndm", dict(schedule="gits", warm_start="plms"), 2)]
+# DPM-Solver-v3 with the statistics `sdeflow ems RUN` wrote into the checkpoint folder (rows
+# skipped when there are none)
+V3 = [(f"dpm_solver_v3/{g}", "dpm_solver_v3", dict(schedule=g), 1)
+      for g in ("ays", "ays_trailing", "karras", "logsnr_trailing")]
 
 
 def body(emit, a):
     model, cfg = sdeflow.load(a.run)
     sde = model.sde
-    x_T = sde.prior_sample((1437, *cfg.shape), generator=torch.Generator().manual_seed(0))
+    x_T = sde.prior_sample((a.n, *cfg.shape), generator=torch.Generator().manual_seed(0))
 
     def fdd(x):
         m = digits_metrics(x.float().clamp(-1, 1))
         return dict(rmse=m["fdd"], fdd=round(m["fdd"], 4), floor=round(m["fdd_floor_train_vs_test"], 4))
+    score = fdd
+    if a.metric == "rmse":  # the solver's error against the network's own PF-ODE solution
+        from sdeflow.tuning import REFERENCE
+        with torch.no_grad():
+            ref, st = sdeflow.sample(model, x_T, return_stats=True, **REFERENCE)
+        emit(dict(meta=True, reference=str(REFERENCE), reference_nfe=st["nfe"]))
+
+        def score(x):
+            return dict(rmse=(x.to(ref) - ref).pow(2).mean().sqrt().item())
+    from sdeflow.samplers.ems import with_default_statistics
+    v3 = with_default_statistics("dpm_solver_v3", {}, a.run)
+    rows = OURS + [(lbl, s, {**o, **v3}, e) for lbl, s, o, e in V3] if v3 else OURS
     for nfe in a.budgets:
-        for label, solver, opts, extra in OURS:
+        for label, solver, opts, extra in rows:
             steps = nfe if solver == "auto" else nfe - extra
             with torch.no_grad():
                 x, st = sdeflow.sample(model, x_T, solver=solver, steps=steps, return_stats=True,
                                        **opts)
             emit(dict(impl="sdeflow", solver=label, config=f"{st['solver']}/{st['schedule']}",
-                      budget=nfe, nfe=st["nfe"], **fdd(x)))
+                      budget=nfe, nfe=st["nfe"], **score(x)))
     import solvers
     solvers.NFES[:] = a.budgets
-    run_diffusers(lambda r: emit({**r, "budget": r.get("nfe")}), "digits", None, sde, x_T, fdd,
+    run_diffusers(lambda r: emit({**r, "budget": r.get("nfe")}), "digits", None, sde, x_T, score,
                   model=model)
 
 
 def markdown(rows):
-    out = ["| impl | solver | " + " | ".join(f"{b} NFE" for b in BUDGETS) + " |",
-           "|---|---|" + "---:|" * len(BUDGETS)]
-    for key in dict.fromkeys((r["impl"], r["solver"]) for r in rows if "fdd" in r):
-        cells = [f"{r['fdd']:.2f}" for b in BUDGETS for r in rows
-                 if (r["impl"], r["solver"]) == key and r.get("budget") == b and "fdd" in r]
+    key_ = "fdd" if any("fdd" in r for r in rows) else "rmse"
+    fmt = "{:.2f}" if key_ == "fdd" else "{:.4f}"
+    budgets = sorted({r["budget"] for r in rows if key_ in r})
+    out = ["| impl | solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
+           "|---|---|" + "---:|" * len(budgets)]
+    for key in dict.fromkeys((r["impl"], r["solver"]) for r in rows if key_ in r):
+        cells = [fmt.format(r[key_]) for b in budgets for r in rows
+                 if (r["impl"], r["solver"]) == key and r.get("budget") == b and key_ in r]
         out.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -65,6 +90,10 @@ def markdown(rows):
 def extra(ap):
     ap.add_argument("--run", default="runs/digits", help="digits run directory (EDM)")
     ap.add_argument("--budgets", type=int, nargs="+", default=BUDGETS)
+    ap.add_argument("--metric", choices=["fdd", "rmse"], default="fdd",
+                    help="FDD of the samples, or RMS error against the network's own PF-ODE "
+                         "solution from the same noise (RK45 at 1e-6)")
+    ap.add_argument("-n", type=int, default=1437, help="prior draws")
 
 
 if __name__ == "__main__":

@@ -580,10 +580,10 @@ def test_pool_line_search_counts_crossings_the_gradient_search_cannot_see():
     plain = tune_timesteps(model, cal, solver="ipndm", steps=5, max_evals=60)
     found = tune_timesteps(model, cal, solver="ipndm", steps=5, max_evals=60,
                            calibration_pool=pool, pool_draws=256)
-    assert plain.search_choice is None
+    assert plain.search_choice is None and plain.search_runs == 0
     assert found.search_choice == min(found.search_losses, key=found.search_losses.get)
     # tuned, 12 named schedules, then the blends of tuned + 3 partners: 6 pairs × 3 weights
-    assert len(found.search_losses) == 13 + 3 * 6
+    assert len(found.search_losses) == found.search_runs == 13 + 3 * 6
     named = min((sdeflow.sample(model, pool, solver="ipndm", steps=5, schedule=s) - ref)
                 .pow(2).mean().sqrt().item() for s in found.search_losses
                 if s != "tuned" and "+" not in s)  # every named schedule, exactly
@@ -623,7 +623,7 @@ def test_pool_line_search_counts_crossings_the_gradient_search_cannot_see():
                        pool_partners=-1)
 
 
-def test_choose_tuned_compares_tuned_files_on_one_common_pool(ring_edm):
+def test_choose_tuned_compares_tuned_files_on_one_common_pool(ring_edm, capsys):
     """Three tuned files for one budget (iPNDM on three grids): ``choose_tuned`` runs each on
     one pool of 512 draws with references for 256 and returns the least-loss one; its loss
     estimates match the exact pool RMS (every draw against RK45) to 2 %, and the one chosen is
@@ -644,6 +644,12 @@ def test_choose_tuned_compares_tuned_files_on_one_common_pool(ring_edm):
     assert best == min(exact, key=exact.get)
     runner_up = sorted(exact.values())[1]
     assert runner_up > 1.1 * exact[best]
+    # in chunks, with a progress bar (3 files × 4 chunks + 2 reference chunks): same answer
+    capsys.readouterr()
+    assert choose_tuned(model, files, pool, 256, generator=gen(0), chunk=128,
+                        progress=True) == (best, losses)
+    err = capsys.readouterr().err
+    assert "choose among tuned" in err and "14/14" in err
     with pytest.raises(ValueError, match="at least one"):
         choose_tuned(model, {}, pool)
     with pytest.raises(ValueError, match="pool size"):

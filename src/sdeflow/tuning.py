@@ -90,7 +90,9 @@ class TunedSchedule:
     kept_start: bool = False
     n_calibration: int = 0
     calibration_seed: int = 0
-    evaluations: int = 0
+    evaluations: int = 0  # iterations (gradient) or solver runs (pattern) of the search
+    # grids the pool line search ran over the whole calibration pool (0: no pool search)
+    search_runs: int = 0
     solver_opts: dict = field(default_factory=dict)
     method: str = "pattern"
     free_end: bool = False
@@ -119,10 +121,23 @@ class TunedSchedule:
     search_losses: dict = field(default_factory=dict)
 
     def save(self, path) -> Path:
+        """Write the schedule as JSON (atomically). Solver options held in memory as
+        :class:`~sdeflow.samplers.ems.ModelStatistics` are written beside it
+        (``<name>.<option>.safetensors``) and named by their absolute path."""
         from .checkpoint import write_text_atomic
+        from .samplers.ems import ModelStatistics
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(asdict(self), indent=2))
+        for key, value in self.solver_opts.items():
+            if isinstance(value, ModelStatistics):
+                file = value.save(path.with_name(f"{path.stem}.{key}.safetensors"))
+                self.solver_opts[key] = str(file.resolve())
+        try:
+            text = json.dumps(asdict(self), indent=2)
+        except TypeError as e:
+            raise ValueError(f"tuned schedule for {path}: a solver option is not JSON ({e}); give "
+                             f"it as a number, a string or the path of a file") from None
+        write_text_atomic(path, text)
         return path
 
     @classmethod
@@ -326,6 +341,7 @@ def tune_timesteps(model, x_cal: Tensor, *, solver: str = "dpmpp_2m", steps: int
                         solver_opts=opts, method=method, free_end=free_end, base_solver=solver)
     if search is not None:
         out.search_choice, out.search_losses = search
+        out.search_runs = len(out.search_losses)
     if x_heldout is not None and heldout_draws is not None:
         _select_on_pool(out, obj, params, (start_name, starts[start_name][2]), cal, x_heldout,
                         heldout_draws, ref_opts, named_candidates,
@@ -774,7 +790,8 @@ def pool_losses(answers: dict, reference, pool: Tensor, n: int, *, base: str = "
 
 def choose_tuned(model, candidates: dict, x_pool: Tensor, n: int = 512, *,
                  reference_opts: dict | None = None, cond: dict | None = None,
-                 generator: torch.Generator | None = None, chunk: int = 1024) -> tuple[str, dict]:
+                 generator: torch.Generator | None = None, chunk: int = 1024,
+                 progress: bool = False) -> tuple[str, dict]:
     """Choose among several tuned results for one budget — e.g. one ``tune-steps`` file per
     base solver, and a BNS one — on **one common** validation pool: ``candidates`` maps a label
     to a :class:`TunedSchedule`; each is run on the N prior draws ``x_pool`` and
@@ -785,7 +802,8 @@ def choose_tuned(model, candidates: dict, x_pool: Tensor, n: int = 512, *,
     Why not the files' own ``heldout_loss``: each is estimated on other reference draws, and
     the least of several noisy estimates favours the file whose estimate happened to be low
     (docs/benchmarks.md, "The pool line search": one configuration estimated at 0.086–0.140 in
-    four files of one cell). Use draws that none of the files was tuned or validated on."""
+    four files of one cell). Use draws that none of the files was tuned or validated on.
+    ``progress``: a bar over the candidates' and the references' chunks of ``chunk`` draws."""
     if not candidates:
         raise ValueError("choose_tuned needs at least one tuned result")
     if not 1 <= n < len(x_pool):
@@ -797,17 +815,27 @@ def choose_tuned(model, candidates: dict, x_pool: Tensor, n: int = 512, *,
     def run(res, x, **kw):
         return sample(model, x, solver=res.solver, timesteps=res.tensor(sde), cond=cond,
                       **_tensors(res.solver_opts), **kw)
+    from .progress import progress_bar
     with torch.no_grad():
         nfe = {label: run(res, x_pool[:1], return_stats=True)[1]["nfe"]
                for label, res in candidates.items()}
         if len(set(nfe.values())) > 1:
             raise ValueError(f"the tuned results spend different numbers of network calls "
                              f"({nfe}): compare results for one budget")
-        answers = {label: torch.cat([run(res, xb) for xb in x_pool.split(chunk)])
-                   for label, res in candidates.items()}
-        losses = pool_losses(answers, lambda x: torch.cat(
-            [sample(model, xb, cond=cond, **ref_opts) for xb in x.split(chunk)]), x_pool, n,
-            base=next(iter(answers)), generator=generator)
+        chunks = x_pool.split(chunk)
+        with progress_bar(total=len(candidates) * len(chunks) + math.ceil(n / chunk),
+                          desc="choose among tuned", disable=not progress) as bar:
+            def each(xs, fn):
+                out = []
+                for xb in xs:
+                    out.append(fn(xb))
+                    bar.update(1)
+                return torch.cat(out)
+            answers = {label: each(chunks, lambda xb, res=res: run(res, xb))
+                       for label, res in candidates.items()}
+            losses = pool_losses(answers, lambda x: each(
+                x.split(chunk), lambda xb: sample(model, xb, cond=cond, **ref_opts)), x_pool, n,
+                base=next(iter(answers)), generator=generator)
     return min(losses, key=losses.get), losses
 
 

@@ -4,6 +4,7 @@ one step (DPM-Solver++ is not; statistics 10 % off are not), it is DDIM with zer
 it converges at order p (p + 1 with the corrector) on every SDE, and bad statistics files and
 inputs get clear errors."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ import torch
 import sdeflow
 from sdeflow.checkpoint import CheckpointError
 from sdeflow.oracle import GaussianMixture
-from sdeflow.samplers.ems import ModelStatistics, estimate_statistics
+from sdeflow.samplers.ems import (ModelStatistics, estimate_statistics, same_weights,
+                                  statistics_path, weights_fingerprint)
+from sdeflow.schedules import get_timesteps
 
 from ..conftest import SDES, gen
 
@@ -99,6 +102,36 @@ def test_zero_statistics_make_it_ddim(mixture2d):
     assert (v3 - sdeflow.sample(model, x_T, solver="dpmpp_2m", **kw)).abs().max() > 1e-3
 
 
+def test_coefficients_in_chunks_of_dimensions_equal_all_at_once(monkeypatch):
+    """Large samples: the coefficients computed over chunks of the dimensions (so the
+    quadrature's memory is bounded) equal those of one pass, for a (2, 3, 5) sample."""
+    from sdeflow.samplers import dpm_solver_v3 as v3
+    sde = sdeflow.VPSDE()
+    lam = torch.linspace(-10.5, 10.5, 30, dtype=torch.float64)
+    r = torch.Generator().manual_seed(0)
+    phase = torch.rand(2, 3, 5, generator=r, dtype=torch.float64) * 6
+    l, s, b = (0.3 * torch.sin(k * lam.view(-1, 1, 1, 1) / 4 + phase) for k in (1, 2, 3))
+    stats = ModelStatistics(lam, torch.sigmoid(l), s, b)
+    ts = get_timesteps(sde, 6, "logsnr")
+    whole = v3.v3_coefficients(sde, stats, ts)
+    calls = []
+    one = v3._coefficients
+    monkeypatch.setattr(v3, "_coefficients", lambda *a: calls.append(a[1].shape) or one(*a))
+    monkeypatch.setattr(v3, "_CHUNK", 4000)  # a few dimensions at a time
+    chunked = v3.v3_coefficients(sde, stats, ts)
+    assert len(calls) >= 3 and all(len(c) == 1 and c[0] < 30 for c in calls)
+    for a, c in zip(whole, chunked):
+        for x, y in zip(_flat(a), _flat(c)):
+            assert x.shape == (2, 3, 5)
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+    assert len(whole) == 6 and sum(len(_flat(a)) for a in whole) > 30
+
+
+def _flat(step):
+    return [step.phi, *step.w, step.const, *(step.wc or []),
+            *([] if step.constc is None else [step.constc])]
+
+
 @pytest.fixture(scope="module")
 def mixture_stats(mixture2d):
     out = {}
@@ -139,6 +172,7 @@ def test_statistics_file_round_trip_and_errors(tmp_path, mixture2d):
     for k in ("lam", "l", "s", "b"):
         assert torch.equal(getattr(back, k), getattr(st, k))
     assert back.sde == st.sde == sde.config()
+    assert back.model == st.model == weights_fingerprint(model) and back.condition is None
     # statistics of another SDE whose log-SNR range covers this one's: refused, not used
     subvp = estimate_statistics(mixture2d.denoiser(sdeflow.SubVPSDE()), (2,), n=16, points=5,
                                 dtype=torch.float64)
@@ -176,6 +210,87 @@ def test_statistics_file_round_trip_and_errors(tmp_path, mixture2d):
         estimate_statistics(model, (2,), n=1)
 
 
+class _Net(torch.nn.Module):
+    """A small trained-looking network: x̂0 = tanh(W x) scaled by the noise level."""
+
+    def __init__(self, seed):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2, dtype=torch.float64)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(2, 2, generator=gen(seed), dtype=torch.float64))
+            self.lin.bias.copy_(torch.randn(2, generator=gen(seed + 10), dtype=torch.float64))
+
+    def forward(self, x, t):
+        return torch.tanh(self.lin(x)) / (1 + t[:, None])
+
+
+def test_statistics_files_and_updates_are_remembered_across_calls(tmp_path, mixture2d,
+                                                                  monkeypatch):
+    """Sampling in batches: the file is read and the updates are built once, and the same
+    answer comes back; a rewritten file is read again."""
+    from sdeflow.samplers import dpm_solver_v3 as v3
+    sde = sdeflow.VPSDE()
+    model = mixture2d.denoiser(sde)
+    path = estimate_statistics(model, (2,), n=16, points=20, dtype=torch.float64).save(
+        tmp_path / "ems.safetensors")
+    loads, builds = [], []
+    load, build = ModelStatistics.load, v3.v3_coefficients
+    monkeypatch.setattr(ModelStatistics, "load", lambda p: loads.append(p) or load(p))
+    monkeypatch.setattr(v3, "v3_coefficients", lambda *a: builds.append(1) or build(*a))
+    x_T = sde.prior_sample((8, 2), generator=gen(0), dtype=torch.float64)
+    kw = dict(solver="dpm_solver_v3", steps=4, statistics=str(path))
+    first = sdeflow.sample(model, x_T, **kw)
+    assert torch.equal(first, sdeflow.sample(model, x_T, **kw))
+    assert len(loads) == 1 and len(builds) == 1
+    sdeflow.sample(model, x_T, **{**kw, "steps": 5})  # another grid: built again
+    assert len(loads) == 1 and len(builds) == 2
+    zero = load(path)
+    ModelStatistics(zero.lam, *(torch.zeros_like(zero.l) for _ in range(3))).save(path)
+    assert not torch.equal(first, sdeflow.sample(model, x_T, **kw)) and len(loads) == 2
+
+
+def test_statistics_of_other_weights_warn():
+    """Statistics record the weights' fingerprint: the same network (also in float32) samples
+    silently, a network with other weights gets a warning naming the fix."""
+    import warnings
+    sde = sdeflow.VPSDE()
+    model = sdeflow.Denoiser(_Net(0), sde)
+    st = estimate_statistics(model, (2,), n=16, points=5, seed=0)
+    x_T = sde.prior_sample((4, 2), generator=gen(0), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sdeflow.sample(model, x_T, solver="dpm_solver_v3", steps=3, statistics=st)
+    assert st.model is not None and st.model == weights_fingerprint(model)
+    assert same_weights(st.model, weights_fingerprint(sdeflow.Denoiser(_Net(0), sde).float()))
+    bumped = sdeflow.Denoiser(_Net(0), sde)
+    with torch.no_grad():
+        bumped.net.lin.weight[0, 0] *= 1.001  # one weight 0.1 % off: other weights
+    assert not same_weights(st.model, weights_fingerprint(bumped))
+    other = sdeflow.Denoiser(_Net(1), sde)
+    assert not same_weights(st.model, weights_fingerprint(other))
+    with pytest.warns(UserWarning, match="other weights.*sdeflow ems"):
+        sdeflow.sample(other, x_T, solver="dpm_solver_v3", steps=3, statistics=st)
+
+
+def test_tuned_schedule_saves_statistics_held_in_memory(tmp_path, mixture2d):
+    """tune_timesteps with a ModelStatistics object (not a file): saving the schedule writes
+    the statistics beside it and names them, so the file samples as the object did."""
+    from sdeflow.tuning import TunedSchedule, tune_timesteps
+    sde = sdeflow.EDMSDE()
+    model = mixture2d.denoiser(sde)
+    st = estimate_statistics(model, (2,), n=16, points=20, seed=0, dtype=torch.float64)
+    x = sde.prior_sample((16, 2), generator=gen(1), dtype=torch.float64)
+    res = tune_timesteps(model, x, solver="dpm_solver_v3", steps=3, max_evals=2, statistics=st)
+    path = res.save(tmp_path / "tuned.json")
+    back = TunedSchedule.load(path)
+    assert Path(back.solver_opts["statistics"]) == (tmp_path / "tuned.statistics.safetensors")
+    torch.testing.assert_close(
+        sdeflow.sample(model, x, solver="dpm_solver_v3", timesteps=back.tensor(sde),
+                       statistics=st),
+        sdeflow.sample(model, x, solver=back.solver, timesteps=back.tensor(sde),
+                       **back.solver_opts))
+
+
 def test_reports_nfe_and_runs_in_float32(mixture2d):
     """One network call per step (+ the final denoising); float32 in, float32 out."""
     sde = sdeflow.VPSDE()
@@ -188,46 +303,74 @@ def test_reports_nfe_and_runs_in_float32(mixture2d):
 
 
 def test_cli_ems_sample_and_tune(tmp_path, capsys):
-    """`sdeflow ems` writes statistics that `sample --solver dpm_solver_v3` and `tune-steps
-    --solver dpm_solver_v3` take through --solver-opts; the tuned file samples at its NFE; bad
-    requests are refused with exit code 2 and a message naming the problem."""
+    """`sdeflow ems` writes statistics into the checkpoint folder, where `sample --solver
+    dpm_solver_v3` and `tune-steps --solver dpm_solver_v3` find them (or anywhere, given by
+    --solver-opts); the tuned file samples at its NFE; bad requests are refused with exit code
+    2 and a message naming the problem."""
     import json
 
     from sdeflow.cli import main
     run = tmp_path / "run"
     assert main(["train", "--steps", "200", "--hidden", "32", "--depth", "1", "--out", str(run),
                  "--no-tensorboard"]) == 0
-    ems = tmp_path / "ems.safetensors"
-    assert main(["ems", str(run), "--num", "64", "--points", "20", "--out", str(ems)]) == 0
-    assert ModelStatistics.load(ems).shape == (2,)
-    opts = json.dumps({"statistics": str(ems)})
     s = tmp_path / "s"
+    capsys.readouterr()
+    assert main(["sample", str(run), "--solver", "dpm_solver_v3", "--out", str(s)]) == 2
+    assert "needs statistics=" in capsys.readouterr().err
+    assert main(["ems", str(run), "--num", "64", "--points", "20"]) == 0
+    assert ModelStatistics.load(statistics_path(run)).shape == (2,)
+    assert statistics_path(run).parent.name.startswith("ckpt-")  # with the weights
     assert main(["sample", str(run), "-n", "50", "--solver", "dpm_solver_v3", "--steps", "5",
-                 "--schedule", "ays", "--solver-opts", opts, "--out", str(s)]) == 0
+                 "--schedule", "ays", "--out", str(s)]) == 0
     assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 6
     tuned = tmp_path / "tuned.json"
-    assert main(["tune-steps", str(run), "--solver", "dpm_solver_v3", "--solver-opts", opts,
-                 "--steps", "4", "--n-calib", "32", "--pool", "256", "--max-evals", "5",
-                 "--out", str(tuned)]) == 0
+    assert main(["tune-steps", str(run), "--solver", "dpm_solver_v3", "--steps", "4",
+                 "--n-calib", "32", "--pool", "256", "--max-evals", "5", "--out", str(tuned)]) == 0
     rep = json.loads(tuned.read_text())
     assert rep["base_solver"] == "dpm_solver_v3"
+    assert rep["solver_opts"]["statistics"] == str(statistics_path(run).resolve())
     assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(tuned),
                  "--out", str(s)]) == 0
     assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 5
-    # --solver-opts overrides the tuned file's own options (e.g. statistics that moved)
-    moved = tmp_path / "moved.safetensors"
-    ems.rename(moved)
+    # statistics elsewhere, by --solver-opts; it overrides a tuned file's own (files that moved)
+    ems = tmp_path / "ems.safetensors"
+    assert main(["ems", str(run), "--num", "64", "--points", "20", "--out", str(ems)]) == 0
+    opts = json.dumps({"statistics": str(ems)})
+    assert main(["sample", str(run), "-n", "50", "--solver", "dpm_solver_v3", "--steps", "5",
+                 "--solver-opts", opts, "--out", str(s)]) == 0
+    statistics_path(run).unlink()
     if rep["solver"] == "dpm_solver_v3":
         assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(tuned), "--out",
                      str(s)]) == 2
     assert main(["sample", str(run), "-n", "50", "--timesteps-file", str(tuned), "--solver-opts",
-                 json.dumps({"statistics": str(moved)}) if rep["solver"] == "dpm_solver_v3"
-                 else "{}", "--out", str(s)]) == 0
-    moved.rename(ems)
+                 opts if rep["solver"] == "dpm_solver_v3" else "{}", "--out", str(s)]) == 0
     capsys.readouterr()
     assert main(["ems", str(run), "--points", "2", "--out", str(ems)]) == 2
     assert "--points" in capsys.readouterr().err
+    assert main(["ems", str(run), "--class", "1"]) == 2
+    assert "--class needs a class-conditional model" in capsys.readouterr().err
     assert main(["sample", str(run), "--solver", "dpm_solver_v3", "--solver-opts",
                  json.dumps({"statistics": str(run / "latest")}), "--out", str(s)]) == 2
-    assert main(["sample", str(run), "--solver", "dpm_solver_v3", "--out", str(s)]) == 2
-    assert "needs statistics=" in capsys.readouterr().err
+
+
+def test_statistics_of_other_conditioning_warn(tmp_path, mixture2d):
+    """`sample` warns when the statistics file was estimated for other conditioning options
+    (e.g. a class) than the run's, and is silent when they agree."""
+    import argparse
+    import warnings
+
+    from sdeflow.cli.sample import _check_condition
+    st = estimate_statistics(mixture2d.denoiser(sdeflow.VPSDE()), (2,), n=16, points=5,
+                             condition="class=3 guidance=2.0")
+    path = str(st.save(tmp_path / "ems.safetensors"))
+    grid = dict(solver="dpm_solver_v3", statistics=path)
+
+    def args(label, w):
+        return argparse.Namespace(class_label=label, prompt=None, guidance=w, classifier=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_condition(grid, args(3, 2.0))
+    with pytest.warns(UserWarning, match="class=3 guidance=2.0.*unconditional"):
+        _check_condition(grid, args(None, None))
+    with pytest.warns(UserWarning, match="class=4"):
+        _check_condition(grid, args(4, 2.0))

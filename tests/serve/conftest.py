@@ -42,6 +42,10 @@ def run_dirs(tmp_path_factory):
     cfg = json.loads((noguide / "config.json").read_text())
     (noguide / "config.json").write_text(json.dumps({**cfg, "p_uncond": 0.0}))
     (root / "noguide" / "latest").write_text(ck.name)
+    from sdeflow.loading import load
+    from sdeflow.samplers.ems import estimate_statistics, statistics_path
+    model, cfg = load(root / "digits")  # DPM-Solver-v3's statistics, where `sdeflow ems` puts them
+    estimate_statistics(model, tuple(cfg.shape), n=8, points=5).save(statistics_path(root / "digits"))
     return root
 
 

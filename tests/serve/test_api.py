@@ -110,6 +110,19 @@ def test_a_tuned_schedule_file_of_the_run_can_be_used(client):
     assert job["result"]["solver"] == "ddim" and job["result"]["steps"] == 3
 
 
+def test_dpm_solver_v3_takes_the_statistics_in_the_checkpoint_folder(client):
+    """`sdeflow ems` wrote the digits run's statistics into its checkpoint folder: the solver
+    menu's dpm_solver_v3 samples with them; a run without them is refused, naming the fix."""
+    job = run_job(client, "/api/sample", dict(run="digits", solver="dpm_solver_v3", steps=4,
+                                              schedule="ays", n=2))
+    assert job["status"] == "done", job["error"]
+    assert job["result"]["solver"] == "dpm_solver_v3" and job["result"]["nfe"] == 5
+    refused(client.post("/api/sample", json=dict(run="noguide", solver="dpm_solver_v3")), 400,
+            "sdeflow ems", "noguide")
+    refused(client.post("/api/explore", json=dict(run="exact-gmm", solvers=["dpm_solver_v3"])),
+            400, "exact mixtures have none")
+
+
 @pytest.mark.parametrize("schedule", ["file:../outside.json", "file:/etc/passwd",
                                       "file:%2e%2e/outside.json", "file:notes.json",
                                       "file:ckpt-00000005/config.json", "../karras"])

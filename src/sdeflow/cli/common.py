@@ -94,20 +94,24 @@ def add_sampling_args(p, grid: bool = True) -> None:
 
 def grid_args(a, model) -> dict:
     """solver/steps/schedule (or the solver and grid of --timesteps-file), denoise, force and
-    the solver options (--solver-opts over a tuned file's own) from the arguments, as
+    the solver options (--solver-opts over a tuned file's own; DPM-Solver-v3's statistics
+    default to those of `sdeflow ems` in the checkpoint folder) from the arguments, as
     ``sdeflow.sample`` takes them (None: the model's own default)."""
+    from ..samplers.ems import with_default_statistics
     own = dict(denoise=False if a.no_denoise else None, force=a.force)
     if not getattr(a, "timesteps_file", None):
         solver = "auto" if _auto_by_default(a, model) else a.solver
         if solver == "auto":
             return dict(solver=solver, steps=a.steps, force=a.force, **a.solver_opts)
-        return dict(solver=solver, steps=a.steps, schedule=a.schedule, **own, **a.solver_opts)
+        opts = with_default_statistics(solver, a.solver_opts, a.checkpoint)
+        return dict(solver=solver, steps=a.steps, schedule=a.schedule, **own, **opts)
     from ..tuning import TunedSchedule
     tuned = TunedSchedule.load(a.timesteps_file)
     if a.steps is not None or a.schedule is not None:
         raise ValueError("--timesteps-file replaces --steps and --schedule")
-    return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **own,
-                **{**tuned.solver_opts, **a.solver_opts})
+    opts = with_default_statistics(tuned.solver, {**tuned.solver_opts, **a.solver_opts},
+                                   a.checkpoint)
+    return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **own, **opts)
 
 
 def _auto_by_default(a, model) -> bool:

@@ -52,10 +52,11 @@ def cmd_sample(a) -> int:
         raise ValueError(f"this model was trained for --task {task}: use `sdeflow "
                          f"{'sr' if task == 'sr' else 'colorize'}`")
     model, cond = guided_model(a, model, cfg, a.num, dev)
+    grid = grid_args(a, model)
+    _check_condition(grid, a)
     with torch.no_grad():
         x, stats = sample(model, shape=(a.num, *cfg.shape), seed=a.seed,
-                          device=dev, cond=cond, progress=True, return_stats=True,
-                          **grid_args(a, model))
+                          device=dev, cond=cond, progress=True, return_stats=True, **grid)
     x = x.cpu()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +217,8 @@ def cmd_tune_steps(a) -> int:
                          "tuning, and --pool 0 validates on plain draws (drop one of them)")
     if a.heldout_pool is None:
         a.heldout_pool = 4 * a.pool
+    from ..samplers.ems import with_default_statistics
+    a.solver_opts = with_default_statistics(a.solver, a.solver_opts, a.checkpoint)
     if isinstance(a.solver_opts.get("statistics"), str):  # so the file works from anywhere
         a.solver_opts["statistics"] = str(Path(a.solver_opts["statistics"]).resolve())
     if a.pool and a.heldout_pool < a.pool:
@@ -282,7 +285,7 @@ def cmd_choose_steps(a) -> int:
         raise ValueError(f"--n-ref must be between 1 and --pool - 1 ({a.pool - 1}), got {a.n_ref}")
     pool = model.sde.prior_sample((a.pool, *cfg.shape),
                                   generator=torch.Generator().manual_seed(a.seed)).to(dev)
-    best, losses = choose_tuned(model, files, pool, a.n_ref,
+    best, losses = choose_tuned(model, files, pool, a.n_ref, progress=True,
                                 generator=torch.Generator().manual_seed(a.seed))
     files[best].save(a.out)
     print(json.dumps(dict(chosen=best, losses=losses, pool=a.pool, n_ref=a.n_ref), indent=2))
@@ -298,7 +301,11 @@ def add_ems(sub) -> None:
                    help="log-SNRs, equally spaced over the SDE's range, where they are estimated")
     p.add_argument("--batch", type=int, default=256, help="draws per network call")
     p.add_argument("--seed", type=int, default=1000, help="seed of the prior draws and probes")
-    p.add_argument("--out", default="outputs/ems.safetensors")
+    add_guidance_args(p)
+    p.add_argument("--out", default=None,
+                   help="where to write them (default: ems.safetensors in the checkpoint folder, "
+                        "where `sample`, `tune-steps` and `serve` look for DPM-Solver-v3's "
+                        "statistics when none are given)")
 
 
 def cmd_ems(a) -> int:
@@ -307,21 +314,53 @@ def cmd_ems(a) -> int:
     Estimate the statistics l, s, b of DPM-Solver-v3 (Zheng et al. 2023) for a checkpoint from
     --num of its own PF-ODE trajectories (no data needed; --points network calls with a
     backward pass each, on every trajectory). Sample with them by `sdeflow sample CKPT
-    --solver dpm_solver_v3 --steps N --schedule ays --solver-opts '{"statistics": "OUT"}'`, or
-    tune the solver's grid with `sdeflow tune-steps CKPT --solver dpm_solver_v3 --solver-opts
-    '{"statistics": "OUT"}'`.
+    --solver dpm_solver_v3 --steps N --schedule ays`, or tune the solver's grid with `sdeflow
+    tune-steps CKPT --solver dpm_solver_v3` (both find them in the checkpoint folder; statistics
+    written elsewhere are given by --solver-opts '{"statistics": "OUT"}'). The conditioning
+    options (--class, --prompt, --guidance) estimate them for the model sampled that way; the file records them, and the weights' fingerprint (v3 warns when it is used
+    with other weights).
     """
-    from ..samplers.ems import estimate_statistics
+    from ..samplers.ems import estimate_statistics, statistics_path
     if a.num < 2 or a.points < 3 or a.batch < 1:
         raise ValueError(f"need --num ≥ 2, --points ≥ 3 and --batch ≥ 1 (got {a.num}, "
                          f"{a.points}, {a.batch})")
+    if a.classifier:
+        raise ValueError("--classifier: classifier guidance's gradient is detached from x, so "
+                         "the statistics' Jacobian would miss it; estimate them without it, or "
+                         "guide a class-conditional model (--class, --guidance)")
     dev = device()
     model, cfg = load_run(a.checkpoint, "denoiser", device=dev)
+    model, cond = guided_model(a, model, cfg, a.num, dev)
     stats = estimate_statistics(model, tuple(cfg.shape), n=a.num, points=a.points,
-                                batch=a.batch, seed=a.seed, progress=True, device=dev)
-    path = stats.save(a.out)
-    print(json.dumps(dict(points=a.points, trajectories=a.num,
+                                batch=a.batch, seed=a.seed, progress=True, device=dev, cond=cond,
+                                condition=_condition(a))
+    path = stats.save(a.out or statistics_path(a.checkpoint))
+    print(json.dumps(dict(points=a.points, trajectories=a.num, condition=stats.condition,
                           log_snr=[float(stats.lam[0]), float(stats.lam[-1])],
                           l_mean=float(stats.l.mean()), s_mean=float(stats.s.mean()))))
     print(f"wrote {path}")
     return 0
+
+
+def _condition(a) -> str | None:
+    """The conditioning options of ``a`` in words (None: unconditional)."""
+    parts = [f"{k}={v}" for k, v in (("class", a.class_label), ("prompt", a.prompt),
+                                       ("guidance", a.guidance), ("classifier", a.classifier))
+             if v is not None]
+    return " ".join(parts) or None
+
+
+def _check_condition(grid: dict, a) -> None:
+    """Warn when DPM-Solver-v3's statistics file was estimated under other conditioning
+    options than this sampling run's."""
+    from ..samplers.ems import ModelStatistics
+    path = grid.get("statistics")
+    if grid.get("solver") != "dpm_solver_v3" or not isinstance(path, str):
+        return
+    was = ModelStatistics.load(path).condition
+    if was != _condition(a):
+        import warnings
+        warnings.warn(f"{path} was estimated for {was or 'unconditional sampling'}, this run is "
+                      f"{_condition(a) or 'unconditional'}: DPM-Solver-v3 loses accuracy; run "
+                      f"`sdeflow ems` with the same --class/--prompt/--guidance (and --out)",
+                      stacklevel=2)

@@ -32,19 +32,22 @@ one step is exact up to the quadrature (tests/samplers/test_dpm_solver_v3.py).
 from __future__ import annotations
 
 import math
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .ems import ModelStatistics
+from .ems import ModelStatistics, same_weights, weights_fingerprint
 from .exponential import step_order
 from .registry import Context, register_solver
 
 __all__ = ["dpm_solver_v3", "v3_coefficients", "V3Step"]
 
 _DELTA = 0.005  # widest quadrature sub-interval in λ
+_CHUNK = 1 << 22  # float64 numbers per quadrature tensor (32 MiB): dimensions per chunk
 
 
 @dataclass
@@ -81,7 +84,7 @@ def _segment(sde, stats: ModelStatistics, lam_a: Tensor, lam_b: Tensor, t_b: Ten
     """Integrals over one step [λ_a, λ_b]: ΔL, ΔS, Q = ∫e^{−S}b, I_0…I_kmax and I_B."""
     h = lam_b - lam_a
     m = max(8, math.ceil(float(h.detach()) / _DELTA))
-    u = lam_a + h * torch.linspace(0, 1, m + 1, dtype=h.dtype)
+    u = lam_a + h * torch.linspace(0, 1, m + 1, dtype=h.dtype, device=h.device)
     dx = h / m
     l, s, b = stats.at(u)
     alpha = sde.s(sde.t_from_log_snr(u)).to(u)
@@ -125,12 +128,42 @@ def _update(I: Tensor, IB: Tensor, lam: Tensor, Sg: Tensor, Q: list, i: int,
 
 
 def v3_coefficients(sde, stats: ModelStatistics, ts: Tensor, order: int = 3,
-                    corrector: bool = True, lower_order_final: bool | None = None) -> list[V3Step]:
+                    corrector: bool = True, lower_order_final: bool | None = None,
+                    device=None) -> list[V3Step]:
     """The per-step updates of :func:`dpm_solver_v3` on the grid ``ts`` (module docstring),
-    in float64 on the CPU (differentiable in ``ts``)."""
-    t64 = ts.to(device="cpu", dtype=torch.float64)
+    in float64 on ``device`` (default: the CPU; differentiable in ``ts``). Every dimension's
+    update is its own, so they are computed over chunks of the dimensions: the quadrature's
+    working memory stays near ``_CHUNK`` float64 numbers per tensor whatever the sample
+    size."""
+    t64 = ts.to(device=device or "cpu", dtype=torch.float64)
+    stats = stats.to(t64.device)
     lam = sde.log_snr(t64)
-    steps = len(ts) - 1
+    subs = max(max(8, math.ceil(float(h) / _DELTA)) for h in (lam[1:] - lam[:-1]).detach()) + 1
+    dims = math.prod(stats.shape)
+    size = max(1, _CHUNK // subs)
+    if dims <= size:
+        return _coefficients(sde, stats, t64, order, corrector, lower_order_final)
+    flat = [v.reshape(len(stats.lam), -1) for v in (stats.l, stats.s, stats.b)]
+    parts = [_coefficients(sde, ModelStatistics(stats.lam, *(v[:, k:k + size] for v in flat)),
+                           t64, order, corrector, lower_order_final)
+             for k in range(0, dims, size)]
+
+    def join(vs):
+        return None if vs[0] is None else torch.cat(vs).view(stats.shape)
+    return [V3Step(join([p[i].phi for p in parts]),
+                   [join([p[i].w[j] for p in parts]) for j in range(len(parts[0][i].w))],
+                   join([p[i].const for p in parts]),
+                   None if parts[0][i].wc is None else
+                   [join([p[i].wc[j] for p in parts]) for j in range(len(parts[0][i].wc))],
+                   join([p[i].constc for p in parts]))
+            for i in range(len(parts[0]))]
+
+
+def _coefficients(sde, stats: ModelStatistics, t64: Tensor, order: int, corrector: bool,
+                  lower_order_final: bool | None) -> list[V3Step]:
+    """:func:`v3_coefficients` on all of ``stats``' dimensions at once."""
+    lam = sde.log_snr(t64)
+    steps = len(t64) - 1
     seg = [_segment(sde, stats, lam[i], lam[i + 1], t64[i + 1], order) for i in range(steps)]
     dS = torch.stack([q[1] for q in seg])
     Sg = torch.cat([torch.zeros_like(dS[:1]), dS.cumsum(0)])  # S from λ_0 at every node
@@ -149,13 +182,37 @@ def v3_coefficients(sde, stats: ModelStatistics, ts: Tensor, order: int = 3,
     return out
 
 
+_CACHE: OrderedDict = OrderedDict()  # the last few statistics files read and updates computed
+
+
+def _cached(key, make):
+    """``make()``, remembered under ``key`` for the next calls (the last 4 keys are kept):
+    sampling in batches reads the same file and builds the same updates again and again."""
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key][1]
+    value = make()
+    _CACHE[key] = value
+    while len(_CACHE) > 4:
+        _CACHE.popitem(last=False)
+    return value[1]
+
+
 def _statistics(statistics) -> ModelStatistics:
     if isinstance(statistics, ModelStatistics):
         return statistics
     if isinstance(statistics, (str, Path)):
-        return ModelStatistics.load(statistics)
+        path = Path(statistics).resolve()
+        try:
+            st = path.stat()
+        except OSError:
+            return ModelStatistics.load(path)  # its error names the file
+        return _cached(("file", str(path), st.st_ino, st.st_mtime_ns, st.st_size),
+                       lambda: (None, ModelStatistics.load(path)))
     raise ValueError("dpm_solver_v3 needs statistics=: a ModelStatistics or the path of a file "
-                     "written by `sdeflow ems` (sdeflow.samplers.ems.estimate_statistics)")
+                     "written by `sdeflow ems` (sdeflow.samplers.ems.estimate_statistics); the "
+                     "CLI and `sdeflow serve` take the checkpoint folder's own ems.safetensors, "
+                     "which `sdeflow ems CHECKPOINT` writes")
 
 
 def dpm_solver_v3(model, x: Tensor, ts: Tensor, ctx: Context, statistics=None, order: int = 3,
@@ -168,11 +225,16 @@ def dpm_solver_v3(model, x: Tensor, ts: Tensor, ctx: Context, statistics=None, o
     if stats.sde is not None and stats.sde != model.sde.config():
         raise ValueError(f"the model statistics were estimated under SDE {stats.sde}, not the "
                          f"model's {model.sde.config()}: run `sdeflow ems` for this model")
+    if not same_weights(stats.model, weights_fingerprint(model)):
+        warnings.warn("the model statistics were estimated from other weights than this "
+                      "model's (another checkpoint?): DPM-Solver-v3 stays consistent but loses "
+                      "accuracy; run `sdeflow ems` on this checkpoint", stacklevel=3)
     if stats.shape != tuple(x.shape[1:]):
         raise ValueError(f"the model statistics are for samples of shape {stats.shape}, "
                          f"got {tuple(x.shape[1:])}")
     coef = [V3Step(*(_to(v, x) for v in (c.phi, c.w, c.const, c.wc, c.constc)))
-            for c in v3_coefficients(model.sde, stats, ts, order, corrector, lower_order_final)]
+            for c in _updates(model.sde, stats, ts, order, corrector, lower_order_final,
+                              x.device)]
     l_nodes, _, _ = stats.at(model.sde.log_snr(ts.to(torch.float64).cpu()))
     l_nodes = l_nodes.to(x)
     ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
@@ -190,6 +252,21 @@ def dpm_solver_v3(model, x: Tensor, ts: Tensor, ctx: Context, statistics=None, o
         x = c.phi * x + sum(w * fj for w, fj in zip(c.w, fs)) + c.const
         x = ctx.step_done(ts[i + 1], x)
     return x
+
+
+def _updates(sde, stats: ModelStatistics, ts: Tensor, order: int, corrector: bool,
+             lower_order_final: bool | None, device: torch.device) -> list[V3Step]:
+    """:func:`v3_coefficients` on a CUDA sampling device (float64 there is fast) or the CPU,
+    remembered for the next call with the same statistics and grid (not while ``ts`` needs
+    gradients: tuning)."""
+    dev = device if device.type == "cuda" else torch.device("cpu")
+    if ts.requires_grad:
+        return v3_coefficients(sde, stats, ts, order, corrector, lower_order_final, dev)
+    key = ("updates", id(stats), tuple(ts.detach().cpu().double().tolist()), order, corrector,
+           lower_order_final, str(dev), repr(sde.config()))
+    # the entry holds ``stats`` itself, so its id cannot be reused while it is remembered
+    return _cached(key, lambda: (stats, v3_coefficients(sde, stats, ts, order, corrector,
+                                                        lower_order_final, dev)))
 
 
 def _to(v, x: Tensor):

@@ -22,6 +22,7 @@ E‖f‖²/D, so a dimension where f does not vary (a Gaussian's) gets s ≈ 0 a
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -33,7 +34,8 @@ from torch import Tensor
 
 from ..sde import bcast
 
-__all__ = ["ModelStatistics", "estimate_statistics"]
+__all__ = ["ModelStatistics", "estimate_statistics", "weights_fingerprint", "same_weights",
+           "statistics_path", "with_default_statistics", "STATISTICS_FILE"]
 
 _RIDGE = 1e-4
 
@@ -41,14 +43,18 @@ _RIDGE = 1e-4
 @dataclass
 class ModelStatistics:
     """l, s, b (shape (K, *sample shape)) of a model at the increasing log-SNRs ``lam`` (K,);
-    linear in λ between them. ``sde``: the config of the SDE they were estimated under (None:
-    unknown), which the solver checks against the model's. Kept on the CPU."""
+    linear in λ between them. Kept on the CPU. What they were estimated from, which the solver
+    checks (None: unknown): ``sde``, the SDE's config (another SDE is refused); ``model``, the
+    :func:`weights_fingerprint` of the network (other weights get a warning); ``condition``,
+    the conditioning (class, prompt, guidance) in words."""
 
     lam: Tensor
     l: Tensor
     s: Tensor
     b: Tensor
     sde: dict | None = None
+    model: list | None = None
+    condition: str | None = None
 
     def __post_init__(self):
         for name in ("lam", "l", "s", "b"):
@@ -64,6 +70,14 @@ class ModelStatistics:
                                  f"({len(lam)}, *sample shape) like l {tuple(self.l.shape)}")
             if not bool(torch.isfinite(v).all()):
                 raise ValueError(f"model statistics: {name} has non-finite values")
+
+    def to(self, device) -> "ModelStatistics":
+        """A copy with the tensors on ``device``, to compute with there (the dataclass itself
+        keeps them on the CPU)."""
+        out = copy.copy(self)
+        for name in ("lam", "l", "s", "b"):
+            setattr(out, name, getattr(self, name).to(device))
+        return out
 
     @property
     def shape(self) -> tuple:
@@ -98,8 +112,9 @@ class ModelStatistics:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         os.close(fd)
         try:
+            meta = {k: json.dumps(getattr(self, k)) for k in ("sde", "model", "condition")}
             save_file({k: getattr(self, k).detach().contiguous().cpu() for k in ("lam", "l", "s", "b")},
-                      tmp, metadata={"format": "sdeflow-ems", "sde": json.dumps(self.sde)})
+                      tmp, metadata={"format": "sdeflow-ems", **meta})
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -122,13 +137,67 @@ class ModelStatistics:
                     raise CheckpointError(path, "not model statistics of `sdeflow ems` (no "
                                                 "'sdeflow-ems' format tag)")
                 tensors = {k: fh.get_tensor(k) for k in ("lam", "l", "s", "b")}
-            sde = json.loads(meta.get("sde", "null"))
+            about = {k: json.loads(meta.get(k, "null")) for k in ("sde", "model", "condition")}
         except (SafetensorError, OSError, RuntimeError, json.JSONDecodeError) as e:
             raise CheckpointError(path, f"corrupted ({str(e).splitlines()[0]})") from None
         try:
-            return cls(**tensors, sde=sde)
+            return cls(**tensors, **about)
         except ValueError as e:
             raise CheckpointError(path, str(e)) from None
+
+
+#: the statistics' file in a checkpoint folder, where ``sdeflow ems`` writes them by default and
+#: where sampling with ``dpm_solver_v3`` looks when no statistics are given
+STATISTICS_FILE = "ems.safetensors"
+
+
+def statistics_path(checkpoint) -> Path:
+    """Where the statistics of ``checkpoint`` (a run directory, a checkpoint folder or a saved
+    diffusers folder) live by default: in the checkpoint folder itself (a run directory's
+    ``latest`` one), so they go with the weights they were estimated from."""
+    from ..checkpoint import CheckpointError, resolve_checkpoint
+    try:
+        return resolve_checkpoint(checkpoint) / STATISTICS_FILE
+    except CheckpointError:
+        path = Path(checkpoint)
+        return (path if path.is_dir() else path.parent) / STATISTICS_FILE
+
+
+def with_default_statistics(solver: str, opts: dict, checkpoint) -> dict:
+    """``opts`` with DPM-Solver-v3's ``statistics`` set to the file :func:`statistics_path`
+    of ``checkpoint`` when ``solver`` is ``dpm_solver_v3``, none are given and that file
+    exists (else ``opts`` as they are: the solver then says what it needs)."""
+    if solver != "dpm_solver_v3" or opts.get("statistics") is not None:
+        return opts
+    path = statistics_path(checkpoint)
+    return {**opts, "statistics": str(path.resolve())} if path.is_file() else opts
+
+
+def weights_fingerprint(model) -> list | None:
+    """[number of weights, Σw, Σw², Σ|w|] over the parameters and floating buffers of
+    ``model`` (float64 sums): the same weights on any device, or cast to float32, agree to
+    far better than :func:`same_weights`' 1e-6; another checkpoint's differ by more; None for
+    a model without parameters."""
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return None
+    tensors = [*params(), *(b for b in getattr(model, "buffers", lambda: [])()
+                            if b.is_floating_point())]
+    if not tensors:
+        return None
+    with torch.no_grad():
+        sums = torch.stack([torch.stack([w.double().sum(), w.double().square().sum(),
+                                         w.double().abs().sum()]).cpu() for w in tensors]).sum(0)
+    return [float(sum(w.numel() for w in tensors)), *map(float, sums)]
+
+
+def same_weights(a: list | None, b: list | None) -> bool:
+    """Whether two :func:`weights_fingerprint` s are of the same weights (unknown: yes)."""
+    if a is None or b is None:
+        return True
+    scale = max(abs(a[-1]), abs(b[-1]), 1e-30)  # Σ|w|: Σw may cancel to near 0
+    return len(a) == len(b) and all(abs(x - y) <= 1e-6 * max(abs(x), abs(y), scale)
+                                    for x, y in zip(a, b))
 
 
 def _x0_and_hutchinson(model, x: Tensor, t: Tensor, probes: Tensor, cond: dict, batch: int):
@@ -181,12 +250,14 @@ def _along_trajectories(model, x: Tensor, ts: Tensor, probes: Tensor, cond: dict
 
 def estimate_statistics(model, shape, *, n: int = 1024, points: int = 200, batch: int = 256,
                         cond: dict | None = None, seed: int = 0, progress: bool = False,
-                        dtype=None, device=None) -> ModelStatistics:
+                        dtype=None, device=None, condition: str | None = None) -> ModelStatistics:
     r"""EMS of ``model`` (a :class:`~sdeflow.Denoiser`) for samples of ``shape`` (no batch
     dimension), from ``n`` of its own PF-ODE trajectories on ``points`` log-SNRs equally spaced
     over [λ(T), λ(t_min)] (module docstring). ``batch`` bounds the draws per network call;
     ``seed`` fixes the prior draws and probes; ``dtype``/``device`` default to those of the
-    model's parameters. Costs ``points`` network calls with a backward pass per draw."""
+    model's parameters; ``cond`` is passed to the model (its tensors with a batch dimension of
+    ``n`` are split with the draws) and ``condition`` records it in words. Costs ``points``
+    network calls with a backward pass per draw."""
     if n < 2 or points < 3 or batch < 1:
         raise ValueError(f"need n >= 2 draws, points >= 3 and batch >= 1 (got n={n}, "
                          f"points={points}, batch={batch})")
@@ -219,4 +290,5 @@ def estimate_statistics(model, shape, *, n: int = 1024, points: int = 200, batch
     sb.append(_regress(fs[-2], fs[-1], fs[-1], lam[-1] - lam[-2]))
     return ModelStatistics(lam.detach().cpu().to(torch.float64), torch.stack(ls).cpu(),
                            torch.stack([v[0] for v in sb]).cpu(),
-                           torch.stack([v[1] for v in sb]).cpu(), sde=sde.config())
+                           torch.stack([v[1] for v in sb]).cpu(), sde=sde.config(),
+                           model=weights_fingerprint(model), condition=condition)

@@ -49,10 +49,15 @@ def jsonable(value):
 
 
 def _grid(run: Run, model, d: Draw) -> dict:
+    """The solver and grid of ``d``; DPM-Solver-v3 takes the statistics that `sdeflow ems`
+    wrote into the run's checkpoint folder."""
+    from ..samplers.ems import with_default_statistics
     if d.schedule and d.schedule.startswith("file:"):
         tuned = run.schedule_files()[d.schedule[5:]]
-        return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **tuned.solver_opts)
-    return dict(solver=d.solver, steps=d.steps, schedule=d.schedule)
+        return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde),
+                    **with_default_statistics(tuned.solver, tuned.solver_opts, run.path))
+    return dict(solver=d.solver, steps=d.steps, schedule=d.schedule,
+                **with_default_statistics(d.solver, {}, run.path))
 
 
 def _conditioned(run: Run, model, d: Draw):

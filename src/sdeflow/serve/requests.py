@@ -86,6 +86,15 @@ def check_solver(run: Run, name: str, steps: int | None, fixed_grid: bool = Fals
         raise ApiError(400, f"unknown solver {name!r}; choices: {', '.join(choices)}")
     if cld:
         return
+    if name == "dpm_solver_v3":
+        from ..samplers.ems import statistics_path
+        if run.exact:
+            raise ApiError(400, "dpm_solver_v3 needs a trained model's statistics (`sdeflow "
+                                "ems`); the exact mixtures have none: pick another solver")
+        if not statistics_path(run.path).is_file():
+            raise ApiError(400, f"dpm_solver_v3 needs the model's statistics: run `sdeflow ems "
+                                f"{run.path}` (it writes them into the checkpoint folder), or "
+                                f"pick another solver")
     if get_solver(name).adaptive and (steps is not None or fixed_grid):
         raise ApiError(400, f"{name} is adaptive: it chooses its own steps" +
                        (" and cannot be used here (pick a fixed-grid solver)" if fixed_grid
