@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -128,12 +128,14 @@ class TunedSchedule:
         from .samplers.ems import ModelStatistics
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for key, value in self.solver_opts.items():
+        opts = dict(self.solver_opts)
+        for key, value in opts.items():
             if isinstance(value, ModelStatistics):
                 file = value.save(path.with_name(f"{path.stem}.{key}.safetensors"))
-                self.solver_opts[key] = str(file.resolve())
+                opts[key] = str(file.resolve())
         try:
-            text = json.dumps(asdict(self), indent=2)
+            text = json.dumps({**{f.name: getattr(self, f.name) for f in fields(self)},
+                               "solver_opts": opts}, indent=2)
         except TypeError as e:
             raise ValueError(f"tuned schedule for {path}: a solver option is not JSON ({e}); give "
                              f"it as a number, a string or the path of a file") from None

@@ -125,6 +125,16 @@ def test_coefficients_in_chunks_of_dimensions_equal_all_at_once(monkeypatch):
             assert x.shape == (2, 3, 5)
             torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
     assert len(whole) == 6 and sum(len(_flat(a)) for a in whole) > 30
+    # and so are the gradients in the grid (what tuning differentiates)
+    grads = []
+    for chunk in (1 << 22, 4000):
+        monkeypatch.setattr(v3, "_CHUNK", chunk)
+        tg = ts.clone().requires_grad_(True)
+        sum((t * (k + 1)).sum() for k, st in enumerate(v3.v3_coefficients(sde, stats, tg))
+            for t in _flat(st)).backward()
+        grads.append(tg.grad)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
 def _flat(step):
@@ -247,6 +257,21 @@ def test_statistics_files_and_updates_are_remembered_across_calls(tmp_path, mixt
     zero = load(path)
     ModelStatistics(zero.lam, *(torch.zeros_like(zero.l) for _ in range(3))).save(path)
     assert not torch.equal(first, sdeflow.sample(model, x_T, **kw)) and len(loads) == 2
+    # an object changed in place, or given other tensors, is built again
+    st = load(path)
+    kw = dict(solver="dpm_solver_v3", steps=4, statistics=st)
+    before = sdeflow.sample(model, x_T, **kw)
+    n = len(builds)
+    st.s.add_(0.5)
+    changed = sdeflow.sample(model, x_T, **kw)
+    st.b = st.b + 0.5
+    assert len({before.sum().item(), changed.sum().item(),
+                sdeflow.sample(model, x_T, **kw).sum().item()}) == 3 and len(builds) == n + 2
+    # a grid that needs gradients (tuning, through the solver) is never taken from the cache
+    ts = get_timesteps(sde, 4, "logsnr").requires_grad_(True)
+    for _ in range(2):
+        v3._updates(sde, st, ts, 3, True, None, torch.device("cpu"))
+    assert len(builds) == n + 4
 
 
 def test_statistics_of_other_weights_warn():
@@ -262,6 +287,10 @@ def test_statistics_of_other_weights_warn():
         sdeflow.sample(model, x_T, solver="dpm_solver_v3", steps=3, statistics=st)
     assert st.model is not None and st.model == weights_fingerprint(model)
     assert same_weights(st.model, weights_fingerprint(sdeflow.Denoiser(_Net(0), sde).float()))
+    torch.manual_seed(0)  # a network of 65 792 weights cast to half precision: the same weights
+    wide = sdeflow.Denoiser(torch.nn.Linear(256, 256), sde)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert same_weights(weights_fingerprint(wide), weights_fingerprint(wide.to(dtype)))
     bumped = sdeflow.Denoiser(_Net(0), sde)
     with torch.no_grad():
         bumped.net.lin.weight[0, 0] *= 1.001  # one weight 0.1 % off: other weights
@@ -374,3 +403,9 @@ def test_statistics_of_other_conditioning_warn(tmp_path, mixture2d):
         _check_condition(grid, args(None, None))
     with pytest.warns(UserWarning, match="class=4"):
         _check_condition(grid, args(4, 2.0))
+    # guidance 0 is no guidance: statistics of the class alone match it
+    st.condition = "class=3"
+    grid["statistics"] = str(st.save(tmp_path / "class3.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_condition(grid, args(3, 0.0))

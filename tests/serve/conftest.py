@@ -34,6 +34,7 @@ def run_dirs(tmp_path_factory):
                  sde=get_sde("edm").config(),
                  calibration_loss=0.1, start_loss=0.2, start_schedule="karras")
     (root / "digits" / "tuned.json").write_text(json.dumps(tuned))
+    (root / "digits" / "tuned_v3.json").write_text(json.dumps({**tuned, "solver": "dpm_solver_v3"}))
     (root / "digits" / "notes.json").write_text("{\"not\": \"a schedule\"}")
     (root / "outside.json").write_text(json.dumps(tuned))  # beside the runs: never readable
     ck = root / "digits" / (root / "digits" / "latest").read_text().strip()

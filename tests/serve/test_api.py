@@ -53,7 +53,7 @@ def test_the_listing_has_the_runs_and_the_exact_mixtures(client):
     assert set(runs) == {"digits", "toy", "noguide", "exact-gmm", "exact-mixture"}
     assert runs["digits"]["kind"] == "image" and runs["digits"]["class_cond"]
     assert runs["toy"]["kind"] == "toy" and runs["toy"]["has_mixture"]
-    assert runs["digits"]["schedule_files"] == ["tuned.json"]  # not notes.json, not config.json
+    assert runs["digits"]["schedule_files"] == ["tuned.json", "tuned_v3.json"]  # not notes.json
     assert client.get("/api/runs/toy").json()["T"] == 80.0
 
 
@@ -117,6 +117,12 @@ def test_dpm_solver_v3_takes_the_statistics_in_the_checkpoint_folder(client):
                                               schedule="ays", n=2))
     assert job["status"] == "done", job["error"]
     assert job["result"]["solver"] == "dpm_solver_v3" and job["result"]["nfe"] == 5
+    job = run_job(client, "/api/sample", dict(run="digits", schedule="file:tuned_v3.json", n=2))
+    assert job["status"] == "done", job["error"]  # a tuned v3 schedule naming no statistics
+    assert job["result"]["solver"] == "dpm_solver_v3"
+    job = run_job(client, "/api/inpaint", dict(run="digits", image=2, mask=MASK, method="replace",
+                                               solver="dpm_solver_v3", steps=4, samples=2))
+    assert job["status"] == "done", job["error"]
     refused(client.post("/api/sample", json=dict(run="noguide", solver="dpm_solver_v3")), 400,
             "sdeflow ems", "noguide")
     refused(client.post("/api/explore", json=dict(run="exact-gmm", solvers=["dpm_solver_v3"])),

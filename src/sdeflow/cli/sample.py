@@ -344,8 +344,9 @@ def cmd_ems(a) -> int:
 
 def _condition(a) -> str | None:
     """The conditioning options of ``a`` in words (None: unconditional)."""
+    guidance = a.guidance or None  # 0: no guidance, as guided_model takes it
     parts = [f"{k}={v}" for k, v in (("class", a.class_label), ("prompt", a.prompt),
-                                       ("guidance", a.guidance), ("classifier", a.classifier))
+                                       ("guidance", guidance), ("classifier", a.classifier))
              if v is not None]
     return " ".join(parts) or None
 

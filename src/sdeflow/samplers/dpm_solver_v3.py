@@ -32,6 +32,7 @@ one step is exact up to the quadrature (tests/samplers/test_dpm_solver_v3.py).
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from .ems import ModelStatistics, same_weights, weights_fingerprint
 from .exponential import step_order
 from .registry import Context, register_solver
 
-__all__ = ["dpm_solver_v3", "v3_coefficients", "V3Step"]
+__all__ = ["dpm_solver_v3", "v3_coefficients", "V3Step", "clear_cache"]
 
 _DELTA = 0.005  # widest quadrature sub-interval in λ
 _CHUNK = 1 << 22  # float64 numbers per quadrature tensor (32 MiB): dimensions per chunk
@@ -136,16 +137,14 @@ def v3_coefficients(sde, stats: ModelStatistics, ts: Tensor, order: int = 3,
     working memory stays near ``_CHUNK`` float64 numbers per tensor whatever the sample
     size."""
     t64 = ts.to(device=device or "cpu", dtype=torch.float64)
-    stats = stats.to(t64.device)
     lam = sde.log_snr(t64)
     subs = max(max(8, math.ceil(float(h) / _DELTA)) for h in (lam[1:] - lam[:-1]).detach()) + 1
     dims = math.prod(stats.shape)
     size = max(1, _CHUNK // subs)
     if dims <= size:
-        return _coefficients(sde, stats, t64, order, corrector, lower_order_final)
-    flat = [v.reshape(len(stats.lam), -1) for v in (stats.l, stats.s, stats.b)]
-    parts = [_coefficients(sde, ModelStatistics(stats.lam, *(v[:, k:k + size] for v in flat)),
-                           t64, order, corrector, lower_order_final)
+        return _coefficients(sde, stats.to(t64.device), t64, order, corrector, lower_order_final)
+    src = stats.to(t64.device)  # one transfer (the statistics are small beside the model)
+    parts = [_coefficients(sde, src.dims(k, k + size), t64, order, corrector, lower_order_final)
              for k in range(0, dims, size)]
 
     def join(vs):
@@ -183,19 +182,29 @@ def _coefficients(sde, stats: ModelStatistics, t64: Tensor, order: int, correcto
 
 
 _CACHE: OrderedDict = OrderedDict()  # the last few statistics files read and updates computed
+_CACHE_LOCK = threading.Lock()  # sdeflow serve samples from several threads
 
 
 def _cached(key, make):
     """``make()``, remembered under ``key`` for the next calls (the last 4 keys are kept):
     sampling in batches reads the same file and builds the same updates again and again."""
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key][1]
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key][1]
     value = make()
-    _CACHE[key] = value
-    while len(_CACHE) > 4:
-        _CACHE.popitem(last=False)
+    with _CACHE_LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > 4:
+            _CACHE.popitem(last=False)
     return value[1]
+
+
+def clear_cache() -> None:
+    """Forget the statistics files read and the updates built (they hold memory, on the GPU
+    too, until four newer ones replace them)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 def _statistics(statistics) -> ModelStatistics:
@@ -262,8 +271,10 @@ def _updates(sde, stats: ModelStatistics, ts: Tensor, order: int, corrector: boo
     dev = device if device.type == "cuda" else torch.device("cpu")
     if ts.requires_grad:
         return v3_coefficients(sde, stats, ts, order, corrector, lower_order_final, dev)
-    key = ("updates", id(stats), tuple(ts.detach().cpu().double().tolist()), order, corrector,
-           lower_order_final, str(dev), repr(sde.config()))
+    # the tensors' addresses and versions: statistics changed in place or reassigned are new
+    tensors = tuple((t.data_ptr(), t._version) for t in (stats.lam, stats.l, stats.s, stats.b))
+    key = ("updates", id(stats), tensors, tuple(ts.detach().cpu().double().tolist()), order,
+           corrector, lower_order_final, str(dev), repr(sde.config()))
     # the entry holds ``stats`` itself, so its id cannot be reused while it is remembered
     return _cached(key, lambda: (stats, v3_coefficients(sde, stats, ts, order, corrector,
                                                         lower_order_final, dev)))

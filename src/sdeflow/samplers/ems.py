@@ -26,6 +26,7 @@ import copy
 import json
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,21 @@ class ModelStatistics:
     def to(self, device) -> "ModelStatistics":
         """A copy with the tensors on ``device``, to compute with there (the dataclass itself
         keeps them on the CPU)."""
+        return self._with(*(getattr(self, k).to(device) for k in ("l", "s", "b")),
+                          lam=self.lam.to(device))
+
+    def dims(self, start: int, stop: int) -> "ModelStatistics":
+        """The statistics of the flattened dimensions ``start:stop`` (shape (stop − start,))."""
+        k = len(self.lam)
+        return self._with(*(getattr(self, n).reshape(k, -1)[:, start:stop].contiguous()
+                            for n in ("l", "s", "b")))
+
+    def _with(self, l: Tensor, s: Tensor, b: Tensor, lam: Tensor | None = None):
+        """A copy with other tensors, not validated or moved (they come from this one)."""
         out = copy.copy(self)
-        for name in ("lam", "l", "s", "b"):
-            setattr(out, name, getattr(self, name).to(device))
+        out.l, out.s, out.b = l, s, b
+        if lam is not None:
+            out.lam = lam
         return out
 
     @property
@@ -146,6 +159,8 @@ class ModelStatistics:
             raise CheckpointError(path, str(e)) from None
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 #: the statistics' file in a checkpoint folder, where ``sdeflow ems`` writes them by default and
 #: where sampling with ``dpm_solver_v3`` looks when no statistics are given
 STATISTICS_FILE = "ems.safetensors"
@@ -175,9 +190,10 @@ def with_default_statistics(solver: str, opts: dict, checkpoint) -> dict:
 
 def weights_fingerprint(model) -> list | None:
     """[number of weights, Σw, Σw², Σ|w|] over the parameters and floating buffers of
-    ``model`` (float64 sums): the same weights on any device, or cast to float32, agree to
-    far better than :func:`same_weights`' 1e-6; another checkpoint's differ by more; None for
-    a model without parameters."""
+    ``model`` (float64 sums, one device sync): the same weights on any device, or cast to
+    float32, float16 or bfloat16, agree to within :func:`same_weights`' 1e-4; another
+    checkpoint's differ by more; None for a model without parameters. Remembered per model
+    until a weight changes (the sampler asks on every call)."""
     params = getattr(model, "parameters", None)
     if params is None:
         return None
@@ -185,10 +201,20 @@ def weights_fingerprint(model) -> list | None:
                             if b.is_floating_point())]
     if not tensors:
         return None
+    versions = tuple((w.data_ptr(), w._version) for w in tensors)
+    known = _FINGERPRINTS.get(model)
+    if known is not None and known[0] == versions:
+        return known[1]
     with torch.no_grad():
         sums = torch.stack([torch.stack([w.double().sum(), w.double().square().sum(),
-                                         w.double().abs().sum()]).cpu() for w in tensors]).sum(0)
-    return [float(sum(w.numel() for w in tensors)), *map(float, sums)]
+                                         w.double().abs().sum()]).to(tensors[0].device)
+                            for w in tensors]).sum(0).cpu()
+    out = [float(sum(w.numel() for w in tensors)), *map(float, sums)]
+    try:
+        _FINGERPRINTS[model] = (versions, out)
+    except TypeError:  # not weak-referenceable: computed each time
+        pass
+    return out
 
 
 def same_weights(a: list | None, b: list | None) -> bool:
@@ -196,7 +222,7 @@ def same_weights(a: list | None, b: list | None) -> bool:
     if a is None or b is None:
         return True
     scale = max(abs(a[-1]), abs(b[-1]), 1e-30)  # Σ|w|: Σw may cancel to near 0
-    return len(a) == len(b) and all(abs(x - y) <= 1e-6 * max(abs(x), abs(y), scale)
+    return len(a) == len(b) and all(abs(x - y) <= 1e-4 * max(abs(x), abs(y), scale)
                                     for x, y in zip(a, b))
 
 

@@ -83,10 +83,12 @@ def _rows(run: Run, model, x_T, e: Explore, job) -> tuple[list, dict, dict]:
     exact_end = ref_path[-1]
     data = _forward(run, model.sde, model.sde.t_min, len(x_T), torch.Generator()
                     .manual_seed(e.seed + 1))[0]
+    from ..samplers.ems import with_default_statistics
     rows, paths = [], {}
     for solver in e.solvers:
         info = get_solver(solver)
-        path, ts, st = _solve(model, x_T, solver, None if info.adaptive else e.steps, e.seed, job)
+        path, ts, st = _solve(model, x_T, solver, None if info.adaptive else e.steps, e.seed, job,
+                              **with_default_statistics(solver, {}, run.path))
         end = path[-1]
         err = (end - exact_end).pow(2).sum(1).mean().sqrt().item() if info.kind == "ode" else None
         rows.append(dict(solver=solver, kind=info.kind, steps=st["steps"], nfe=st["nfe"],

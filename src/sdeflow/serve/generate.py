@@ -146,10 +146,11 @@ def _count_nfe(model, job):
     return net.register_forward_pre_hook(lambda *_: job.progress())
 
 
-def _fill(model, y, mask, f: Fill, job, cond):
-    """(completions, stats) of replacement, RePaint or colorization."""
+def _fill(model, y, mask, f: Fill, job, cond, statistics: dict):
+    """(completions, stats) of replacement, RePaint or colorization (``statistics``: the
+    run's DPM-Solver-v3 statistics option, when that solver is asked for)."""
     from ..inpainting import colorize, grey, inpaint, repaint
-    opts = dict(seed=f.seed, steps=f.steps, return_stats=True, cond=cond)
+    opts = dict(seed=f.seed, steps=f.steps, return_stats=True, cond=cond, **statistics)
     if f.method == "colorize":
         return colorize(model, grey(y), method="replace", solver=f.solver or "pc",
                         callback=job.callback, **opts)
@@ -178,13 +179,15 @@ def _fill_cond(run: Run, f: Fill) -> dict:
 def inpaint_work(run: Run, x: torch.Tensor, mask: torch.Tensor | None, f: Fill):
     """The job filling in image ``x`` (C, H, W) where ``mask`` is 0, ``f.samples`` times."""
     from ..inpainting import grey
+    from ..samplers.ems import with_default_statistics
 
     def work(job):
         model = run.model()
         y = x[None].repeat(f.samples, 1, 1, 1)
         cond = _fill_cond(run, f)
         with torch.no_grad():
-            out, st = _fill(model, y, mask, f, job, cond)
+            out, st = _fill(model, y, mask, f, job, cond,
+                            with_default_statistics(f.solver, {}, run.path))
         if f.method == "colorize":
             before = grey(x[None]).expand(-1, 3, -1, -1)
         else:
