@@ -12,7 +12,9 @@ Ours: ``auto`` and the named solvers on the new schedules (iPNDM on gits/ays/kar
 trailing forms ays/karras/logsnr_trailing, UniPC(3) on vp_trailing, PNDM on gits). diffusers
 (:func:`solvers.run_diffusers`): EDM-DPM-Solver++ (orders 2, 3) on Karras σ, DPM-Solver++
 2M/3M, UniPC (orders 2, 3) and DEIS(3) on 1000 discrete VP levels log-uniform in σ̃ over the
-model's range, each ending with σ = 0 (its last model output is the answer). Named-schedule rows
+model's range, each ending with σ = 0 (its last model output is the answer); k-diffusion's
+DPM-Solver++(2M), LMS, Heun (Karras σ) and DPM-fast/adaptive when its sampling module imports
+(:func:`solvers.run_k_diffusion`). Named-schedule rows
 of the older solvers are in docs/digits_nfe_results.jsonl. DPM-Solver-v3 rows (on ays,
 ays_trailing, karras, logsnr_trailing) when `sdeflow ems RUN` has written the run's statistics.
 """
@@ -60,7 +62,7 @@ def body(emit, a):
     from sdeflow.samplers.ems import with_default_statistics
     v3 = with_default_statistics("dpm_solver_v3", {}, a.run)
     rows = OURS + [(lbl, s, {**o, **v3}, e) for lbl, s, o, e in V3] if v3 else OURS
-    for nfe in a.budgets:
+    for nfe in [] if a.anchors_only else a.budgets:
         for label, solver, opts, extra in rows:
             steps = nfe if solver == "auto" else nfe - extra
             with torch.no_grad():
@@ -69,9 +71,16 @@ def body(emit, a):
             emit(dict(impl="sdeflow", solver=label, config=f"{st['solver']}/{st['schedule']}",
                       budget=nfe, nfe=st["nfe"], **score(x)))
     import solvers
+    from anchors import k_diffusion_sampling
     solvers.NFES[:] = a.budgets
-    run_diffusers(lambda r: emit({**r, "budget": r.get("nfe")}), "digits", None, sde, x_T, score,
-                  model=model)
+
+    def anchor(row):
+        emit({**row, "budget": row.get("nfe")})
+    if a.anchors_only != "k-diffusion":
+        run_diffusers(anchor, "digits", None, sde, x_T, score, model=model)
+    kd = k_diffusion_sampling()
+    if kd is not None and a.anchors_only != "diffusers":
+        solvers.run_k_diffusion(anchor, kd, "digits", None, sde, x_T, score, model=model)
 
 
 def markdown(rows):
@@ -81,8 +90,8 @@ def markdown(rows):
     out = ["| impl | solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
            "|---|---|" + "---:|" * len(budgets)]
     for key in dict.fromkeys((r["impl"], r["solver"]) for r in rows if key_ in r):
-        cells = [fmt.format(r[key_]) for b in budgets for r in rows
-                 if (r["impl"], r["solver"]) == key and r.get("budget") == b and key_ in r]
+        cells = [next((fmt.format(r[key_]) for r in rows if (r["impl"], r["solver"]) == key
+                       and r.get("budget") == b and key_ in r), "–") for b in budgets]
         out.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -94,6 +103,8 @@ def extra(ap):
                     help="FDD of the samples, or RMS error against the network's own PF-ODE "
                          "solution from the same noise (RK45 at 1e-6)")
     ap.add_argument("-n", type=int, default=1437, help="prior draws")
+    ap.add_argument("--anchors-only", choices=["all", "diffusers", "k-diffusion"], default=None,
+                    help="only the anchors' rows (all, or one library's)")
 
 
 if __name__ == "__main__":

@@ -197,7 +197,9 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
                       if "dpm_solver_v3" in bases else {})
 
 
-def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
+def run_k_diffusion(emit, kd, name, gm, sde, x_T, err, model=None):
+    """k-diffusion's samplers driven by the exact denoiser of ``gm`` — or by ``model`` (any
+    Denoiser, e.g. a trained U-Net) when given — on the problem's own noise range."""
     s_T = sde.s(torch.tensor(sde.T, dtype=torch.float64))
     nu_min = float(sde.noise_level(torch.tensor(sde.t_min, dtype=torch.float64)))
     nu_max = float(sde.noise_level(torch.tensor(sde.T, dtype=torch.float64)))
@@ -205,8 +207,12 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
 
     def denoiser(xt, nu):
         calls[0] += 1
-        t = sde.t_from_noise_level(nu.clamp(nu_min, nu_max))
-        return gm.x0(sde.s(t)[:, None] * xt, sde.s(t), sde.sigma(t))
+        t = sde.t_from_noise_level(nu.to(torch.float64).clamp(nu_min, nu_max))
+        s = sde.s(t).view(-1, *[1] * (xt.ndim - 1))
+        if model is not None:
+            with torch.no_grad():
+                return model.x0((s * xt).to(x_T.dtype), t.to(x_T.dtype)).to(xt.dtype)
+        return gm.x0(s * xt, sde.s(t), sde.sigma(t))
     xt_T = x_T / s_T
 
     def anchor(label, fn, *args, **kw):
@@ -216,10 +222,10 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err):
         emit(dict(problem=name, impl="k-diffusion", solver=label, nfe=calls[0], **err(x),
                   seconds=time.perf_counter() - start))
     for nfe in NFES:
-        sig = kd.get_sigmas_karras(nfe, nu_min, nu_max, device="cpu").to(torch.float64)
+        sig = kd.get_sigmas_karras(nfe, nu_min, nu_max, device="cpu").to(x_T.dtype)
         anchor("dpmpp_2m", kd.sample_dpmpp_2m, sig)
         anchor("lms", kd.sample_lms, sig)
-        sig_h = kd.get_sigmas_karras((nfe + 1) // 2, nu_min, nu_max, device="cpu").to(torch.float64)
+        sig_h = kd.get_sigmas_karras((nfe + 1) // 2, nu_min, nu_max, device="cpu").to(x_T.dtype)
         anchor("heun", kd.sample_heun, sig_h)
         anchor("dpm_fast", kd.sample_dpm_fast, nu_min, nu_max, nfe)
     for tol in (0.2, 0.1, 0.05, 0.02, 0.01):
