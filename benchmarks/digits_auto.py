@@ -6,7 +6,11 @@ FDD (digits metric, noise floor ≈ 1.18) at 5/10/20 NFE from the same 1437 prio
 
 ``--metric rmse``: instead of FDD, the RMS error against the network's own PF-ODE solution
 from the same noise (RK45 at 1e-6) — the solver's accuracy on a trained network, which FDD
-near its noise floor cannot separate at 10–20 NFE.
+near its noise floor cannot separate at 10–20 NFE. ``--sweep``: every one-call solver of ours
+× every schedule (and ``auto``) instead of the rows below, e.g.
+
+    python benchmarks/digits_auto.py --run runs/digits --metric rmse -n 512 --budgets 5 20 \
+        --sweep --no-anchors --out docs/digits_sweep_results.jsonl
 
 Ours: ``auto`` and the named solvers on the new schedules (iPNDM on gits/ays/karras and on the
 trailing forms ays/karras/logsnr_trailing, UniPC(3) on vp_trailing, PNDM on gits). diffusers
@@ -40,6 +44,24 @@ OURS = [("auto", "auto", {}, 0), ("ipndm/gits", "ipndm", dict(schedule="gits"), 
 # skipped when there are none)
 V3 = [(f"dpm_solver_v3/{g}", "dpm_solver_v3", dict(schedule=g), 1)
       for g in ("ays", "ays_trailing", "karras", "logsnr_trailing")]
+# --sweep: every one-call solver (PNDM: its PLMS start costs one more) × every schedule
+SWEEP_SOLVERS = [("ddim", {}, 1), ("deis", {}, 1), ("dpmpp_2m", {}, 1), ("dpmpp_3m", {}, 1),
+                 ("unipc", {}, 1), ("unipc(3)", dict(order=3), 1), ("ipndm", {}, 1),
+                 ("pndm(plms)", dict(warm_start="plms"), 2), ("dpm_solver_v3", {}, 1)]
+SWEEP_SCHEDULES = ["ays", "ays_trailing", "edm", "gits", "gits_trailing", "karras",
+                   "karras_trailing", "logsnr", "logsnr_trailing", "uniform", "vp_trailing",
+                   "vp_uniform"]
+
+
+def _rows(a, v3: dict) -> list:
+    """(label, solver, options, calls beyond one per step) of the rows of ours to run."""
+    if a.sweep:
+        return [("auto", "auto", {}, 0)] + [
+            (f"{label}/{g}", label.split("(")[0], {**o, "schedule": g,
+                                                   **(v3 if label == "dpm_solver_v3" else {})}, e)
+            for label, o, e in SWEEP_SOLVERS for g in SWEEP_SCHEDULES
+            if label != "dpm_solver_v3" or v3]
+    return OURS + [(lbl, s, {**o, **v3}, e) for lbl, s, o, e in V3] if v3 else OURS
 
 
 def body(emit, a):
@@ -61,7 +83,7 @@ def body(emit, a):
             return dict(rmse=(x.to(ref) - ref).pow(2).mean().sqrt().item())
     from sdeflow.samplers.ems import with_default_statistics
     v3 = with_default_statistics("dpm_solver_v3", {}, a.run)
-    rows = OURS + [(lbl, s, {**o, **v3}, e) for lbl, s, o, e in V3] if v3 else OURS
+    rows = _rows(a, v3)
     for nfe in [] if a.anchors_only else a.budgets:
         for label, solver, opts, extra in rows:
             steps = nfe if solver == "auto" else nfe - extra
@@ -76,6 +98,8 @@ def body(emit, a):
 
     def anchor(row):
         emit({**row, "budget": row.get("nfe")})
+    if a.no_anchors:
+        return
     if a.anchors_only != "k-diffusion":
         run_diffusers(anchor, "digits", None, sde, x_T, score, model=model)
     kd = k_diffusion_sampling()
@@ -103,6 +127,9 @@ def extra(ap):
                     help="FDD of the samples, or RMS error against the network's own PF-ODE "
                          "solution from the same noise (RK45 at 1e-6)")
     ap.add_argument("-n", type=int, default=1437, help="prior draws")
+    ap.add_argument("--sweep", action="store_true",
+                    help="every one-call solver of ours × every schedule instead of the rows above")
+    ap.add_argument("--no-anchors", action="store_true", help="only our rows")
     ap.add_argument("--anchors-only", choices=["all", "diffusers", "k-diffusion"], default=None,
                     help="only the anchors' rows (all, or one library's)")
 

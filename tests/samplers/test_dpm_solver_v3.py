@@ -388,14 +388,15 @@ def test_statistics_of_other_conditioning_warn(tmp_path, mixture2d):
     import argparse
     import warnings
 
-    from sdeflow.cli.sample import _check_condition
+    from sdeflow.cli.sample import _check_condition, _condition
     st = estimate_statistics(mixture2d.denoiser(sdeflow.VPSDE()), (2,), n=16, points=5,
                              condition="class=3 guidance=2.0")
     path = str(st.save(tmp_path / "ems.safetensors"))
     grid = dict(solver="dpm_solver_v3", statistics=path)
 
     def args(label, w):
-        return argparse.Namespace(class_label=label, prompt=None, guidance=w, classifier=None)
+        return _condition(argparse.Namespace(class_label=label, prompt=None, guidance=w,
+                                             classifier=None))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _check_condition(grid, args(3, 2.0))

@@ -53,7 +53,7 @@ def cmd_sample(a) -> int:
                          f"{'sr' if task == 'sr' else 'colorize'}`")
     model, cond = guided_model(a, model, cfg, a.num, dev)
     grid = grid_args(a, model)
-    _check_condition(grid, a)
+    _check_condition(grid, _condition(a))
     with torch.no_grad():
         x, stats = sample(model, shape=(a.num, *cfg.shape), seed=a.seed,
                           device=dev, cond=cond, progress=True, return_stats=True, **grid)
@@ -110,6 +110,7 @@ def cmd_evaluate(a) -> int:
     labels = torch.arange(a.num) % cfg.num_classes if getattr(cfg, "class_cond", False) else None
     cond, text_labels = _test_captions(cfg, a.num, a.seed)
     grid = grid_args(a, model)
+    _check_condition(grid, None)  # every class in turn, or the test captions: no one condition
     x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
                          cond=cond, progress=True, **grid)
     labels = text_labels if text_labels is not None else labels
@@ -351,17 +352,17 @@ def _condition(a) -> str | None:
     return " ".join(parts) or None
 
 
-def _check_condition(grid: dict, a) -> None:
+def _check_condition(grid: dict, condition: str | None) -> None:
     """Warn when DPM-Solver-v3's statistics file was estimated under other conditioning
-    options than this sampling run's."""
+    options than ``condition`` (:func:`_condition` of the sampling run)."""
     from ..samplers.ems import ModelStatistics
     path = grid.get("statistics")
     if grid.get("solver") != "dpm_solver_v3" or not isinstance(path, str):
         return
     was = ModelStatistics.load(path).condition
-    if was != _condition(a):
+    if was != condition:
         import warnings
         warnings.warn(f"{path} was estimated for {was or 'unconditional sampling'}, this run is "
-                      f"{_condition(a) or 'unconditional'}: DPM-Solver-v3 loses accuracy; run "
+                      f"{condition or 'unconditional'}: DPM-Solver-v3 loses accuracy; run "
                       f"`sdeflow ems` with the same --class/--prompt/--guidance (and --out)",
                       stacklevel=2)
