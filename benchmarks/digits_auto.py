@@ -65,6 +65,8 @@ def _rows(a, v3: dict) -> list:
 
 
 def body(emit, a):
+    if a.no_anchors and a.anchors_only or a.sweep and a.anchors_only:
+        raise SystemExit("--anchors-only runs no rows of ours: not with --no-anchors or --sweep")
     model, cfg = sdeflow.load(a.run)
     sde = model.sde
     x_T = sde.prior_sample((a.n, *cfg.shape), generator=torch.Generator().manual_seed(0))
@@ -103,6 +105,9 @@ def body(emit, a):
     if a.anchors_only != "k-diffusion":
         run_diffusers(anchor, "digits", None, sde, x_T, score, model=model)
     kd = k_diffusion_sampling()
+    if kd is None and a.anchors_only == "k-diffusion":
+        raise SystemExit("--anchors-only k-diffusion: its sampling module is not importable "
+                         "(pip install --no-deps k-diffusion)")
     if kd is not None and a.anchors_only != "diffusers":
         solvers.run_k_diffusion(anchor, kd, "digits", None, sde, x_T, score, model=model)
 

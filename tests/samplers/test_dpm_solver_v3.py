@@ -274,6 +274,32 @@ def test_statistics_files_and_updates_are_remembered_across_calls(tmp_path, mixt
     assert len(builds) == n + 4
 
 
+def test_inference_mode_and_unhashable_models_are_not_remembered(tmp_path):
+    """Statistics and a network made under torch.inference_mode have no version counters:
+    v3 samples with them, building its updates each time; a model object that cannot be
+    hashed still gets a fingerprint."""
+    from sdeflow.samplers import dpm_solver_v3 as v3
+    sde = sdeflow.VPSDE()
+    path = estimate_statistics(sdeflow.Denoiser(_Net(0), sde), (2,), n=16, points=5).save(
+        tmp_path / "ems.safetensors")
+    x_T = sde.prior_sample((4, 2), generator=gen(0), dtype=torch.float64)
+    v3.clear_cache()
+    with torch.inference_mode():
+        model = sdeflow.Denoiser(_Net(0), sde)
+        st = ModelStatistics.load(path)
+        runs = [sdeflow.sample(model, x_T, solver="dpm_solver_v3", steps=3, statistics=st)
+                for _ in range(2)]
+    torch.testing.assert_close(runs[0], runs[1])
+    assert not v3._CACHE  # nothing remembered
+
+    class Unhashable:
+        __hash__ = None
+
+        def parameters(self):
+            return [torch.ones(3), -torch.ones(2)]
+    assert weights_fingerprint(Unhashable()) == [5.0, 1.0, 5.0, 5.0]
+
+
 def test_statistics_of_other_weights_warn():
     """Statistics record the weights' fingerprint: the same network (also in float32) samples
     silently, a network with other weights gets a warning naming the fix."""
@@ -410,3 +436,6 @@ def test_statistics_of_other_conditioning_warn(tmp_path, mixture2d):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _check_condition(grid, args(3, 0.0))
+    # ... but with a classifier, guidance 0 is a scale (no --guidance means 1)
+    assert "guidance=0.0" in _condition(argparse.Namespace(class_label=3, prompt=None,
+                                                           guidance=0.0, classifier="clf"))

@@ -345,7 +345,8 @@ def cmd_ems(a) -> int:
 
 def _condition(a) -> str | None:
     """The conditioning options of ``a`` in words (None: unconditional)."""
-    guidance = a.guidance or None  # 0: no guidance, as guided_model takes it
+    # 0: no guidance, as guided_model takes it (with a classifier, 0 is a scale: None is 1)
+    guidance = a.guidance if a.classifier else a.guidance or None
     parts = [f"{k}={v}" for k, v in (("class", a.class_label), ("prompt", a.prompt),
                                        ("guidance", guidance), ("classifier", a.classifier))
              if v is not None]

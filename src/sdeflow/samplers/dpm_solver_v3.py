@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .ems import ModelStatistics, same_weights, weights_fingerprint
+from .ems import ModelStatistics, same_weights, tensor_versions, weights_fingerprint
 from .exponential import step_order
 from .registry import Context, register_solver
 
@@ -269,15 +269,17 @@ def _updates(sde, stats: ModelStatistics, ts: Tensor, order: int, corrector: boo
     remembered for the next call with the same statistics and grid (not while ``ts`` needs
     gradients: tuning)."""
     dev = device if device.type == "cuda" else torch.device("cpu")
-    if ts.requires_grad:
-        return v3_coefficients(sde, stats, ts, order, corrector, lower_order_final, dev)
+    held = (stats, stats.lam, stats.l, stats.s, stats.b)
     # the tensors' addresses and versions: statistics changed in place or reassigned are new
-    tensors = tuple((t.data_ptr(), t._version) for t in (stats.lam, stats.l, stats.s, stats.b))
-    key = ("updates", id(stats), tensors, tuple(ts.detach().cpu().double().tolist()), order,
+    versions = tensor_versions(held[1:])
+    if ts.requires_grad or versions is None:
+        return v3_coefficients(sde, stats, ts, order, corrector, lower_order_final, dev)
+    key = ("updates", id(stats), versions, tuple(ts.detach().cpu().double().tolist()), order,
            corrector, lower_order_final, str(dev), repr(sde.config()))
-    # the entry holds ``stats`` itself, so its id cannot be reused while it is remembered
-    return _cached(key, lambda: (stats, v3_coefficients(sde, stats, ts, order, corrector,
-                                                        lower_order_final, dev)))
+    # the entry holds ``stats`` and its tensors, so neither id nor addresses can be reused
+    # while it is remembered
+    return _cached(key, lambda: (held, v3_coefficients(sde, stats, ts, order, corrector,
+                                                       lower_order_final, dev)))
 
 
 def _to(v, x: Tensor):

@@ -36,7 +36,7 @@ from torch import Tensor
 from ..sde import bcast
 
 __all__ = ["ModelStatistics", "estimate_statistics", "weights_fingerprint", "same_weights",
-           "statistics_path", "with_default_statistics", "STATISTICS_FILE"]
+           "tensor_versions", "statistics_path", "with_default_statistics", "STATISTICS_FILE"]
 
 _RIDGE = 1e-4
 
@@ -201,8 +201,11 @@ def weights_fingerprint(model) -> list | None:
                             if b.is_floating_point())]
     if not tensors:
         return None
-    versions = tuple((w.data_ptr(), w._version) for w in tensors)
-    known = _FINGERPRINTS.get(model)
+    versions = tensor_versions(tensors)
+    try:
+        known = _FINGERPRINTS.get(model) if versions is not None else None
+    except TypeError:  # not weak-referenceable or not hashable: computed each time
+        known = versions = None
     if known is not None and known[0] == versions:
         return known[1]
     with torch.no_grad():
@@ -210,11 +213,18 @@ def weights_fingerprint(model) -> list | None:
                                          w.double().abs().sum()]).to(tensors[0].device)
                             for w in tensors]).sum(0).cpu()
     out = [float(sum(w.numel() for w in tensors)), *map(float, sums)]
-    try:
+    if versions is not None:
         _FINGERPRINTS[model] = (versions, out)
-    except TypeError:  # not weak-referenceable: computed each time
-        pass
     return out
+
+
+def tensor_versions(tensors) -> tuple | None:
+    """(address, version counter) of each tensor — what changes when one is written in place or
+    replaced — or None when one has no version counter (made under ``torch.inference_mode``):
+    then nothing derived from them may be remembered."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def same_weights(a: list | None, b: list | None) -> bool:
