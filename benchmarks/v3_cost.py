@@ -3,10 +3,10 @@ and its per-grid coefficients cost at image sizes?
 
 * ``agreement``: the 64-D benchmark mixtures (``gmm64-edm``, ``gmm64-vp`` of
   ``benchmarks/solvers.py``, exact denoiser). Statistics are estimated (1024 trajectories, 200
-  log-SNRs, seed 1000) on the CPU in float64 and on ``--device`` in float64 and float32. v3 (order 3 with
-  the corrector, ``ays`` grid) then samples 4096 draws at 6/11/21 NFE with each. Error: RMS
-  against a 1024-step RK4 reference in float64, the draws that ended in another component than
-  the reference's, and the RMS over the rest. The device rows (float64, then float32) should
+  log-SNRs, seed 1000) on the CPU in float64 and on ``--device`` in float64 and float32. v3
+  (order 3 with the corrector, ``ays`` grid) then samples 4096 draws at 6/11/21 NFE with each.
+  Error: RMS against a 1024-step RK4 reference in float64, the draws that ended in another
+  component than the reference's, and the RMS over the rest. The device rows (float64, then float32) should
   match the CPU rows up to the noise of the statistics and the crossings of a few draws.
 * ``unet``: randomly initialised EDM U-Nets at 3×32×32 (DDPM++ size) and 3×64×64, timing only:
   ``estimate_statistics`` on 256 draws × 20 log-SNRs (scaled ×40 to the default 1024 × 200);

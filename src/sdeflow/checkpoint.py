@@ -27,8 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = ["CheckpointError", "save_checkpoint", "resolve_checkpoint", "read_checkpoint",
-           "read_config", "read_weights", "read_state", "load_weights", "write_text_atomic",
-           "check_safetensors"]
+           "read_config", "read_weights", "read_state", "load_weights", "write_atomic",
+           "write_text_atomic", "check_safetensors"]
 
 
 class CheckpointError(ValueError):
@@ -40,14 +40,25 @@ class CheckpointError(ValueError):
         self.path = Path(path)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, write) -> Path:
+    """Create ``path`` whole or not at all: ``write(tmp)`` writes a temporary file beside it,
+    which then replaces ``path`` (removed if ``write`` fails)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _contiguous(sd: dict) -> dict:

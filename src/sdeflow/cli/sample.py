@@ -318,8 +318,9 @@ def cmd_ems(a) -> int:
     --solver dpm_solver_v3 --steps N --schedule ays`, or tune the solver's grid with `sdeflow
     tune-steps CKPT --solver dpm_solver_v3` (both find them in the checkpoint folder; statistics
     written elsewhere are given by --solver-opts '{"statistics": "OUT"}'). The conditioning
-    options (--class, --prompt, --guidance) estimate them for the model sampled that way; the file records them, and the weights' fingerprint (v3 warns when it is used
-    with other weights).
+    options (--class, --prompt, --guidance) estimate them for the model sampled that way. The
+    file records them and the weights' fingerprint (v3 warns when it is used with other
+    weights).
     """
     from ..samplers.ems import estimate_statistics, statistics_path
     if a.num < 2 or a.points < 3 or a.batch < 1:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,19 +118,14 @@ class ModelStatistics:
     def save(self, path) -> Path:
         """Write a safetensors file atomically."""
         from safetensors.torch import save_file
+
+        from ..checkpoint import write_atomic
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        try:
-            meta = {k: json.dumps(getattr(self, k)) for k in ("sde", "model", "condition")}
-            save_file({k: getattr(self, k).detach().contiguous().cpu() for k in ("lam", "l", "s", "b")},
-                      tmp, metadata={"format": "sdeflow-ems", **meta})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        meta = {k: json.dumps(getattr(self, k)) for k in ("sde", "model", "condition")}
+        tensors = {k: getattr(self, k).detach().contiguous().cpu() for k in ("lam", "l", "s", "b")}
+        return write_atomic(path, lambda tmp: save_file(
+            tensors, tmp, metadata={"format": "sdeflow-ems", **meta}))
 
     @classmethod
     def load(cls, path) -> "ModelStatistics":
@@ -280,7 +273,8 @@ def _along_trajectories(model, x: Tensor, ts: Tensor, probes: Tensor, cond: dict
         if k + 1 < len(ts):
             h = lam[k + 1] - lam[k]
             d_m = m if m_prev is None else m + 0.5 * h / h_prev * (m - m_prev)
-            x = sde.sigma(ts[k + 1]) / sde.sigma(ts[k]) * x - sde.s(ts[k + 1]) * torch.expm1(-h) * d_m
+            x = (sde.sigma(ts[k + 1]) / sde.sigma(ts[k]) * x
+                 - sde.s(ts[k + 1]) * torch.expm1(-h) * d_m)
             m_prev, h_prev = m, h
 
 
