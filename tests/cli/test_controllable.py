@@ -84,3 +84,22 @@ def test_guided_sampling_from_the_cli(runs, capsys):
     assert main(["sample", r["sr"], "--out", str(out)]) == 2
     assert main(["sr", r["digits"], "--out", str(out)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_inpaint_and_tune_steps_take_the_checkpoint_statistics(runs, tmp_path):
+    """`inpaint --solver dpm_solver_v3` finds the statistics `sdeflow ems` wrote into the
+    checkpoint folder (without them it names what is missing); statistics of one class warn
+    where the run conditions otherwise: inpainting (each image its own class) and tune-steps
+    (unconditional)."""
+    tmp, r = runs
+    v3 = ["--solver", "dpm_solver_v3", "--steps", "3"]
+    assert main(["inpaint", r["digits"], "-n", "2", *v3, "--out", str(tmp_path / "no")]) == 2
+    assert main(["ems", r["digits"], "--num", "8", "--points", "5"]) == 0
+    _, rep = run_image_command(runs, "inpaint", "digits", "inp_v3", "-n", "2", *v3)
+    assert rep["solver"] == "dpm_solver_v3" and rep["known_max_abs_error"] == 0
+    assert main(["ems", r["cond"], "--num", "8", "--points", "5", "--class", "3"]) == 0
+    with pytest.warns(UserWarning, match="class=3, this run is unconditional"):
+        run_image_command(runs, "inpaint", "cond", "inp_v3c", "-n", "2", *v3)
+    with pytest.warns(UserWarning, match="class=3, this run is unconditional"):
+        assert main(["tune-steps", r["cond"], *v3, "--n-calib", "8", "--pool", "16",
+                     "--max-evals", "2", "--out", str(tmp_path / "t.json")]) == 0

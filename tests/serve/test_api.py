@@ -117,12 +117,19 @@ def test_dpm_solver_v3_takes_the_statistics_in_the_checkpoint_folder(client):
                                               schedule="ays", n=2))
     assert job["status"] == "done", job["error"]
     assert job["result"]["solver"] == "dpm_solver_v3" and job["result"]["nfe"] == 5
+    assert "warning" not in job["result"]  # unconditional statistics, all classes in turn
+    # statistics estimated without a class, used for one class with guidance: said in the result
+    job = run_job(client, "/api/sample", dict(run="digits", solver="dpm_solver_v3", steps=4,
+                                              class_label=1, guidance=2.0, n=2))
+    assert job["status"] == "done", job["error"]
+    assert "unconditional sampling, this run is class=1 guidance=2.0" in job["result"]["warning"]
     job = run_job(client, "/api/sample", dict(run="digits", schedule="file:tuned_v3.json", n=2))
     assert job["status"] == "done", job["error"]  # a tuned v3 schedule naming no statistics
     assert job["result"]["solver"] == "dpm_solver_v3"
     job = run_job(client, "/api/inpaint", dict(run="digits", image=2, mask=MASK, method="replace",
                                                solver="dpm_solver_v3", steps=4, samples=2))
     assert job["status"] == "done", job["error"]
+    assert "this run is class=" in job["result"]["warning"]  # the test image's own class
     refused(client.post("/api/sample", json=dict(run="noguide", solver="dpm_solver_v3")), 400,
             "sdeflow ems", "noguide")
     refused(client.post("/api/explore", json=dict(run="exact-gmm", solvers=["dpm_solver_v3"])),

@@ -140,14 +140,29 @@ def _mask(a, size: int) -> torch.Tensor:
     return load_mask(a.mask, size)
 
 
+def _solver_opts(a, solver: str) -> dict:
+    """--solver-opts, with DPM-Solver-v3's statistics defaulting to the checkpoint folder's
+    (`sdeflow ems`), as `sdeflow sample` takes them; a warning when those were estimated for
+    one class or prompt (these commands condition each image on its own label, if any)."""
+    from ..samplers.ems import condition_mismatch, with_default_statistics
+    opts = with_default_statistics(solver, a.solver_opts, a.checkpoint)
+    message = condition_mismatch(solver, opts, None)
+    if message:
+        import warnings
+        warnings.warn(message, stacklevel=2)
+    return opts
+
+
 def _inpaint(a, model, y, mask, cond):
     """(completions, stats) of --method replace or repaint."""
     from ..inpainting import inpaint, repaint
-    opts = dict(seed=a.seed, return_stats=True, cond=cond, progress=True, **a.solver_opts)
+    solver = a.solver or ("pc" if a.method == "replace" else "ancestral")
+    opts = dict(seed=a.seed, return_stats=True, cond=cond, progress=True,
+                **_solver_opts(a, solver))
     with torch.no_grad():
         if a.method == "replace":
-            return inpaint(model, y, mask, solver=a.solver or "pc", steps=a.steps, **opts)
-        return repaint(model, y, mask, solver=a.solver or "ancestral", steps=a.steps or 250,
+            return inpaint(model, y, mask, solver=solver, steps=a.steps, **opts)
+        return repaint(model, y, mask, solver=solver, steps=a.steps or 250,
                        jump_length=a.jump_length, resamplings=a.resamplings, **opts)
 
 
@@ -236,15 +251,16 @@ def _colorize(a, model, cfg, g, dev):
     """(colourings, stats, method name) of a Palette model or score_sde's colorization."""
     from ..inpainting import colorize
     from ..samplers import sample
-    opts = dict(steps=a.steps, seed=a.seed, progress=True, return_stats=True, **a.solver_opts)
+    opts = dict(steps=a.steps, seed=a.seed, progress=True, return_stats=True)
     with torch.no_grad():
         if cfg.task == "colorize":
             out, st = sample(model, shape=(len(g), *cfg.shape), solver=a.solver or "heun",
-                             device=dev, cond={"x_cond": g}, **opts)
+                             device=dev, cond={"x_cond": g}, **opts, **a.solver_opts)
             return out, st, "palette"
         if cfg.task is None:
-            out, st = colorize(model, g, method=a.method, solver=a.solver or
-                               ("pc" if a.method == "replace" else "ancestral"), **opts)
+            solver = a.solver or ("pc" if a.method == "replace" else "ancestral")
+            out, st = colorize(model, g, method=a.method, solver=solver, **opts,
+                               **_solver_opts(a, solver))
             return out, st, f"score_sde {a.method}"
     raise ValueError(f"a model trained for task {cfg.task!r} cannot colorize")
 

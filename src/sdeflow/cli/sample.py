@@ -222,6 +222,7 @@ def cmd_tune_steps(a) -> int:
     a.solver_opts = with_default_statistics(a.solver, a.solver_opts, a.checkpoint)
     if isinstance(a.solver_opts.get("statistics"), str):  # so the file works from anywhere
         a.solver_opts["statistics"] = str(Path(a.solver_opts["statistics"]).resolve())
+    _check_condition(dict(solver=a.solver, **a.solver_opts), None)  # tuning is unconditional
     if a.pool and a.heldout_pool < a.pool:
         raise ValueError(f"--heldout-pool ({a.heldout_pool}) must be at least --pool ({a.pool})")
     sizes = (a.pool or a.n_calib, a.heldout_pool if a.pool > a.n_calib else a.pool or a.n_calib)
@@ -346,25 +347,17 @@ def cmd_ems(a) -> int:
 
 def _condition(a) -> str | None:
     """The conditioning options of ``a`` in words (None: unconditional)."""
+    from ..samplers.ems import describe_condition
     # 0: no guidance, as guided_model takes it (with a classifier, 0 is a scale: None is 1)
     guidance = a.guidance if a.classifier else a.guidance or None
-    parts = [f"{k}={v}" for k, v in (("class", a.class_label), ("prompt", a.prompt),
-                                       ("guidance", guidance), ("classifier", a.classifier))
-             if v is not None]
-    return " ".join(parts) or None
+    return describe_condition(a.class_label, a.prompt, guidance, a.classifier)
 
 
 def _check_condition(grid: dict, condition: str | None) -> None:
     """Warn when DPM-Solver-v3's statistics file was estimated under other conditioning
     options than ``condition`` (:func:`_condition` of the sampling run)."""
-    from ..samplers.ems import ModelStatistics
-    path = grid.get("statistics")
-    if grid.get("solver") != "dpm_solver_v3" or not isinstance(path, str):
-        return
-    was = ModelStatistics.load(path).condition
-    if was != condition:
+    from ..samplers.ems import condition_mismatch
+    message = condition_mismatch(grid.get("solver"), grid, condition)
+    if message:
         import warnings
-        warnings.warn(f"{path} was estimated for {was or 'unconditional sampling'}, this run is "
-                      f"{condition or 'unconditional'}: DPM-Solver-v3 loses accuracy; run "
-                      f"`sdeflow ems` with the same --class/--prompt/--guidance (and --out)",
-                      stacklevel=2)
+        warnings.warn(message, stacklevel=2)

@@ -34,7 +34,8 @@ from torch import Tensor
 from ..sde import bcast
 
 __all__ = ["ModelStatistics", "estimate_statistics", "weights_fingerprint", "same_weights",
-           "tensor_versions", "statistics_path", "with_default_statistics", "STATISTICS_FILE"]
+           "tensor_versions", "statistics_path", "with_default_statistics", "STATISTICS_FILE",
+           "describe_condition", "condition_mismatch"]
 
 _RIDGE = 1e-4
 
@@ -179,6 +180,30 @@ def with_default_statistics(solver: str, opts: dict, checkpoint) -> dict:
         return opts
     path = statistics_path(checkpoint)
     return {**opts, "statistics": str(path.resolve())} if path.is_file() else opts
+
+
+def describe_condition(class_label=None, prompt=None, guidance=None, classifier=None) -> str | None:
+    """The conditioning of a sampling run in words, as :class:`ModelStatistics` records it
+    (None: unconditional), e.g. ``"class=3 guidance=2.0"``."""
+    parts = [f"{k}={v}" for k, v in (("class", class_label), ("prompt", prompt),
+                                       ("guidance", guidance), ("classifier", classifier))
+             if v is not None]
+    return " ".join(parts) or None
+
+
+def condition_mismatch(solver: str, opts: dict, condition: str | None) -> str | None:
+    """What to tell the user when ``dpm_solver_v3``'s statistics file (``opts["statistics"]``)
+    was estimated under another conditioning than ``condition`` (:func:`describe_condition` of
+    the run); None when they agree, or for another solver or in-memory statistics."""
+    path = opts.get("statistics")
+    if solver != "dpm_solver_v3" or not isinstance(path, (str, Path)):
+        return None
+    was = ModelStatistics.load(path).condition
+    if was == condition:
+        return None
+    return (f"{path} was estimated for {was or 'unconditional sampling'}, this run is "
+            f"{condition or 'unconditional'}: DPM-Solver-v3 loses accuracy; run `sdeflow ems` "
+            f"with the same --class/--prompt/--guidance (and --out)")
 
 
 def weights_fingerprint(model) -> list | None:

@@ -76,10 +76,15 @@ def _conditioned(run: Run, model, d: Draw):
 def draw(run: Run, job, d: Draw):
     """(images, stats) of ``d``, reporting each step to ``job``."""
     from ..samplers import sample
+    from ..samplers.ems import condition_mismatch, describe_condition
     model, cond = _conditioned(run, run.model(), d)
+    grid = _grid(run, run.model(), d)
+    warning = condition_mismatch(grid["solver"], grid,
+                                 describe_condition(d.class_label, guidance=d.guidance or None))
     with torch.no_grad():
-        return sample(model, shape=(d.n, *run.shape), seed=d.seed, cond=cond,
-                      callback=job.callback, return_stats=True, **_grid(run, run.model(), d))
+        x, st = sample(model, shape=(d.n, *run.shape), seed=d.seed, cond=cond,
+                       callback=job.callback, return_stats=True, **grid)
+    return x, (dict(st, warning=warning) if warning else st)
 
 
 def sample_work(run: Run, d: Draw):
@@ -179,15 +184,18 @@ def _fill_cond(run: Run, f: Fill) -> dict:
 def inpaint_work(run: Run, x: torch.Tensor, mask: torch.Tensor | None, f: Fill):
     """The job filling in image ``x`` (C, H, W) where ``mask`` is 0, ``f.samples`` times."""
     from ..inpainting import grey
-    from ..samplers.ems import with_default_statistics
+    from ..samplers.ems import condition_mismatch, describe_condition, with_default_statistics
 
     def work(job):
         model = run.model()
         y = x[None].repeat(f.samples, 1, 1, 1)
         cond = _fill_cond(run, f)
+        statistics = with_default_statistics(f.solver, {}, run.path)
+        warning = condition_mismatch(f.solver, statistics, describe_condition(
+            f.label if run.flag("class_cond", False) else None))
         with torch.no_grad():
-            out, st = _fill(model, y, mask, f, job, cond,
-                            with_default_statistics(f.solver, {}, run.path))
+            out, st = _fill(model, y, mask, f, job, cond, statistics)
+        st = dict(st, warning=warning) if warning else st
         if f.method == "colorize":
             before = grey(x[None]).expand(-1, 3, -1, -1)
         else:

@@ -135,6 +135,9 @@ function explore(ev) {
   });
 }
 
+// a result's warning (e.g. DPM-Solver-v3 statistics estimated for another condition)
+function warned(result) { return result.warning ? ` — warning: ${result.warning}` : ""; }
+
 function sample(ev) {
   ev.preventDefault();
   const body = formBody(ev.target, { solver: "str", steps: "int", schedule: "str", seed: "int",
@@ -144,7 +147,7 @@ function sample(ev) {
     const a = document.createElement("a");
     a.href = job.images.grid + "?download=1"; a.textContent = "download PNG"; a.id = "sample-download";
     const cap = `${s.solver}, ${s.steps ?? "adaptive"} steps, ${s.schedule}, NFE ${s.nfe}, ` +
-      `sampling ${s.seconds.toFixed(2)} s, wall ${job.wall_seconds.toFixed(2)} s`;
+      `sampling ${s.seconds.toFixed(2)} s, wall ${job.wall_seconds.toFixed(2)} s` + warned(s);
     $("#sample-result").replaceChildren(figure(job.images.grid, cap), a);
   });
 }
@@ -157,7 +160,7 @@ function compare(ev) {
   runJob("compare", "/api/compare", body, job => {
     $("#compare-result").replaceChildren(...job.result.panels.map(p =>
       figure(job.images[p.image], `${p.solver}, ${p.steps ?? "adaptive"} steps: NFE ${p.nfe}, ` +
-        `${p.seconds.toFixed(2)} s`, 160)));
+        `${p.seconds.toFixed(2)} s` + warned(p), 160)));
   });
 }
 
@@ -236,7 +239,7 @@ function inpaint(ev) {
   runJob("inpaint", "/api/inpaint", body, job => {
     $("#inpaint-result").replaceChildren(
       figure(job.images.before, body.method === "colorize" ? "grey input" : "masked input", 160),
-      figure(job.images.after, `${job.result.method} (${job.result.solver}), NFE ${job.result.nfe}`, 320),
+      figure(job.images.after, `${job.result.method} (${job.result.solver}), NFE ${job.result.nfe}` + warned(job.result), 320),
       figure(job.images.original, "original", 160));
   });
 }
