@@ -83,7 +83,7 @@ def problems():
     ring = GaussianMixture.ring()
     dev = [(f"{g}-{s}", gm, sde) for g, gm in (("ring2d", ring), ("gmm64", hi))
            for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
-    return dev + held_out_problems() + fresh_problems()
+    return dev + held_out_problems() + fresh_problems() + third_problems()
 
 
 def held_out_problems():
@@ -108,6 +108,20 @@ def fresh_problems():
     wide = GaussianMixture.random(96, k=5, seed=22, std_range=(0.1, 0.5))
     wide = GaussianMixture(torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05]), wide.means, covs=wide.covs)
     return [("gmm32n-edm", narrow, sdeflow.EDMSDE()), ("gmm96w-vp", wide, sdeflow.VPSDE())]
+
+
+def third_problems():
+    """A third held-out set, designed (2026-12-04) before any run on it and before the sweep
+    of the other solvers on trailing grids, to check the fourth revision of solver="auto" on
+    problems no rule was chosen on: a 48-D mixture of 12 close components (means N(0, 0.7²))
+    under EDM, a 192-D one of 3 components under the cosine VP SDE, and an 8-D one of 6 narrow
+    components under the linear VP SDE."""
+    many = GaussianMixture.random(48, k=12, seed=31, scale=0.7, std_range=(0.05, 0.3))
+    big = GaussianMixture.random(192, k=3, seed=32, std_range=(0.1, 0.4))
+    small = GaussianMixture.random(8, k=6, seed=33, scale=1.5, std_range=(0.05, 0.3))
+    return [("gmm48m-edm", many, sdeflow.EDMSDE()),
+            ("gmm192-vpcos", big, sdeflow.VPSDE(schedule="cosine")),
+            ("gmm8-vp", small, sdeflow.VPSDE())]
 
 
 def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,

@@ -436,6 +436,18 @@ def test_statistics_of_other_conditioning_warn(tmp_path, mixture2d):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _check_condition(grid, args(3, 0.0))
+    # statistics held in memory are checked too; a file's metadata is read without its tensors
+    from sdeflow.samplers.ems import condition_mismatch
+    assert "statistics were estimated for class=3, this run is unconditional" in \
+        condition_mismatch("dpm_solver_v3", {"statistics": st}, None)
+    assert condition_mismatch("dpm_solver_v3", {"statistics": st}, "class=3") is None
+    assert condition_mismatch("unipc", {"statistics": st}, None) is None
+    assert ModelStatistics.read_about(grid["statistics"]) == dict(sde=st.sde, model=st.model,
+                                                                 condition="class=3")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a file")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        condition_mismatch("dpm_solver_v3", {"statistics": str(bad)}, None)
     # ... but with a classifier, guidance 0 is a scale (no --guidance means 1)
     assert "guidance=0.0" in _condition(argparse.Namespace(class_label=3, prompt=None,
                                                            guidance=0.0, classifier="clf"))

@@ -132,25 +132,39 @@ class ModelStatistics:
     def load(cls, path) -> "ModelStatistics":
         """Read a file written by :meth:`save`; a damaged or foreign file is a CheckpointError
         naming it."""
-        from safetensors import SafetensorError, safe_open
-
-        from ..checkpoint import CheckpointError, check_safetensors
-        path = Path(path)
-        check_safetensors(path)
-        try:
-            with safe_open(str(path), "pt") as fh:
-                meta = fh.metadata() or {}
-                if meta.get("format") != "sdeflow-ems":
-                    raise CheckpointError(path, "not model statistics of `sdeflow ems` (no "
-                                                "'sdeflow-ems' format tag)")
-                tensors = {k: fh.get_tensor(k) for k in ("lam", "l", "s", "b")}
-            about = {k: json.loads(meta.get(k, "null")) for k in ("sde", "model", "condition")}
-        except (SafetensorError, OSError, RuntimeError, json.JSONDecodeError) as e:
-            raise CheckpointError(path, f"corrupted ({str(e).splitlines()[0]})") from None
+        from ..checkpoint import CheckpointError
+        tensors, about = _read(path, tensors=True)
         try:
             return cls(**tensors, **about)
         except ValueError as e:
             raise CheckpointError(path, str(e)) from None
+
+    @staticmethod
+    def read_about(path) -> dict:
+        """The ``sde``, ``model`` and ``condition`` a file records, without reading its
+        tensors (errors as :meth:`load`)."""
+        return _read(path, tensors=False)[1]
+
+
+def _read(path, tensors: bool) -> tuple[dict, dict]:
+    """(tensors — empty unless asked —, the recorded sde/model/condition) of a statistics file;
+    a damaged or foreign file is a CheckpointError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..checkpoint import CheckpointError, check_safetensors
+    path = Path(path)
+    check_safetensors(path)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != "sdeflow-ems":
+                raise CheckpointError(path, "not model statistics of `sdeflow ems` (no "
+                                            "'sdeflow-ems' format tag)")
+            data = {k: fh.get_tensor(k) for k in ("lam", "l", "s", "b")} if tensors else {}
+        about = {k: json.loads(meta.get(k, "null")) for k in ("sde", "model", "condition")}
+    except (SafetensorError, OSError, RuntimeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, f"corrupted ({str(e).splitlines()[0]})") from None
+    return data, about
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -194,14 +208,18 @@ def describe_condition(class_label=None, prompt=None, guidance=None, classifier=
 def condition_mismatch(solver: str, opts: dict, condition: str | None) -> str | None:
     """What to tell the user when ``dpm_solver_v3``'s statistics file (``opts["statistics"]``)
     was estimated under another conditioning than ``condition`` (:func:`describe_condition` of
-    the run); None when they agree, or for another solver or in-memory statistics."""
-    path = opts.get("statistics")
-    if solver != "dpm_solver_v3" or not isinstance(path, (str, Path)):
+    the run); None when they agree or for another solver. ``opts["statistics"]`` may be a
+    :class:`ModelStatistics` too; only a file's metadata is read."""
+    stats = opts.get("statistics")
+    if solver != "dpm_solver_v3" or stats is None:
         return None
-    was = ModelStatistics.load(path).condition
+    if isinstance(stats, ModelStatistics):
+        was, name = stats.condition, "the statistics"
+    else:
+        was, name = ModelStatistics.read_about(stats)["condition"], f"the statistics in {stats}"
     if was == condition:
         return None
-    return (f"{path} was estimated for {was or 'unconditional sampling'}, this run is "
+    return (f"{name} were estimated for {was or 'unconditional sampling'}, this run is "
             f"{condition or 'unconditional'}: DPM-Solver-v3 loses accuracy; run `sdeflow ems` "
             f"with the same --class/--prompt/--guidance (and --out)")
 
