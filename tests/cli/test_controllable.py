@@ -86,11 +86,12 @@ def test_guided_sampling_from_the_cli(runs, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_inpaint_and_tune_steps_take_the_checkpoint_statistics(runs, tmp_path):
+def test_inpaint_and_tune_steps_take_the_checkpoint_statistics(runs, tmp_path, capsys):
     """`inpaint --solver dpm_solver_v3` finds the statistics `sdeflow ems` wrote into the
     checkpoint folder (without them it names what is missing); statistics of one class warn
-    where the run conditions otherwise: inpainting (each image its own class) and tune-steps
-    (unconditional)."""
+    where the run conditions otherwise — inpainting (each image under its own class, as serve
+    says too) and tune-steps (unconditional) —; statistics of an unusable type get the
+    solver's own message."""
     tmp, r = runs
     v3 = ["--solver", "dpm_solver_v3", "--steps", "3"]
     assert main(["inpaint", r["digits"], "-n", "2", *v3, "--out", str(tmp_path / "no")]) == 2
@@ -98,8 +99,16 @@ def test_inpaint_and_tune_steps_take_the_checkpoint_statistics(runs, tmp_path):
     _, rep = run_image_command(runs, "inpaint", "digits", "inp_v3", "-n", "2", *v3)
     assert rep["solver"] == "dpm_solver_v3" and rep["known_max_abs_error"] == 0
     assert main(["ems", r["cond"], "--num", "8", "--points", "5", "--class", "3"]) == 0
-    with pytest.warns(UserWarning, match="class=3, this run is unconditional"):
+    # the first two test images are a 0 and a 5, each completed under its own label
+    with pytest.warns(UserWarning, match="class=3, this run is each image's own class"):
         run_image_command(runs, "inpaint", "cond", "inp_v3c", "-n", "2", *v3)
+    with pytest.warns(UserWarning, match="class=3, this run is class=0"):
+        run_image_command(runs, "inpaint", "cond", "inp_v3c", "-n", "1", *v3)
     with pytest.warns(UserWarning, match="class=3, this run is unconditional"):
         assert main(["tune-steps", r["cond"], *v3, "--n-calib", "8", "--pool", "16",
                      "--max-evals", "2", "--out", str(tmp_path / "t.json")]) == 0
+    capsys.readouterr()
+    assert main(["inpaint", r["digits"], "-n", "1", *v3, "--solver-opts", '{"statistics": 5}',
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "statistics" in err and "PathLike" not in err, err

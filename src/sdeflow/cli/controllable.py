@@ -140,13 +140,20 @@ def _mask(a, size: int) -> torch.Tensor:
     return load_mask(a.mask, size)
 
 
-def _solver_opts(a, solver: str) -> dict:
+def _solver_opts(a, solver: str, cond: dict | None = None) -> dict:
     """--solver-opts, with DPM-Solver-v3's statistics defaulting to the checkpoint folder's
-    (`sdeflow ems`), as `sdeflow sample` takes them; a warning when those were estimated for
-    one class or prompt (these commands condition each image on its own label, if any)."""
-    from ..samplers.ems import condition_mismatch, with_default_statistics
+    (`sdeflow ems`), as `sdeflow sample` takes them; a warning when those were estimated under
+    other conditioning than ``cond`` (each image's own class label, if any)."""
+    from ..samplers.ems import condition_mismatch, describe_condition, with_default_statistics
     opts = with_default_statistics(solver, a.solver_opts, a.checkpoint)
-    message = condition_mismatch(solver, opts, None)
+    labels = (cond or {}).get("class_labels")
+    if labels is None:
+        condition = None
+    elif bool((labels == labels[0]).all()):
+        condition = describe_condition(int(labels[0]))
+    else:
+        condition = "each image's own class"
+    message = condition_mismatch(solver, opts, condition)
     if message:
         import warnings
         warnings.warn(message, stacklevel=2)
@@ -158,7 +165,7 @@ def _inpaint(a, model, y, mask, cond):
     from ..inpainting import inpaint, repaint
     solver = a.solver or ("pc" if a.method == "replace" else "ancestral")
     opts = dict(seed=a.seed, return_stats=True, cond=cond, progress=True,
-                **_solver_opts(a, solver))
+                **_solver_opts(a, solver, cond))
     with torch.no_grad():
         if a.method == "replace":
             return inpaint(model, y, mask, solver=solver, steps=a.steps, **opts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,8 +212,8 @@ def condition_mismatch(solver: str, opts: dict, condition: str | None) -> str | 
     the run); None when they agree or for another solver. ``opts["statistics"]`` may be a
     :class:`ModelStatistics` too; only a file's metadata is read."""
     stats = opts.get("statistics")
-    if solver != "dpm_solver_v3" or stats is None:
-        return None
+    if solver != "dpm_solver_v3" or not isinstance(stats, (str, os.PathLike, ModelStatistics)):
+        return None  # none, or something the solver itself will refuse with its own message
     if isinstance(stats, ModelStatistics):
         was, name = stats.condition, "the statistics"
     else:
