@@ -414,28 +414,28 @@ def test_statistics_of_other_conditioning_warn(tmp_path, mixture2d):
     import argparse
     import warnings
 
-    from sdeflow.cli.sample import _check_condition, _condition
+    from sdeflow.cli.common import check_condition, run_condition
     st = estimate_statistics(mixture2d.denoiser(sdeflow.VPSDE()), (2,), n=16, points=5,
                              condition="class=3 guidance=2.0")
     path = str(st.save(tmp_path / "ems.safetensors"))
     grid = dict(solver="dpm_solver_v3", statistics=path)
 
     def args(label, w):
-        return _condition(argparse.Namespace(class_label=label, prompt=None, guidance=w,
-                                             classifier=None))
+        return run_condition(argparse.Namespace(class_label=label, prompt=None, guidance=w,
+                                                classifier=None))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _check_condition(grid, args(3, 2.0))
+        check_condition(grid, args(3, 2.0))
     with pytest.warns(UserWarning, match="class=3 guidance=2.0.*unconditional"):
-        _check_condition(grid, args(None, None))
+        check_condition(grid, args(None, None))
     with pytest.warns(UserWarning, match="class=4"):
-        _check_condition(grid, args(4, 2.0))
+        check_condition(grid, args(4, 2.0))
     # guidance 0 is no guidance: statistics of the class alone match it
     st.condition = "class=3"
     grid["statistics"] = str(st.save(tmp_path / "class3.safetensors"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _check_condition(grid, args(3, 0.0))
+        check_condition(grid, args(3, 0.0))
     # statistics held in memory are checked too; a file's metadata is read without its tensors
     from sdeflow.samplers.ems import condition_mismatch
     assert "statistics were estimated for class=3, this run is unconditional" in \
@@ -449,5 +449,5 @@ def test_statistics_of_other_conditioning_warn(tmp_path, mixture2d):
     with pytest.raises(CheckpointError, match="bad.safetensors"):
         condition_mismatch("dpm_solver_v3", {"statistics": str(bad)}, None)
     # ... but with a classifier, guidance 0 is a scale (no --guidance means 1)
-    assert "guidance=0.0" in _condition(argparse.Namespace(class_label=3, prompt=None,
+    assert "guidance=0.0" in run_condition(argparse.Namespace(class_label=3, prompt=None,
                                                            guidance=0.0, classifier="clf"))

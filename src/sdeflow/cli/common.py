@@ -13,7 +13,7 @@ from ..data import SPLIT_DATA
 
 __all__ = ["command_help", "add_command", "device", "json_dict", "add_sampling_args", "grid_args",
            "load_run", "latest_checkpoint", "held_out", "load_images", "repeat", "write_report",
-           "write_panels", "SPLIT_DATA"]
+           "write_panels", "run_condition", "check_condition", "SPLIT_DATA"]
 
 # Embedded data sets with a held-out ``test`` split.
 
@@ -205,3 +205,21 @@ def write_panels(out: Path, panels: dict, report: dict, arrays: dict, title: str
         np.save(out / f"{k}.npy", v.cpu().numpy())
     write_report(out / "report.json", report)
     print(f"wrote {out / 'grid.png'}, {out / 'report.json'} and the arrays ({', '.join(arrays)}.npy)")
+
+
+def run_condition(a) -> str | None:
+    """The conditioning options of ``a`` in words (None: unconditional)."""
+    from ..samplers.ems import describe_condition
+    # 0: no guidance, as guided_model takes it (with a classifier, 0 is a scale: None is 1)
+    guidance = a.guidance if a.classifier else a.guidance or None
+    return describe_condition(a.class_label, a.prompt, guidance, a.classifier)
+
+
+def check_condition(grid: dict, condition: str | None) -> None:
+    """Warn when DPM-Solver-v3's statistics file was estimated under other conditioning
+    options than ``condition`` (:func:`run_condition` of the sampling run)."""
+    from ..samplers.ems import condition_mismatch
+    message = condition_mismatch(grid.get("solver"), grid, condition)
+    if message:
+        import warnings
+        warnings.warn(message, stacklevel=2)

@@ -145,7 +145,7 @@ def _solver_opts(a, solver: str, cond: dict | None = None) -> dict:
     (`sdeflow ems`), as `sdeflow sample` takes them; a warning when those were estimated under
     other conditioning than ``cond`` (each image's own class label, if any)."""
     from ..samplers.ems import describe_condition, with_default_statistics
-    from .sample import _check_condition
+    from .common import check_condition
     opts = with_default_statistics(solver, a.solver_opts, a.checkpoint)
     labels = (cond or {}).get("class_labels")
     if labels is None:
@@ -154,7 +154,7 @@ def _solver_opts(a, solver: str, cond: dict | None = None) -> dict:
         condition = describe_condition(int(labels[0]))
     else:
         condition = "each image's own class"
-    _check_condition(dict(opts, solver=solver), condition)
+    check_condition(dict(opts, solver=solver), condition)
     return opts
 
 

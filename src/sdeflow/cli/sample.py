@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .common import (add_command, add_sampling_args, device, grid_args, json_dict, load_run,
-                     write_report)
+from .common import (add_command, add_sampling_args, check_condition, device, grid_args, json_dict,
+                     load_run, run_condition, write_report)
 from .controllable import add_guidance_args, guided_model
 
 __all__ = ["add_sample", "cmd_sample", "add_evaluate", "cmd_evaluate", "add_tune_steps",
@@ -53,7 +53,7 @@ def cmd_sample(a) -> int:
                          f"{'sr' if task == 'sr' else 'colorize'}`")
     model, cond = guided_model(a, model, cfg, a.num, dev)
     grid = grid_args(a, model)
-    _check_condition(grid, _condition(a))
+    check_condition(grid, run_condition(a))
     with torch.no_grad():
         x, stats = sample(model, shape=(a.num, *cfg.shape), seed=a.seed,
                           device=dev, cond=cond, progress=True, return_stats=True, **grid)
@@ -110,7 +110,7 @@ def cmd_evaluate(a) -> int:
     labels = torch.arange(a.num) % cfg.num_classes if getattr(cfg, "class_cond", False) else None
     cond, text_labels = _test_captions(cfg, a.num, a.seed)
     grid = grid_args(a, model)
-    _check_condition(grid, None)  # every class in turn, or the test captions: no one condition
+    check_condition(grid, None)  # every class in turn, or the test captions: no one condition
     x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
                          cond=cond, progress=True, **grid)
     labels = text_labels if text_labels is not None else labels
@@ -222,7 +222,7 @@ def cmd_tune_steps(a) -> int:
     a.solver_opts = with_default_statistics(a.solver, a.solver_opts, a.checkpoint)
     if isinstance(a.solver_opts.get("statistics"), str):  # so the file works from anywhere
         a.solver_opts["statistics"] = str(Path(a.solver_opts["statistics"]).resolve())
-    _check_condition(dict(solver=a.solver, **a.solver_opts), None)  # tuning is unconditional
+    check_condition(dict(solver=a.solver, **a.solver_opts), None)  # tuning is unconditional
     if a.pool and a.heldout_pool < a.pool:
         raise ValueError(f"--heldout-pool ({a.heldout_pool}) must be at least --pool ({a.pool})")
     sizes = (a.pool or a.n_calib, a.heldout_pool if a.pool > a.n_calib else a.pool or a.n_calib)
@@ -336,28 +336,10 @@ def cmd_ems(a) -> int:
     model, cond = guided_model(a, model, cfg, a.num, dev)
     stats = estimate_statistics(model, tuple(cfg.shape), n=a.num, points=a.points,
                                 batch=a.batch, seed=a.seed, progress=True, device=dev, cond=cond,
-                                condition=_condition(a))
+                                condition=run_condition(a))
     path = stats.save(a.out or statistics_path(a.checkpoint))
     print(json.dumps(dict(points=a.points, trajectories=a.num, condition=stats.condition,
                           log_snr=[float(stats.lam[0]), float(stats.lam[-1])],
                           l_mean=float(stats.l.mean()), s_mean=float(stats.s.mean()))))
     print(f"wrote {path}")
     return 0
-
-
-def _condition(a) -> str | None:
-    """The conditioning options of ``a`` in words (None: unconditional)."""
-    from ..samplers.ems import describe_condition
-    # 0: no guidance, as guided_model takes it (with a classifier, 0 is a scale: None is 1)
-    guidance = a.guidance if a.classifier else a.guidance or None
-    return describe_condition(a.class_label, a.prompt, guidance, a.classifier)
-
-
-def _check_condition(grid: dict, condition: str | None) -> None:
-    """Warn when DPM-Solver-v3's statistics file was estimated under other conditioning
-    options than ``condition`` (:func:`_condition` of the sampling run)."""
-    from ..samplers.ems import condition_mismatch
-    message = condition_mismatch(grid.get("solver"), grid, condition)
-    if message:
-        import warnings
-        warnings.warn(message, stacklevel=2)
