@@ -25,7 +25,16 @@ W_CFG = [0.0, 0.5, 1.0, 2.0, 4.0]
 W_CG = [0.0, 1.0, 2.0, 4.0, 8.0]
 
 
-def _models(a, device):
+STUDY_MODELS = dict(guidance=("uncond", "cond", "classifier"), inpainting=("uncond",),
+                    repaint=("uncond",), sr=("sr",), colorization=("color", "palette"))
+# the solvers of the SR3 and Palette studies: the benchmark's Heun 18, the old CLI default (Heun
+# at its 35 steps) and the CLI's default since 2026-12-04 (auto, 20 NFE), beside auto at 10
+SOLVER_ROWS = [("heun", dict(steps=18)), ("heun", {}), ("auto", dict(steps=10)),
+               ("auto", dict(steps=20))]
+ODE_DRAWS = 256
+
+
+def _models(a, device, names):
     from sdeflow.demo import digits_config
     from sdeflow.guidance import ClassifierConfig, load_classifier, train_classifier
     from sdeflow.train import load_denoiser, train
@@ -38,11 +47,15 @@ def _models(a, device):
         palette=digits_config(steps=steps, sample_every=0, data="color_digits", task="colorize"))
     out = {}
     for name, cfg in cfgs.items():
+        if name not in names:
+            continue
         if not (runs / name / "latest").exists():
             cfg.tensorboard = False
             train(cfg, runs / name, progress=False)
         out[name] = load_denoiser(runs / name, device=device)
     clf_run = runs / "classifier"
+    if "classifier" not in names:
+        return out
     if not (clf_run / "latest").exists():
         train_classifier(ClassifierConfig(steps=steps, model_kwargs=dict(
             channels=32, channel_mult=[1, 2], num_res_blocks=1)), clf_run, progress=False)
@@ -62,7 +75,11 @@ def body(emit, a):
     figs = Path(a.figures)
     figs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    m = _models(a, device)
+    studies = set(a.studies.split(","))
+    if studies - STUDY_MODELS.keys():
+        raise SystemExit(f"--studies: unknown {sorted(studies - STUDY_MODELS.keys())}; choose "
+                         f"from {', '.join(STUDY_MODELS)}")
+    m = _models(a, device, {n for s in studies for n in STUDY_MODELS[s]})
     emit(dict(study="setup", device=str(device), train_seconds=round(time.perf_counter() - t0, 1)))
     test = get_data("digits", split="test")
     f_test, _ = digits_features(test.x)
@@ -71,7 +88,6 @@ def body(emit, a):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    studies = set(a.studies.split(","))
     if "guidance" in studies:
         _guidance(emit, m, test, f_test, a, device, sync, figs)
     if "inpainting" in studies:
@@ -211,11 +227,33 @@ def _sr(emit, m, test, device, figs):
     bic_agree = (digits_features(task.upsample(low))[1].argmax(1) == test.y).double().mean().item()
     emit(dict(study="sr", factor=task.factor, samples_per_image=k, nfe=st["nfe"],
               agreement_sr3=hr_agree, agreement_bicubic=bic_agree, **rep))
+    _solver_rows(emit, "sr", srm, (1, 8, 8), dict(x_cond=task.upsample(low).repeat_interleave(k, 0)),
+                 test.x.repeat_interleave(k, 0), device)
     labelled_grids({"low-res 4×4": torch.nn.functional.interpolate(low[:16], scale_factor=2),
                     "bicubic": task.upsample(low[:16]), "SR3 sample 1": out[0:64:k],
                     "SR3 sample 2": out[1:64:k], "original 8×8": test.x[:16]},
                    figs / "control_sr.png", nrow=4, title="SR3 ×2 on held-out digits")
 
+
+
+def _solver_rows(emit, study, model, shape, cond, truth, device):
+    """Each of SOLVER_ROWS on the first ODE_DRAWS prior draws (seed 0) of a conditional model:
+    its RMS distance to the model's own PF-ODE solution from the same draws (RK45 at 1e-6,
+    ``tuning.REFERENCE``) and its mean PSNR against ``truth`` (the original images)."""
+    from sdeflow.metrics.image import psnr
+    from sdeflow.tuning import REFERENCE
+    x_T = model.sde.prior_sample((ODE_DRAWS, *shape), generator=torch.Generator().manual_seed(0))
+    x_T, cond = x_T.to(device), {k: v[:ODE_DRAWS].to(device) for k, v in cond.items()}
+    with torch.no_grad():
+        ref, st = sdeflow.sample(model, x_T, cond=cond, return_stats=True, **REFERENCE)
+    for solver, opts in SOLVER_ROWS:
+        with torch.no_grad():
+            x, sx = sdeflow.sample(model, x_T, solver=solver, cond=cond, return_stats=True,
+                                   **opts)
+        emit(dict(study=f"{study}_solvers", solver=solver, config=f"{sx['solver']}/"
+                  f"{sx.get('schedule')}", nfe=sx["nfe"], draws=ODE_DRAWS,
+                  rmse_to_ode=(x - ref).pow(2).mean().sqrt().item(), reference_nfe=st["nfe"],
+                  psnr=psnr(x.cpu().clamp(-1, 1), truth[:ODE_DRAWS]).mean().item()))
 
 
 def _colorization(emit, m, device, sync, figs):
@@ -244,6 +282,8 @@ def _colorization(emit, m, device, sync, figs):
                   **colour_report(out, xc, k, cfg)))
         cpanels[f"{name} 1"] = out[0:64:k].clamp(-1, 1)
         cpanels[f"{name} 2"] = out[1:64:k].clamp(-1, 1)
+    _solver_rows(emit, "palette", m["palette"][0], (3, 8, 8), dict(x_cond=g),
+                 xc.repeat_interleave(k, 0), device)
     cpanels["original"] = xc[:16]
     labelled_grids(cpanels, figs / "control_colorize.png", nrow=4,
                    title="colorizing held-out coloured digits from their grey level")
@@ -284,6 +324,12 @@ def markdown(rows):
                 "|---|---|---|---|---|---|"]
         out += [f"| {r['method']} | {r['grey_max_abs_error']:.1e} | {r['colour_diversity']:.3f} ({r['colour_diversity_data']:.3f}) "
                 f"| {r['colour_fd']:.4f} ({r['colour_fd_floor_train_vs_test']:.4f}) | {r['out_of_range_fraction']:.3f} | {r['nfe']} |" for r in col]
+    sv = [r for r in rows if r.get("study", "").endswith("_solvers")]
+    if sv:
+        out += ["", "| model | solver | configuration | NFE | RMS to its PF-ODE | PSNR |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r['study'][:-8]} | {r['solver']} | {r['config']} | {r['nfe']} "
+                f"| {r['rmse_to_ode']:.4f} | {r['psnr']:.2f} |" for r in sv]
     return "\n".join(out)
 
 

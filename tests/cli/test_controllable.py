@@ -5,6 +5,7 @@ import json
 import pytest
 
 from sdeflow.cli import main
+from sdeflow.samplers.auto import auto_config
 
 from ..conftest import TINY_UNET
 
@@ -57,12 +58,26 @@ def test_colorize_score_sde_keeps_grey_and_palette_runs(runs):
     assert rep["colour_fd_floor_train_vs_test"] >= 0 and rep["colour_diversity"] >= 0
     _, rep = run_image_command(runs, "colorize", "palette", "col", "-n", "3", "--steps", "3")
     assert rep["method"] == "palette"
+    # no --solver: auto on the budget --steps in NFE, as `sample` (Heun for --solver-opts)
+    assert (rep["solver"], rep["nfe"]) == (auto_config(None, 3, 3 * 8 * 8)["solver"], 3)
 
 
 def test_sr_reports_bicubic_and_sr3(runs):
     _, rep = run_image_command(runs, "sr", "sr", "sr", "-n", "4", "--samples", "2", "--steps", "3")
     assert {"psnr_bicubic", "psnr_sr3_sample", "psnr_sr3_mean", "ssim_bicubic", "fdd_sr3",
             "fdd_bicubic", "consistency_psnr"} <= set(rep)
+    want = auto_config(None, 20, 64)
+    _, rep = run_image_command(runs, "sr", "sr", "sr", "-n", "2")
+    assert (rep["solver"], rep["schedule"], rep["nfe"]) == (want["solver"], want["schedule"], 20)
+    _, rep = run_image_command(runs, "sr", "sr", "sr", "-n", "2", "--solver", "ddim", "--steps", "3")
+    assert (rep["solver"], rep["nfe"]) == ("ddim", 4)
+
+
+def test_repaint_refuses_auto_by_name(runs, capsys):
+    tmp, r = runs
+    assert main(["inpaint", r["digits"], "-n", "2", "--method", "repaint", "--solver", "auto",
+                 "--out", str(tmp / "rp")]) == 2
+    assert "solver='auto' does not apply" in capsys.readouterr().err
 
 
 def test_guided_sampling_from_the_cli(runs, capsys):

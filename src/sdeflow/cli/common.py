@@ -13,7 +13,7 @@ from ..data import SPLIT_DATA
 
 __all__ = ["command_help", "add_command", "device", "json_dict", "add_sampling_args", "grid_args",
            "load_run", "latest_checkpoint", "held_out", "load_images", "repeat", "write_report",
-           "write_panels", "run_condition", "check_condition", "SPLIT_DATA"]
+           "write_panels", "auto_by_default", "run_condition", "check_condition", "SPLIT_DATA"]
 
 # Embedded data sets with a held-out ``test`` split.
 
@@ -57,26 +57,24 @@ def json_dict(text: str) -> dict:
     return value
 
 
-def add_sampling_args(p, grid: bool = True) -> None:
+def add_sampling_args(p, grid: bool = True, default: str | None = None) -> None:
     """--solver, --steps, --solver-opts and --seed; with ``grid`` also the time grid's
     --schedule and --timesteps-file, --no-denoise and --force (read back by
-    :func:`grid_args`)."""
+    :func:`grid_args`). ``default``: the --solver default in words where the command has its
+    own (the image commands)."""
     from ..cld import list_cld_solvers
     from ..samplers import list_solvers
     from ..schedules import list_schedules
-    auto = ["auto"] if grid else []
+    asks = "--schedule, --no-denoise or --solver-opts" if grid else "--solver-opts"
+    default = default or (f"auto — solver, schedule and final step chosen for the budget --steps "
+                          f"in NFE; heun when {asks} is given")
     p.add_argument("--solver", default=None,
-                   choices=sorted({*list_solvers(), *list_cld_solvers(), *auto}),
-                   help=("sampler (default: auto — solver, schedule and final step chosen for the "
-                         "budget --steps in NFE; heun when --schedule, --no-denoise or "
-                         "--solver-opts is given; a distilled model: DDIM on its own grid; a "
-                         "CLD model: sscs)") if grid else
-                   "sampler (default: heun; a distilled model: DDIM on its own grid; a CLD "
-                   "model: sscs)")
+                   choices=sorted({*list_solvers(), *list_cld_solvers(), "auto"}),
+                   help=f"sampler (default: {default}; a distilled model: DDIM on its own grid; "
+                        "a CLD model: sscs)")
     p.add_argument("--steps", type=int, default=None,
                    help="steps (default: the solver's); with --solver auto the budget in "
-                        "network evaluations (NFE, default 20)" if grid else
-                        "steps (default: the solver's)")
+                        "network evaluations (NFE, default 20)")
     if grid:
         p.add_argument("--schedule", default=None, choices=list_schedules(),
                        help="time-step schedule (default: the SDE's)")
@@ -100,7 +98,7 @@ def grid_args(a, model) -> dict:
     from ..samplers.ems import with_default_statistics
     own = dict(denoise=False if a.no_denoise else None, force=a.force)
     if not getattr(a, "timesteps_file", None):
-        solver = "auto" if _auto_by_default(a, model) else a.solver
+        solver = "auto" if auto_by_default(a, model) else a.solver
         if solver == "auto":
             return dict(solver=solver, steps=a.steps, force=a.force, **a.solver_opts)
         opts = with_default_statistics(solver, a.solver_opts, a.checkpoint)
@@ -114,15 +112,16 @@ def grid_args(a, model) -> dict:
     return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **own, **opts)
 
 
-def _auto_by_default(a, model) -> bool:
+def auto_by_default(a, model) -> bool:
     """No --solver: ``solver="auto"`` (the budget --steps in NFE, default 20) for a score model
     sampled on a grid of its choice — not for a distilled model (its own grid), a CLD model (its
     own sampler), or when --schedule, --no-denoise or --solver-opts ask for a particular solver's
     grid or options (then the library's default solver)."""
     from ..denoiser import Denoiser
     return (a.solver is None and isinstance(model, Denoiser)
-            and getattr(model, "timesteps", None) is None and a.schedule is None
-            and not a.no_denoise and not a.solver_opts and not a.force)
+            and getattr(model, "timesteps", None) is None
+            and getattr(a, "schedule", None) is None and not getattr(a, "no_denoise", False)
+            and not a.solver_opts and not getattr(a, "force", False))
 
 
 def load_run(path, kind: str, device=None):

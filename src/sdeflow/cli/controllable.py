@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .common import (SPLIT_DATA, add_command, add_sampling_args, device, held_out, image_shape,
-                     load_images, load_run, repeat, write_panels)
+from .common import (SPLIT_DATA, add_command, add_sampling_args, auto_by_default,
+                     check_condition, device, held_out, image_shape, load_images, load_run,
+                     repeat, write_panels)
 
 __all__ = ["add_guidance_args", "guided_model", "add_inpaint", "cmd_inpaint", "add_colorize",
            "cmd_colorize", "colour_stats", "colour_report", "add_sr", "cmd_sr", "sr_report"]
@@ -100,15 +101,16 @@ def _digit_labels(x: torch.Tensor) -> torch.Tensor:
     return digits_features(x)[1].argmax(1)
 
 
-def _add_image_command(sub, name: str, func, default_out: str):
+def _add_image_command(sub, name: str, func, default_out: str, default_solver: str | None = None):
     """The parser of an image command: checkpoint, --input or -n held-out images, --samples per
-    image, the solver options (default solver: the method's) and --out."""
+    image, the solver options (``default_solver``: the command's default in words, if not
+    ``auto``) and --out."""
     p = add_command(sub, name, func, checkpoint=True)
     p.add_argument("--input", nargs="+", default=None,
                    help="image files to process (default: the first --num held-out images)")
     p.add_argument("-n", "--num", type=int, default=16, help="held-out images to process")
     p.add_argument("--samples", type=int, default=None, help="samples per image")
-    add_sampling_args(p, grid=False)
+    add_sampling_args(p, grid=False, default=default_solver)
     p.add_argument("--out", default=default_out, help="output folder")
     return p
 
@@ -120,11 +122,19 @@ def _panels(inputs: dict, out, k: int, name: str, original=None) -> dict:
     return {**inputs, **samples, **({} if original is None else {"original": original})}
 
 
+def _own_solver(a, model) -> str | None:
+    """The solver of a model sampled by itself (SR3, Palette): --solver, or ``auto`` (the budget
+    --steps in NFE, default 20) as `sdeflow sample` chooses it (None: the library's default,
+    e.g. when --solver-opts asks for a particular solver's options)."""
+    return "auto" if auto_by_default(a, model) else a.solver
+
+
 # --- inpaint ------------------------------------------------------------------------------------
 
 def add_inpaint(sub) -> None:
     from ..inpainting import MASKS
-    p = _add_image_command(sub, "inpaint", cmd_inpaint, "outputs/inpaint")
+    p = _add_image_command(sub, "inpaint", cmd_inpaint, "outputs/inpaint",
+                           "pc for --method replace, ancestral for repaint")
     p.add_argument("--mask", default="center",
                    help=f"mask: one of {', '.join(MASKS)}, or an image file (bright = known)")
     p.add_argument("--mask-fraction", type=float, default=0.5, help="hidden fraction for --mask random")
@@ -145,7 +155,6 @@ def _solver_opts(a, solver: str, cond: dict | None = None) -> dict:
     (`sdeflow ems`), as `sdeflow sample` takes them; a warning when those were estimated under
     other conditioning than ``cond`` (each image's own class label, if any)."""
     from ..samplers.ems import describe_condition, with_default_statistics
-    from .common import check_condition
     opts = with_default_statistics(solver, a.solver_opts, a.checkpoint)
     labels = (cond or {}).get("class_labels")
     if labels is None:
@@ -220,7 +229,10 @@ def cmd_inpaint(a) -> int:
 # --- colorize -----------------------------------------------------------------------------------
 
 def add_colorize(sub) -> None:
-    p = _add_image_command(sub, "colorize", cmd_colorize, "outputs/colorize")
+    p = _add_image_command(sub, "colorize", cmd_colorize, "outputs/colorize",
+                           "a Palette model: auto (the budget --steps in NFE; heun when "
+                           "--solver-opts is given); score_sde's method: pc for --method "
+                           "replace, ancestral for repaint")
     p.add_argument("--method", default="replace", choices=["replace", "repaint"],
                    help="for unconditional models")
 
@@ -259,7 +271,7 @@ def _colorize(a, model, cfg, g, dev):
     opts = dict(steps=a.steps, seed=a.seed, progress=True, return_stats=True)
     with torch.no_grad():
         if cfg.task == "colorize":
-            out, st = sample(model, shape=(len(g), *cfg.shape), solver=a.solver or "heun",
+            out, st = sample(model, shape=(len(g), *cfg.shape), solver=_own_solver(a, model),
                              device=dev, cond={"x_cond": g}, **opts, **a.solver_opts)
             return out, st, "palette"
         if cfg.task is None:
@@ -353,7 +365,7 @@ def cmd_sr(a) -> int:
         low = task.low_res(hr)
     cond = {"x_cond": repeat(task.upsample(low), k).to(dev)}
     with torch.no_grad():
-        out, st = sample(model, shape=(len(low) * k, *cfg.shape), solver=a.solver or "heun",
+        out, st = sample(model, shape=(len(low) * k, *cfg.shape), solver=_own_solver(a, model),
                          steps=a.steps, seed=a.seed, device=dev, cond=cond, progress=True,
                          return_stats=True, **a.solver_opts)
     out = out.cpu().clamp(-1, 1)

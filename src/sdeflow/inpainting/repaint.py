@@ -58,6 +58,10 @@ def repaint(model: Denoiser, y: Tensor, mask: Tensor, *, steps: int = 250, jump_
     the jumps up stay stochastic), ``heun``, ``dpm_solver_2`` …  (a multistep solver would
     restart at every step and act as its first-order member). Returns the completions (and
     stats: nfe, seconds, the number of steps down and up)."""
+    if solver == "auto":
+        raise ValueError("RePaint steps down its own jump schedule with one solver: "
+                         "solver='auto' does not apply; give a one-step sampler such as "
+                         "'ancestral' (the default), 'ddim' or 'heun'")
     info = get_solver(solver)
     if info.adaptive:
         raise ValueError(f"RePaint needs a fixed-grid one-step solver, not the adaptive {solver!r}")
