@@ -450,4 +450,4 @@ def test_statistics_of_other_conditioning_warn(tmp_path, mixture2d):
         condition_mismatch("dpm_solver_v3", {"statistics": str(bad)}, None)
     # ... but with a classifier, guidance 0 is a scale (no --guidance means 1)
     assert "guidance=0.0" in run_condition(argparse.Namespace(class_label=3, prompt=None,
-                                                           guidance=0.0, classifier="clf"))
+                                                              guidance=0.0, classifier="clf"))

@@ -70,8 +70,9 @@ def add_sampling_args(p, grid: bool = True, default: str | None = None) -> None:
                           f"in NFE; heun when {asks} is given")
     p.add_argument("--solver", default=None,
                    choices=sorted({*list_solvers(), *list_cld_solvers(), "auto"}),
-                   help=f"sampler (default: {default}; a distilled model: DDIM on its own grid; "
-                        "a CLD model: sscs)")
+                   help=f"sampler (default: {default}"  # image commands load score models only
+                        + ("; a distilled model: DDIM on its own grid; a CLD model: sscs)"
+                           if grid else ")"))
     p.add_argument("--steps", type=int, default=None,
                    help="steps (default: the solver's); with --solver auto the budget in "
                         "network evaluations (NFE, default 20)")
