@@ -126,7 +126,7 @@ def markdown(rows):
 
 
 def extra(ap):
-    ap.add_argument("--run", default="runs/digits", help="digits run directory (EDM)")
+    ap.add_argument("--run", default="runs/digits", help="digits run directory (any SDE)")
     ap.add_argument("--budgets", type=int, nargs="+", default=BUDGETS)
     ap.add_argument("--metric", choices=["fdd", "rmse"], default="fdd",
                     help="FDD of the samples, or RMS error against the network's own PF-ODE "

@@ -906,8 +906,8 @@ def _auto_candidate(obj: _Objective, dim: int) -> dict:
     (``steps`` + the final x̂0 call) — its grid as ``sample()`` builds it, a free end allowed
     whatever ``obj.free_end`` — when it spends one call per step on ``steps`` steps (every
     budget of 4–30 NFE); else empty."""
-    from .samplers.auto import auto_config
-    cfg = auto_config(obj.model.sde, obj.steps + 1, dim)
+    from .samplers.auto import auto_config, predicts_noise
+    cfg = auto_config(obj.model.sde, obj.steps + 1, dim, predicts_noise(obj.model))
     if not cfg["denoise"] or cfg["steps"] != obj.steps or cfg["solver"] in MULTI_CALL:
         return {}
     grid = get_timesteps(obj.model.sde, obj.steps, cfg["schedule"], allow_free_end=True)

@@ -75,6 +75,40 @@ def test_auto_follows_the_dimension_and_the_budget():
     assert auto_config(sde, 1, 64)["steps"] == 1 and auto_config(sde, 1, 64)["denoise"] is False
 
 
+def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
+    """A network whose x̂0 = (x − σ ε̂)/s is derived from an ε (or score) prediction without EDM
+    preconditioning gets ``karras_trailing`` at every budget 4–30 from D = 16 (its error in x̂0
+    is σ̃ times its error in ε̂: more calls at large σ̃); below, and for x̂0-, v- and
+    EDM-preconditioned networks, the dimension's shape; 1–3 and > 30 NFE are the same."""
+    from sdeflow import Denoiser
+    from sdeflow.samplers.auto import predicts_noise
+    sde = sdeflow.VPSDE()
+    for dim in (2, HIGH_DIM - 1, HIGH_DIM, 64, WIDE_DIM, 3 * 32 * 32):
+        for nfe in range(4, 31):
+            cfg = auto_config(sde, nfe, dim, noise_prediction=True)
+            want = "karras_trailing" if dim >= HIGH_DIM else "gits_trailing"
+            assert (cfg["solver"], cfg["schedule"]) == ("ipndm", want), (dim, nfe)
+        for nfe in (1, 2, 3, 31, 100):
+            assert auto_config(sde, nfe, dim, True) == auto_config(sde, nfe, dim)
+    assert auto_config(sde, 5, 64)["schedule"] == "ays_trailing"  # the x̂0 network's rule
+    net = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    assert predicts_noise(Denoiser(net, sde, prediction="eps"))
+    assert predicts_noise(Denoiser(net, sde, prediction="score"))
+    assert not predicts_noise(Denoiser(net, sde, prediction="v"))
+    assert not predicts_noise(Denoiser(net, sde, prediction="x0"))
+    assert not predicts_noise(Denoiser(net, sdeflow.EDMSDE(), prediction="x0", precondition="edm"))
+    assert not predicts_noise(ring.denoiser(sde))  # an exact x̂0 oracle
+    # sample() passes the model's parameterisation on
+    gm = sdeflow.oracle.GaussianMixture.random(HIGH_DIM, k=2, seed=0)
+    eps_model = Denoiser(lambda x, t: gm.denoiser(sde).predict(x, t).eps, sde, prediction="eps")
+    _, st = sdeflow.sample(eps_model, shape=(3, HIGH_DIM), solver="auto", steps=8,
+                           return_stats=True)
+    assert (st["schedule"], st["nfe"]) == ("karras_trailing", 8)
+    _, st = sdeflow.sample(gm.denoiser(sde), shape=(3, HIGH_DIM), solver="auto", steps=8,
+                           return_stats=True)
+    assert st["schedule"] == "ays_trailing"
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_auto_refuses_a_budget_that_is_not_a_positive_integer(bad, ring):
     model = ring.denoiser(sdeflow.EDMSDE())

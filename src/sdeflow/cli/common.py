@@ -57,11 +57,12 @@ def json_dict(text: str) -> dict:
     return value
 
 
-def add_sampling_args(p, grid: bool = True, default: str | None = None) -> None:
+def add_sampling_args(p, grid: bool = True, default: str | None = None,
+                      steps_default: str = "the solver's") -> None:
     """--solver, --steps, --solver-opts and --seed; with ``grid`` also the time grid's
     --schedule and --timesteps-file, --no-denoise and --force (read back by
     :func:`grid_args`). ``default``: the --solver default in words where the command has its
-    own (the image commands)."""
+    own (the image commands); ``steps_default``: likewise the --steps default."""
     from ..cld import list_cld_solvers
     from ..samplers import list_solvers
     from ..schedules import list_schedules
@@ -74,7 +75,7 @@ def add_sampling_args(p, grid: bool = True, default: str | None = None) -> None:
                         + ("; a distilled model: DDIM on its own grid; a CLD model: sscs)"
                            if grid else ")"))
     p.add_argument("--steps", type=int, default=None,
-                   help="steps (default: the solver's); with --solver auto the budget in "
+                   help=f"steps (default: {steps_default}); with --solver auto the budget in "
                         "network evaluations (NFE, default 20)")
     if grid:
         p.add_argument("--schedule", default=None, choices=list_schedules(),

@@ -101,16 +101,17 @@ def _digit_labels(x: torch.Tensor) -> torch.Tensor:
     return digits_features(x)[1].argmax(1)
 
 
-def _add_image_command(sub, name: str, func, default_out: str, default_solver: str | None = None):
+def _add_image_command(sub, name: str, func, default_out: str, default_solver: str | None = None,
+                       steps_default: str = "the solver's"):
     """The parser of an image command: checkpoint, --input or -n held-out images, --samples per
-    image, the solver options (``default_solver``: the command's default in words, if not
-    ``auto``) and --out."""
+    image, the solver options (``default_solver``/``steps_default``: the command's defaults in
+    words, if not ``auto``'s and the solver's) and --out."""
     p = add_command(sub, name, func, checkpoint=True)
     p.add_argument("--input", nargs="+", default=None,
                    help="image files to process (default: the first --num held-out images)")
     p.add_argument("-n", "--num", type=int, default=16, help="held-out images to process")
     p.add_argument("--samples", type=int, default=None, help="samples per image")
-    add_sampling_args(p, grid=False, default=default_solver)
+    add_sampling_args(p, grid=False, default=default_solver, steps_default=steps_default)
     p.add_argument("--out", default=default_out, help="output folder")
     return p
 
@@ -134,7 +135,8 @@ def _own_solver(a, model) -> str | None:
 def add_inpaint(sub) -> None:
     from ..inpainting import MASKS
     p = _add_image_command(sub, "inpaint", cmd_inpaint, "outputs/inpaint",
-                           "pc for --method replace, ancestral for repaint")
+                           "pc for --method replace, ancestral for repaint",
+                           steps_default="the solver's; RePaint: 250")
     p.add_argument("--mask", default="center",
                    help=f"mask: one of {', '.join(MASKS)}, or an image file (bright = known)")
     p.add_argument("--mask-fraction", type=float, default=0.5, help="hidden fraction for --mask random")
@@ -176,7 +178,7 @@ def _inpaint(a, model, y, mask, cond):
     with torch.no_grad():
         if a.method == "replace":
             return inpaint(model, y, mask, solver=solver, steps=a.steps, **opts)
-        return repaint(model, y, mask, solver=solver, steps=a.steps or 250,
+        return repaint(model, y, mask, solver=solver, steps=a.steps,
                        jump_length=a.jump_length, resamplings=a.resamplings, **opts)
 
 
@@ -232,7 +234,8 @@ def add_colorize(sub) -> None:
     p = _add_image_command(sub, "colorize", cmd_colorize, "outputs/colorize",
                            "a Palette model: auto (the budget --steps in NFE; heun when "
                            "--solver-opts is given); score_sde's method: pc for --method "
-                           "replace, ancestral for repaint")
+                           "replace, ancestral for repaint",
+                           steps_default="the solver's; RePaint: 250")
     p.add_argument("--method", default="replace", choices=["replace", "repaint"],
                    help="for unconditional models")
 

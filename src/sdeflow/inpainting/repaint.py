@@ -23,7 +23,9 @@ from ..schedules import get_timesteps
 from ..sde import bcast
 from .observation import Observation
 
-__all__ = ["repaint_schedule", "repaint"]
+__all__ = ["repaint_schedule", "repaint", "REPAINT_STEPS"]
+
+REPAINT_STEPS = 250  # the paper's grid (Lugmayr et al. 2022: T = 250, j = 10, r = 10)
 
 
 def repaint_schedule(steps: int, jump_length: int = 10, resamplings: int = 10) -> list[int]:
@@ -48,7 +50,8 @@ def repaint_schedule(steps: int, jump_length: int = 10, resamplings: int = 10) -
 
 
 @through_latent
-def repaint(model: Denoiser, y: Tensor, mask: Tensor, *, steps: int = 250, jump_length: int = 10,
+def repaint(model: Denoiser, y: Tensor, mask: Tensor, *, steps: int | None = None,
+            jump_length: int = 10,
             resamplings: int = 10, solver: str = "ancestral", schedule: str | None = None,
             basis: Tensor | None = None, x_T: Tensor | None = None, seed: int | None = None,
             generator: torch.Generator | None = None, cond: dict | None = None, denoise: bool = True,
@@ -56,8 +59,10 @@ def repaint(model: Denoiser, y: Tensor, mask: Tensor, *, steps: int = 250, jump_
     """RePaint with any one-step sampler for the steps down: ``ancestral`` (the paper's DDPM
     step), ``euler_maruyama``, ``reverse_diffusion``, ``ddim`` (η=0: deterministic steps down,
     the jumps up stay stochastic), ``heun``, ``dpm_solver_2`` …  (a multistep solver would
-    restart at every step and act as its first-order member). Returns the completions (and
-    stats: nfe, seconds, the number of steps down and up)."""
+    restart at every step and act as its first-order member). ``steps``: the grid's intervals
+    (None: the paper's 250). Returns the completions (and stats: nfe, seconds, the number of
+    steps down and up)."""
+    steps = REPAINT_STEPS if steps is None else steps
     if solver == "auto":
         raise ValueError("RePaint steps down its own jump schedule with one solver: "
                          "solver='auto' does not apply; give a one-step sampler such as "

@@ -1,5 +1,5 @@
-r"""``solver="auto"``: a solver, its options and a time grid chosen from the NFE budget, the SDE
-and the data's dimension — the defaults for users who never tune.
+r"""``solver="auto"``: a solver, its options and a time grid chosen from the NFE budget, the SDE,
+the data's dimension and the network's parameterisation — the defaults for users who never tune.
 
 With ``solver="auto"``, ``steps`` is the **budget in network evaluations** (the final
 denoising call included), not a step count. :func:`auto_config` returns what
@@ -13,7 +13,7 @@ gives the measurements behind them):
   start-up calls) on a *trailing* grid (``<shape>_trailing``: the shape's grid for one more
   step with its last time dropped, so the final x̂0 call sits on the shape's last noise level
   instead of at σ_min where it barely moves the sample, and iPNDM counts it as its first-order
-  last step), the shape chosen by the dimension:
+  last step), the shape chosen by the dimension and the network's parameterisation:
 
   - **low dimension** (D < 16): ``gits_trailing`` — GITS's geometry-informed shape, quick
     through large σ̃ and dense near the data, where a low-dimensional trajectory bends most;
@@ -30,6 +30,19 @@ gives the measurements behind them):
     256 D 2–3× more, and 6 of 1024 where ``karras_trailing`` sends none
     (docs/solver_notes.md).
 
+  - **a noise-predicting network** in high dimension (ε or score parameterisation without
+    EDM preconditioning, :func:`predicts_noise` — DDPM, Stable Diffusion 1.x and most
+    pretrained VP models; D ≥ 16): ``karras_trailing`` at every budget. Its
+    :math:`\hat x_0 = (x - \sigma\hat\varepsilon)/s` carries the network's error in ε̂ times
+    σ̃ (up to ×150 on the VP SDE), so its PF-ODE is rough at large σ̃, where ρ = 7 puts more
+    of the calls. On a VP-trained ε U-Net of the digits, ``ays_trailing`` had 1.3–4.7×
+    diffusers' best error at 5–20 NFE and ``karras_trailing`` 0.51–1.84×; on a second one
+    (cosine VP), trained before the rule was run on it, ``karras_trailing`` had 2–3.6× less
+    error than ``ays_trailing`` at 5–12 NFE. On a 2-D ε MLP ``gits_trailing`` stayed 2–3.5×
+    better than ``karras_trailing``, so low dimension keeps its rule (docs/benchmarks.md,
+    "Trained ε-prediction networks"). Exact mixture denoisers and x̂0-trained networks keep
+    the rules above.
+
 * **Above 30 NFE**: iPNDM on the ``logsnr`` grid (every solver is near its asymptotic order
   there; log-SNR steps spread the error evenly).
 
@@ -43,17 +56,18 @@ EDM, 96-D unequal weights under VP; docs/benchmarks.md).
 """
 from __future__ import annotations
 
-__all__ = ["auto_config", "HIGH_DIM", "WIDE_DIM"]
+__all__ = ["auto_config", "predicts_noise", "HIGH_DIM", "WIDE_DIM"]
 
 HIGH_DIM = 16  # data dimension from which the high-dimensional rule applies
 WIDE_DIM = 128  # ... and from which its components are decided above σ̃ ≈ 8 (karras above 6 NFE)
 
 
-def auto_config(sde, nfe: int, dim: int) -> dict:
+def auto_config(sde, nfe: int, dim: int, noise_prediction: bool = False) -> dict:
     """``dict(solver, steps, schedule, opts, denoise)`` for a budget of ``nfe`` network
-    evaluations (final denoising included) for data of ``dim`` dimensions (module docstring).
-    ``sde`` is accepted for rules that depend on the process but no rule uses it yet: the same
-    configuration is returned for every SDE."""
+    evaluations (final denoising included) for data of ``dim`` dimensions (module docstring);
+    ``noise_prediction``: the network predicts ε (or the score) and x̂0 is derived from it
+    (:func:`predicts_noise`). ``sde`` is accepted for rules that depend on the process but no
+    rule uses it yet: the same configuration is returned for every SDE."""
     if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
         raise ValueError(f"solver='auto' takes the NFE budget as steps: a positive integer, "
                          f"got {nfe!r}")
@@ -68,5 +82,19 @@ def auto_config(sde, nfe: int, dim: int) -> dict:
     steps = nfe - 1  # one call per step plus the final denoising
     if nfe > 30:
         return dict(solver="ipndm", steps=steps, schedule="logsnr", opts={}, denoise=True)
-    shape = "gits" if dim < HIGH_DIM else "ays" if nfe <= 6 or dim < WIDE_DIM else "karras"
+    if dim < HIGH_DIM:
+        shape = "gits"
+    elif noise_prediction or nfe > 6 and dim >= WIDE_DIM:
+        shape = "karras"
+    else:
+        shape = "ays"
     return dict(solver="ipndm", steps=steps, schedule=f"{shape}_trailing", opts={}, denoise=True)
+
+
+def predicts_noise(model) -> bool:
+    r"""Whether ``model``'s x̂0 is derived from a noise prediction: an ε- (or score-)
+    parameterised network without EDM preconditioning, whose
+    :math:`\hat x_0 = (x - \sigma\hat\varepsilon)/s` carries the network's error in ε̂ times
+    σ̃ — ×150 at the top of the VP SDE's range (module docstring)."""
+    return getattr(model, "prediction", "x0") in ("eps", "score") \
+        and getattr(model, "precondition", None) is None
