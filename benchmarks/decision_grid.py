@@ -121,12 +121,13 @@ def body(emit, a):
 
 
 def markdown(rows):
-    out = ["| problem | solver | " + " | ".join(f"{b} NFE" for b in BUDGETS) + " |",
-           "|---|---|" + "---:|" * len(BUDGETS)]
+    budgets = sorted({r["budget"] for r in rows})
+    out = ["| problem | solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
+           "|---|---|" + "---:|" * len(budgets)]
     for key in dict.fromkeys((r["problem"], r["solver"]) for r in rows):
         cells = [next((f"{r['ratio']:.3f}" if r.get("ratio") is not None else f"{r['rmse']:.4f}"
                        for r in rows if (r["problem"], r["solver"]) == key
-                       and r["budget"] == b), "–") for b in BUDGETS]
+                       and r["budget"] == b), "–") for b in budgets]
         out.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

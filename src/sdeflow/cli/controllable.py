@@ -132,11 +132,17 @@ def _own_solver(a, model) -> str | None:
 
 # --- inpaint ------------------------------------------------------------------------------------
 
+def _steps_default() -> str:
+    """--steps' default in words for the commands with a RePaint method."""
+    from ..inpainting import REPAINT_STEPS
+    return f"the solver's; RePaint: {REPAINT_STEPS}"
+
+
 def add_inpaint(sub) -> None:
     from ..inpainting import MASKS
     p = _add_image_command(sub, "inpaint", cmd_inpaint, "outputs/inpaint",
                            "pc for --method replace, ancestral for repaint",
-                           steps_default="the solver's; RePaint: 250")
+                           steps_default=_steps_default())
     p.add_argument("--mask", default="center",
                    help=f"mask: one of {', '.join(MASKS)}, or an image file (bright = known)")
     p.add_argument("--mask-fraction", type=float, default=0.5, help="hidden fraction for --mask random")
@@ -235,7 +241,7 @@ def add_colorize(sub) -> None:
                            "a Palette model: auto (the budget --steps in NFE; heun when "
                            "--solver-opts is given); score_sde's method: pc for --method "
                            "replace, ancestral for repaint",
-                           steps_default="the solver's; RePaint: 250")
+                           steps_default=_steps_default())
     p.add_argument("--method", default="replace", choices=["replace", "repaint"],
                    help="for unconditional models")
 

@@ -17,7 +17,7 @@ gives the measurements behind them):
 
   - **low dimension** (D < 16): ``gits_trailing`` — GITS's geometry-informed shape, quick
     through large σ̃ and dense near the data, where a low-dimensional trajectory bends most;
-  - **high dimension** (D ≥ 16): ``ays_trailing`` (Align Your Steps' shape: after one large
+  - **high dimension** (D ≥ 16), a network returning x̂0 or v̂: ``ays_trailing`` (Align Your Steps' shape: after one large
     first jump, more of the calls at intermediate σ̃, where a draw's mixture component — an
     image's layout — is decided; in high dimension the draws that end in the wrong component
     carry most of the error), except from 7 NFE in **very high dimension** (D ≥ 128):
@@ -40,8 +40,8 @@ gives the measurements behind them):
     (cosine VP), trained before the rule was run on it, ``karras_trailing`` had 2–3.6× less
     error than ``ays_trailing`` at 5–12 NFE. On a 2-D ε MLP ``gits_trailing`` stayed 2–3.5×
     better than ``karras_trailing``, so low dimension keeps its rule (docs/benchmarks.md,
-    "Trained ε-prediction networks"). Exact mixture denoisers and x̂0-trained networks keep
-    the rules above.
+    "Trained ε-prediction networks"). Networks and oracles returning x̂0 or v̂ (EDM or
+    consistency preconditioning included) keep the rules above.
 
 * **Above 30 NFE**: iPNDM on the ``logsnr`` grid (every solver is near its asymptotic order
   there; log-SNR steps spread the error evenly).
@@ -52,7 +52,11 @@ components showed iPNDM on ``ays`` losing by up to 27× at 20 NFE, and the secon
 to ``karras``; the third moved every shape to its trailing form; this fourth one keeps ``ays``
 below D = 128 (both chosen on all seven benchmark problems, held-out ones included) and was
 checked on two fresh problems designed before it was run on them (32-D narrow components under
-EDM, 96-D unequal weights under VP; docs/benchmarks.md).
+EDM, 96-D unequal weights under VP; docs/benchmarks.md). The fifth (eighth session) gives
+noise-predicting networks ``karras_trailing`` from D = 16: chosen on a linear-VP ε U-Net of the
+digits, checked on a cosine-VP one trained before it was run on it; its first form (every D)
+failed on a 2-D ε MLP. An exact score oracle (``GaussianMixture.denoiser(prediction="score")``)
+counts as noise-predicting too: the rule cannot tell it from a network.
 """
 from __future__ import annotations
 
