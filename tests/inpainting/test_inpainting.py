@@ -148,8 +148,8 @@ def test_repaint_steps_none_is_the_papers_250_through_colorize():
     """``steps=None`` (what `sdeflow colorize --method repaint` passes without --steps) is
     RePaint's default grid of 250 intervals, through colorize as through repaint itself."""
     from sdeflow.inpainting.repaint import REPAINT_STEPS
-    gm = GaussianMixture(torch.tensor([1.0, 1.0]), torch.tensor([[0.3, 0.0, -0.3], [-0.3, 0.2, 0.1]],
-                                                                  dtype=torch.float64), stds=0.2)
+    means = torch.tensor([[0.3, 0.0, -0.3], [-0.3, 0.2, 0.1]], dtype=torch.float64)
+    gm = GaussianMixture(torch.tensor([1.0, 1.0]), means, stds=0.2)
     g = torch.full((2, 1, 1, 1), 0.1, dtype=torch.float64)
     x, st = colorize(_pixel_model(gm, sdeflow.EDMSDE()), g, method="repaint", steps=None,
                      jump_length=50, resamplings=1, seed=0, return_stats=True)

@@ -51,7 +51,8 @@ def repaint_schedule(steps: int, jump_length: int = 10, resamplings: int = 10) -
 
 @through_latent
 def repaint(model: Denoiser, y: Tensor, mask: Tensor, *, steps: int | None = None,
-            jump_length: int = 10, resamplings: int = 10, solver: str = "ancestral", schedule: str | None = None,
+            jump_length: int = 10, resamplings: int = 10, solver: str = "ancestral",
+            schedule: str | None = None,
             basis: Tensor | None = None, x_T: Tensor | None = None, seed: int | None = None,
             generator: torch.Generator | None = None, cond: dict | None = None, denoise: bool = True,
             progress: bool = False, return_stats: bool = False, **solver_opts):

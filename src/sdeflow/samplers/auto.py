@@ -17,9 +17,9 @@ gives the measurements behind them):
 
   - **low dimension** (D < 16): ``gits_trailing`` — GITS's geometry-informed shape, quick
     through large σ̃ and dense near the data, where a low-dimensional trajectory bends most;
-  - **high dimension** (D ≥ 16), a network returning x̂0 or v̂: ``ays_trailing`` (Align Your Steps' shape: after one large
-    first jump, more of the calls at intermediate σ̃, where a draw's mixture component — an
-    image's layout — is decided; in high dimension the draws that end in the wrong component
+  - **high dimension** (D ≥ 16), a network returning x̂0 or v̂: ``ays_trailing`` (Align Your
+    Steps' shape: after one large first jump, more of the calls at intermediate σ̃, where a
+    draw's mixture component — an image's layout — is decided; in high dimension the draws that end in the wrong component
     carry most of the error), except from 7 NFE in **very high dimension** (D ≥ 128):
     ``karras_trailing`` (ρ = 7), with nearly twice the calls above σ̃ ≈ 10 (7 to 4 at 20
     NFE). Why the dimension decides: for data of unit scale per coordinate, two draws lie
