@@ -12,6 +12,9 @@ near its noise floor cannot separate at 10–20 NFE. ``--sweep``: every one-call
     python benchmarks/digits_auto.py --run runs/digits --metric rmse -n 512 --budgets 5 20 \
         --sweep --no-anchors --out docs/digits_sweep_results.jsonl
 
+``--orders``: iPNDM of orders 2, 3 and 4 on the trailing shapes ``auto`` chooses between, and
+UniPC(2) (the order rule for noise-predicting networks, docs/benchmarks.md).
+
 Ours: ``auto`` and the named solvers on the new schedules (iPNDM on gits/ays/karras and on the
 trailing forms ays/karras/logsnr_trailing, UniPC(3) on vp_trailing, PNDM on gits). diffusers
 (:func:`solvers.run_diffusers`): EDM-DPM-Solver++ (orders 2, 3) on Karras σ, DPM-Solver++
@@ -51,10 +54,19 @@ SWEEP_SOLVERS = [("ddim", {}, 1), ("deis", {}, 1), ("dpmpp_2m", {}, 1), ("dpmpp_
 SWEEP_SCHEDULES = ["ays", "ays_trailing", "edm", "gits", "gits_trailing", "karras",
                    "karras_trailing", "logsnr", "logsnr_trailing", "uniform", "vp_trailing",
                    "vp_uniform"]
+# --orders: iPNDM of each order on the trailing shapes `auto` chooses between, and UniPC(2)
+ORDERS = [(f"ipndm({o})/{g}", "ipndm", dict(order=o, schedule=g), 1)
+          for g in ("karras_trailing", "ays_trailing", "logsnr_trailing") for o in (2, 3, 4)] \
+    + [("ipndm(3)/vp_trailing", "ipndm", dict(order=3, schedule="vp_trailing"), 1),
+       ("ipndm(3)/gits_trailing", "ipndm", dict(order=3, schedule="gits_trailing"), 1)] \
+    + [(f"unipc(2)/{g}", "unipc", dict(order=2, schedule=g), 1)
+       for g in ("vp_trailing", "ays_trailing", "karras_trailing")]
 
 
 def _rows(a, v3: dict) -> list:
     """(label, solver, options, calls beyond one per step) of the rows of ours to run."""
+    if a.orders:
+        return [("auto", "auto", {}, 0)] + ORDERS
     if a.sweep:
         return [("auto", "auto", {}, 0)] + [
             (f"{label}/{g}", label.split("(")[0], {**o, "schedule": g,
@@ -65,8 +77,11 @@ def _rows(a, v3: dict) -> list:
 
 
 def body(emit, a):
-    if a.no_anchors and a.anchors_only or a.sweep and a.anchors_only:
-        raise SystemExit("--anchors-only runs no rows of ours: not with --no-anchors or --sweep")
+    if a.anchors_only and (a.no_anchors or a.sweep or a.orders):
+        raise SystemExit("--anchors-only runs no rows of ours: not with --no-anchors, --sweep "
+                         "or --orders")
+    if a.sweep and a.orders:
+        raise SystemExit("--sweep and --orders are two different sets of rows: give one")
     model, cfg = sdeflow.load(a.run)
     sde = model.sde
     x_T = sde.prior_sample((a.n, *cfg.shape), generator=torch.Generator().manual_seed(0))
@@ -134,6 +149,10 @@ def extra(ap):
     ap.add_argument("-n", type=int, default=1437, help="prior draws")
     ap.add_argument("--sweep", action="store_true",
                     help="every one-call solver of ours × every schedule instead of the rows above")
+    ap.add_argument("--orders", action="store_true",
+                    help="iPNDM of orders 2–4 on karras/ays/logsnr_trailing, iPNDM(3) on "
+                         "vp/gits_trailing and UniPC(2) on vp/ays/karras_trailing (and auto) "
+                         "instead of the rows above")
     ap.add_argument("--no-anchors", action="store_true", help="only our rows")
     ap.add_argument("--anchors-only", choices=["all", "diffusers", "k-diffusion"], default=None,
                     help="only the anchors' rows (all, or one library's)")

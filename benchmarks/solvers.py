@@ -232,7 +232,11 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err, model=None):
     def anchor(label, fn, *args, **kw):
         calls[0] = 0
         start = time.perf_counter()
-        x = fn(denoiser, xt_T, *args, disable=True, **kw)
+        try:
+            x = fn(denoiser, xt_T, *args, disable=True, **kw)
+        except FloatingPointError as e:  # a network fed a diverged state
+            emit(dict(problem=name, impl="k-diffusion", solver=label, nfe=calls[0], failed=str(e)))
+            return
         emit(dict(problem=name, impl="k-diffusion", solver=label, nfe=calls[0], **err(x),
                   seconds=time.perf_counter() - start))
     for nfe in NFES:
@@ -399,7 +403,8 @@ def run_diffusers(emit, name, gm, sde, x_T, err, model=None):
                     xt = x_vp * (1 + nu**2).sqrt()
                     eps = (xt - D(xt, nu)) / nu
                     x_vp = sch.step(eps.to(x_vp.dtype), t, x_vp).prev_sample
-            except torch.linalg.LinAlgError as e:  # e.g. UniPC(3)'s solve on a short grid
+            except (torch.linalg.LinAlgError, FloatingPointError) as e:
+                # UniPC(3)'s solve on a short grid; a network fed a diverged state
                 emit(dict(problem=name, impl="diffusers", solver=label, nfe=nfe, failed=str(e)))
                 continue
             if torch.isfinite(x_vp).all():

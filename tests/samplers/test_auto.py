@@ -79,7 +79,9 @@ def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
     """A network whose x̂0 = (x − σ ε̂)/s is derived from an ε (or score) prediction without EDM
     preconditioning gets ``karras_trailing`` at every budget 4–30 from D = 16 (its error in x̂0
     is σ̃ times its error in ε̂: more calls at large σ̃); below, and for x̂0-, v- and
-    EDM-preconditioned networks, the dimension's shape; 1–3 and > 30 NFE are the same."""
+    EDM-preconditioned networks, the dimension's shape; 1–3 and > 30 NFE are the same. At any
+    D its iPNDM order is 2 up to 8 NFE and 3 above (the network's error in ε̂ is amplified
+    by the Adams–Bashforth weights); x̂0 networks keep order 4."""
     from sdeflow import Denoiser
     from sdeflow.samplers.auto import predicts_noise
     sde = sdeflow.VPSDE()
@@ -88,6 +90,8 @@ def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
             cfg = auto_config(sde, nfe, dim, noise_prediction=True)
             want = "karras_trailing" if dim >= HIGH_DIM else "gits_trailing"
             assert (cfg["solver"], cfg["schedule"]) == ("ipndm", want), (dim, nfe)
+            assert cfg["opts"] == {"order": 2 if nfe <= 8 else 3}, (dim, nfe)
+            assert auto_config(sde, nfe, dim)["opts"] == {}, (dim, nfe)
         for nfe in (1, 2, 3, 31, 100):
             assert auto_config(sde, nfe, dim, True) == auto_config(sde, nfe, dim)
     assert auto_config(sde, 5, 64)["schedule"] == "ays_trailing"  # the x̂0 network's rule
@@ -104,6 +108,12 @@ def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
     _, st = sdeflow.sample(eps_model, shape=(3, HIGH_DIM), solver="auto", steps=8,
                            return_stats=True)
     assert (st["schedule"], st["nfe"]) == ("karras_trailing", 8)
+    x_T = sde.prior_sample((3, HIGH_DIM), generator=torch.Generator().manual_seed(0))
+    got = sdeflow.sample(eps_model, x_T, solver="auto", steps=8)
+    for order, same in ((2, True), (4, False)):
+        ref = sdeflow.sample(eps_model, x_T, solver="ipndm", order=order, steps=7,
+                             schedule="karras_trailing")
+        assert torch.equal(got, ref) is same, order
     _, st = sdeflow.sample(gm.denoiser(sde), shape=(3, HIGH_DIM), solver="auto", steps=8,
                            return_stats=True)
     assert st["schedule"] == "ays_trailing"

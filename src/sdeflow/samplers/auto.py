@@ -42,6 +42,19 @@ gives the measurements behind them):
     better than ``karras_trailing``, so low dimension keeps its rule (docs/benchmarks.md,
     "Trained ε-prediction networks"). Networks and oracles returning x̂0 or v̂ (EDM or
     consistency preconditioning included) keep the rules above.
+  - **iPNDM's order for a noise-predicting network** (any D): 2 up to 8 NFE, 3 above
+    (:func:`noise_order`); other networks keep 4. A step adds Δσ̃·Σ_j c_j ε̂_{i−j}, and the
+    equal-step Adams–Bashforth weights c of order p = 1, 2, 3, 4 amplify an error in ε̂ that
+    changes from one node to the next by (Σ_j c_j²)^{1/2} = 1, 1.6, 2.4, 3.7. An exact ε̂ is
+    nearly constant at large σ̃ (ε ≈ x̃/σ̃); an ε-network's is not. With an exact state and
+    history, each of the first three steps of the 10-NFE ``karras_trailing`` grid has 10–190×
+    the EDM U-Net's local error on the linear-VP ε U-Net, and from σ̃ ≈ 50 to 6 order 3 and
+    4 have 1.3–6× order 2's there (``benchmarks/local_error.py``). An x̂0-returning network's ε̂ = (x̃ − x̂0)/σ̃ carries
+    its error divided by σ̃, and order 4 stays best or level on the EDM U-Net at every budget.
+    Measured on four ε U-Nets of the digits (docs/benchmarks.md, "iPNDM's order on
+    noise-predicting networks"): within 0.7× the best anchor at 19 of their 28 budget cells
+    (order 4: 14), at most 1.26× (order 4: 2.03×). Order 4 loses most where it is unstable:
+    up to 3× order 3's error at 10–15 NFE.
 
 * **Above 30 NFE**: iPNDM on the ``logsnr`` grid (every solver is near its asymptotic order
   there; log-SNR steps spread the error evenly).
@@ -55,12 +68,16 @@ checked on two fresh problems designed before it was run on them (32-D narrow co
 EDM, 96-D unequal weights under VP; docs/benchmarks.md). The fifth (eighth session) gives
 noise-predicting networks ``karras_trailing`` from D = 16: chosen on a linear-VP ε U-Net of the
 digits, checked on a cosine-VP one trained before it was run on it; its first form (every D)
-failed on a 2-D ε MLP. An exact score oracle (``GaussianMixture.denoiser(prediction="score")``)
+failed on a 2-D ε MLP. The sixth (ninth session) lowers iPNDM's order for noise-predicting
+networks: chosen on those three ε networks; a sub-VP ε U-Net, trained after its first form
+(⌈nfe/4⌉, order 4 from 13 NFE) was written down, kept the order 2/3 part and rejected order 4
+at 15 NFE (2.2× order 3's error); the form kept was checked on a fourth, a linear-VP ε U-Net
+trained longer from another seed. An exact score oracle (``GaussianMixture.denoiser(prediction="score")``)
 counts as noise-predicting too: the rule cannot tell it from a network.
 """
 from __future__ import annotations
 
-__all__ = ["auto_config", "predicts_noise", "HIGH_DIM", "WIDE_DIM"]
+__all__ = ["auto_config", "predicts_noise", "noise_order", "HIGH_DIM", "WIDE_DIM"]
 
 HIGH_DIM = 16  # data dimension from which the high-dimensional rule applies
 WIDE_DIM = 128  # ... and from which its components are decided above σ̃ ≈ 8 (karras above 6 NFE)
@@ -92,7 +109,14 @@ def auto_config(sde, nfe: int, dim: int, noise_prediction: bool = False) -> dict
         shape = "karras"
     else:
         shape = "ays"
-    return dict(solver="ipndm", steps=steps, schedule=f"{shape}_trailing", opts={}, denoise=True)
+    opts = {"order": noise_order(nfe)} if noise_prediction else {}
+    return dict(solver="ipndm", steps=steps, schedule=f"{shape}_trailing", opts=opts, denoise=True)
+
+
+def noise_order(nfe: int) -> int:
+    """iPNDM's order for a noise-predicting network at a budget of 4–30 calls: 2 up to 8 NFE,
+    3 above (module docstring)."""
+    return 2 if nfe <= 8 else 3
 
 
 def predicts_noise(model) -> bool:
