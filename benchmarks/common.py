@@ -42,3 +42,10 @@ def run_benchmark(doc: str, body, markdown, extra_args=None) -> None:
             fh.close()
     if a.markdown:
         print(markdown([r for r in rows if not r.get("meta")]))
+
+
+def config_label(st: dict) -> str:
+    """``solver(options)/schedule`` of a ``sample(..., return_stats=True)`` run — with
+    ``solver="auto"``, the configuration it chose, options included (e.g. iPNDM's order)."""
+    opts = ", ".join(f"{k}={v}" for k, v in st.get("options", {}).items())
+    return f"{st['solver']}{f'({opts})' if opts else ''}/{st['schedule']}"

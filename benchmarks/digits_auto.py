@@ -12,8 +12,9 @@ near its noise floor cannot separate at 10–20 NFE. ``--sweep``: every one-call
     python benchmarks/digits_auto.py --run runs/digits --metric rmse -n 512 --budgets 5 20 \
         --sweep --no-anchors --out docs/digits_sweep_results.jsonl
 
-``--orders``: iPNDM of orders 2, 3 and 4 on the trailing shapes ``auto`` chooses between, and
-UniPC(2) (the order rule for noise-predicting networks, docs/benchmarks.md).
+``--orders``: iPNDM of orders 2, 3 and 4 on the trailing shapes ``auto`` chooses between and
+on ``logsnr_trailing``, and UniPC(2) (the order rule for noise-predicting networks,
+docs/benchmarks.md).
 
 Ours: ``auto`` and the named solvers on the new schedules (iPNDM on gits/ays/karras and on the
 trailing forms ays/karras/logsnr_trailing, UniPC(3) on vp_trailing, PNDM on gits). diffusers
@@ -28,7 +29,7 @@ ays_trailing, karras, logsnr_trailing) when `sdeflow ems RUN` has written the ru
 from __future__ import annotations
 
 import torch
-from common import run_benchmark
+from common import config_label, run_benchmark
 from solvers import run_diffusers
 
 import sdeflow
@@ -54,11 +55,12 @@ SWEEP_SOLVERS = [("ddim", {}, 1), ("deis", {}, 1), ("dpmpp_2m", {}, 1), ("dpmpp_
 SWEEP_SCHEDULES = ["ays", "ays_trailing", "edm", "gits", "gits_trailing", "karras",
                    "karras_trailing", "logsnr", "logsnr_trailing", "uniform", "vp_trailing",
                    "vp_uniform"]
-# --orders: iPNDM of each order on the trailing shapes `auto` chooses between, and UniPC(2)
+# --orders: iPNDM of each order on the trailing shapes `auto` chooses between (and
+# logsnr_trailing), and UniPC(2)
 ORDERS = [(f"ipndm({o})/{g}", "ipndm", dict(order=o, schedule=g), 1)
-          for g in ("karras_trailing", "ays_trailing", "logsnr_trailing") for o in (2, 3, 4)] \
-    + [("ipndm(3)/vp_trailing", "ipndm", dict(order=3, schedule="vp_trailing"), 1),
-       ("ipndm(3)/gits_trailing", "ipndm", dict(order=3, schedule="gits_trailing"), 1)] \
+          for g in ("karras_trailing", "ays_trailing", "gits_trailing", "logsnr_trailing")
+          for o in (2, 3, 4)] \
+    + [("ipndm(3)/vp_trailing", "ipndm", dict(order=3, schedule="vp_trailing"), 1)] \
     + [(f"unipc(2)/{g}", "unipc", dict(order=2, schedule=g), 1)
        for g in ("vp_trailing", "ays_trailing", "karras_trailing")]
 
@@ -107,7 +109,7 @@ def body(emit, a):
             with torch.no_grad():
                 x, st = sdeflow.sample(model, x_T, solver=solver, steps=steps, return_stats=True,
                                        **opts)
-            emit(dict(impl="sdeflow", solver=label, config=f"{st['solver']}/{st['schedule']}",
+            emit(dict(impl="sdeflow", solver=label, config=config_label(st),
                       budget=nfe, nfe=st["nfe"], **score(x)))
     import solvers
     from anchors import k_diffusion_sampling
@@ -150,8 +152,8 @@ def extra(ap):
     ap.add_argument("--sweep", action="store_true",
                     help="every one-call solver of ours × every schedule instead of the rows above")
     ap.add_argument("--orders", action="store_true",
-                    help="iPNDM of orders 2–4 on karras/ays/logsnr_trailing, iPNDM(3) on "
-                         "vp/gits_trailing and UniPC(2) on vp/ays/karras_trailing (and auto) "
+                    help="iPNDM of orders 2–4 on karras/ays/gits/logsnr_trailing, iPNDM(3) "
+                         "on vp_trailing and UniPC(2) on vp/ays/karras_trailing (and auto) "
                          "instead of the rows above")
     ap.add_argument("--no-anchors", action="store_true", help="only our rows")
     ap.add_argument("--anchors-only", choices=["all", "diffusers", "k-diffusion"], default=None,

@@ -7,14 +7,18 @@ c. Along the network's own trajectory (fine Heun steps, geometric in σ̃, betwe
 nodes) this prints, for each step of ``auto``'s grid at ``--nfe`` calls (or of
 ``--schedule``'s), the RMS of
 
-.. math:: (\tilde\sigma_{i+1} - \tilde\sigma_i)\sum_j c_j\,\hat\varepsilon(\tilde x(\tilde\sigma_{i-j}), \tilde\sigma_{i-j})
-          - \big(\tilde x(\tilde\sigma_{i+1}) - \tilde x(\tilde\sigma_i)\big)
+.. math:: \Delta\tilde\sigma_i \sum_j c_j\,\hat\varepsilon(\tilde x(\tilde\sigma_{i-j}),
+          \tilde\sigma_{i-j}) - \big(\tilde x(\tilde\sigma_{i+1}) - \tilde x(\tilde\sigma_i)\big)
 
 for p = 1–4 — each step's error with an exact state and exact history. An exact ε̂ is nearly
 constant along the trajectory at large σ̃ (ε ≈ x̃/σ̃), so there every p is nearly exact; a
 network's error in ε̂ that changes from one node to the next is what the weights amplify.
+Every order is measured at every step where it has the history; the sampler itself lowers
+the order at the start and the end and takes x̂0 after the last step. Errors are in x̃'s
+units, so only steps over the same σ̃ compare directly.
 
-    python benchmarks/local_error.py --run runs/digits_vp --nfe 10 --out docs/local_error_results.jsonl
+    python benchmarks/local_error.py --run runs/digits_vp runs/digits_vp_long runs/digits \
+        --nfe 10 --schedule karras_trailing --out docs/local_error_results.jsonl
 """
 from __future__ import annotations
 
@@ -56,7 +60,13 @@ def trajectory(model, x_T, nus, substeps: int):
 
 
 def body(emit, a):
-    model, cfg = sdeflow.load(a.run)
+    for run in a.run:
+        measure(emit, a, run)
+
+
+def measure(emit, a, run: str) -> None:
+    """One row per step of the grid for the network of ``run``."""
+    model, cfg = sdeflow.load(run)
     sde = model.sde
     x_T = sde.prior_sample((a.n, *cfg.shape), generator=torch.Generator().manual_seed(0))
     from sdeflow.samplers.auto import auto_config, predicts_noise
@@ -67,7 +77,7 @@ def body(emit, a):
     xs, es = trajectory(model, x_T, nus, a.substeps)
     for i in range(len(nus) - 1):
         exact = xs[i + 1] - xs[i]
-        row = dict(run=a.run, prediction=getattr(model, "prediction", "x0"), nfe=a.nfe,
+        row = dict(run=run, prediction=getattr(model, "prediction", "x0"), nfe=a.nfe,
                    schedule=schedule, step=i, sigma_from=round(float(nus[i]), 4),
                    sigma_to=round(float(nus[i + 1]), 4))
         for p in range(1, min(4, i + 1) + 1):
@@ -87,7 +97,8 @@ def markdown(rows):
 
 
 def extra(ap):
-    ap.add_argument("--run", default="runs/digits", help="run directory (any SDE)")
+    ap.add_argument("--run", nargs="+", default=["runs/digits"],
+                    help="run directories (any SDE), measured in turn")
     ap.add_argument("--nfe", type=int, default=10, help="budget whose auto grid is measured")
     ap.add_argument("--schedule", help="the grid's shape (default: auto's at --nfe)")
     ap.add_argument("-n", type=int, default=128, help="prior draws")

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 from anchors import k_diffusion_sampling
-from common import run_benchmark
+from common import config_label, run_benchmark
 
 import sdeflow
 from sdeflow.oracle import GaussianMixture
@@ -194,8 +194,8 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
                               nfe=st["nfe"], **err(x)))
         for nfe in [] if tuned_only else NFES:
             x, st = sdeflow.sample(model, x_T, solver="auto", steps=nfe, return_stats=True)
-            emit(dict(problem=name, impl="sdeflow", solver="auto", config=f"{st['solver']}/"
-                      f"{st['schedule']}", nfe=st["nfe"], **err(x)))
+            emit(dict(problem=name, impl="sdeflow", solver="auto", config=config_label(st),
+                      nfe=st["nfe"], **err(x)))
         if auto_only or ours_only:
             continue
         if not tuned_only:
@@ -229,23 +229,24 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err, model=None):
         return gm.x0(s * xt, sde.s(t), sde.sigma(t))
     xt_T = x_T / s_T
 
-    def anchor(label, fn, *args, **kw):
+    def anchor(label, fn, *args, budget=None, **kw):
         calls[0] = 0
         start = time.perf_counter()
         try:
             x = fn(denoiser, xt_T, *args, disable=True, **kw)
         except FloatingPointError as e:  # a network fed a diverged state
-            emit(dict(problem=name, impl="k-diffusion", solver=label, nfe=calls[0], failed=str(e)))
+            emit(dict(problem=name, impl="k-diffusion", solver=label, nfe=budget,
+                      failed_after=calls[0], failed=str(e)))
             return
         emit(dict(problem=name, impl="k-diffusion", solver=label, nfe=calls[0], **err(x),
                   seconds=time.perf_counter() - start))
     for nfe in NFES:
         sig = kd.get_sigmas_karras(nfe, nu_min, nu_max, device="cpu").to(x_T.dtype)
-        anchor("dpmpp_2m", kd.sample_dpmpp_2m, sig)
-        anchor("lms", kd.sample_lms, sig)
+        anchor("dpmpp_2m", kd.sample_dpmpp_2m, sig, budget=nfe)
+        anchor("lms", kd.sample_lms, sig, budget=nfe)
         sig_h = kd.get_sigmas_karras((nfe + 1) // 2, nu_min, nu_max, device="cpu").to(x_T.dtype)
-        anchor("heun", kd.sample_heun, sig_h)
-        anchor("dpm_fast", kd.sample_dpm_fast, nu_min, nu_max, nfe)
+        anchor("heun", kd.sample_heun, sig_h, budget=nfe)
+        anchor("dpm_fast", kd.sample_dpm_fast, nu_min, nu_max, nfe, budget=nfe)
     for tol in (0.2, 0.1, 0.05, 0.02, 0.01):
         anchor(f"dpm_adaptive(tol {tol})", kd.sample_dpm_adaptive, nu_min, nu_max, rtol=tol,
                atol=tol)

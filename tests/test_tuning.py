@@ -542,6 +542,26 @@ def test_pool_validation_always_compares_auto_and_grows_on_a_thin_lead(ring_edm,
     assert set(bare.heldout_losses) == {"tuned", "dpmpp_2m/logsnr"}
 
 
+def test_auto_candidate_carries_the_order_auto_chose_for_a_noise_predicting_network():
+    """The tuned pipeline's ``auto`` candidate runs what ``sample(solver="auto")`` would: for
+    an ε network iPNDM with the lowered order (named with it), for an x̂0 one the default."""
+    from types import SimpleNamespace
+
+    from sdeflow import Denoiser
+    from sdeflow.tuning import _auto_candidate
+    sde = sdeflow.VPSDE()
+    net = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    cases = [("eps", 6, "ipndm(order=2)/gits_trailing", {"order": 2}),
+             ("eps", 11, "ipndm(order=3)/gits_trailing", {"order": 3}),
+             ("x0", 6, "ipndm/gits_trailing", {})]
+    for prediction, steps, label, opts in cases:
+        obj = SimpleNamespace(model=Denoiser(net, sde, prediction=prediction), steps=steps)
+        cand = _auto_candidate(obj, 2)
+        assert list(cand) == [label]
+        grid, solver, got = cand[label]
+        assert (solver, got, len(grid)) == ("ipndm", opts, steps + 1)
+
+
 def test_blend_grids_interpolates_in_log_snr():
     sde = sdeflow.VPSDE()
     a = get_timesteps(sde, 6, "karras")

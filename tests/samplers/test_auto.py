@@ -80,7 +80,7 @@ def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
     preconditioning gets ``karras_trailing`` at every budget 4–30 from D = 16 (its error in x̂0
     is σ̃ times its error in ε̂: more calls at large σ̃); below, and for x̂0-, v- and
     EDM-preconditioned networks, the dimension's shape; 1–3 and > 30 NFE are the same. At any
-    D its iPNDM order is 2 up to 8 NFE and 3 above (the network's error in ε̂ is amplified
+    D its iPNDM order is 2 up to 8 NFE, 3 up to 20 and 4 above (the network's error in ε̂ is amplified
     by the Adams–Bashforth weights); x̂0 networks keep order 4."""
     from sdeflow import Denoiser
     from sdeflow.samplers.auto import predicts_noise
@@ -90,7 +90,8 @@ def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
             cfg = auto_config(sde, nfe, dim, noise_prediction=True)
             want = "karras_trailing" if dim >= HIGH_DIM else "gits_trailing"
             assert (cfg["solver"], cfg["schedule"]) == ("ipndm", want), (dim, nfe)
-            assert cfg["opts"] == {"order": 2 if nfe <= 8 else 3}, (dim, nfe)
+            order = 2 if nfe <= 8 else 3 if nfe <= 20 else 4
+            assert cfg["opts"] == {"order": order}, (dim, nfe)
             assert auto_config(sde, nfe, dim)["opts"] == {}, (dim, nfe)
         for nfe in (1, 2, 3, 31, 100):
             assert auto_config(sde, nfe, dim, True) == auto_config(sde, nfe, dim)
@@ -107,7 +108,7 @@ def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
     eps_model = Denoiser(lambda x, t: gm.denoiser(sde).predict(x, t).eps, sde, prediction="eps")
     _, st = sdeflow.sample(eps_model, shape=(3, HIGH_DIM), solver="auto", steps=8,
                            return_stats=True)
-    assert (st["schedule"], st["nfe"]) == ("karras_trailing", 8)
+    assert (st["schedule"], st["options"], st["nfe"]) == ("karras_trailing", {"order": 2}, 8)
     x_T = sde.prior_sample((3, HIGH_DIM), generator=torch.Generator().manual_seed(0))
     got = sdeflow.sample(eps_model, x_T, solver="auto", steps=8)
     for order, same in ((2, True), (4, False)):

@@ -59,7 +59,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
             one), return the decoded images (default) or, with False, the latents; ``shape``
             may then be the images' or the latents' batch shape.
         return_stats: also return a dict with ``nfe``, ``seconds``, ``steps``, ``solver``,
-            ``schedule`` and solver-specific entries (accepted/rejected steps of adaptive ones).
+            ``schedule``, with ``solver="auto"`` the ``options`` it chose (e.g. iPNDM's
+            ``order``), and solver-specific entries (accepted/rejected steps of adaptive ones).
         **solver_opts: solver options, e.g. ``rtol``, ``atol``, ``eta``, ``snr``, ``gamma``,
             ``predictor``, ``corrector``, ``n_corrector_steps``.
 
@@ -74,9 +75,11 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     latent = _latent(model, decode)
     if latent is not None and shape is not None:
         shape = latent.sample_shape(shape)
+    chosen = {}
     if solver == "auto":
         solver, steps, schedule, denoise, solver_opts = _auto(model, x_T, shape, steps, schedule,
                                                               denoise, timesteps, solver_opts)
+        chosen = dict(options=dict(solver_opts))
     solver, denoise, timesteps, own_grid = _distilled_defaults(
         model, solver, denoise, timesteps, force, solver_opts,
         asked=any(a is not None for a in (steps, schedule, t_start, t_end)))
@@ -120,7 +123,7 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
     if not return_stats:
         return x
     stats = dict(solver=solver, schedule=schedule or sde.default_schedule, steps=None
-                 if info.adaptive else steps, nfe=model.nfe - nfe0,
+                 if info.adaptive else steps, **chosen, nfe=model.nfe - nfe0,
                  seconds=time.perf_counter() - t0, **ctx.stats)
     return x, stats
 

@@ -10,7 +10,8 @@ gives the measurements behind them):
   ``vp_trailing`` grid — every call where the sample's coarse shape is decided, the answer the
   last call's x̂0 (diffusers' trailing spacing).
 * **4–30 NFE**: the fixed-coefficient 4th-order Adams–Bashforth iPNDM (1 NFE per step, no
-  start-up calls) on a *trailing* grid (``<shape>_trailing``: the shape's grid for one more
+  start-up calls; order 2 or 3 at 4–20 NFE for a noise-predicting network, below) on a
+  *trailing* grid (``<shape>_trailing``: the shape's grid for one more
   step with its last time dropped, so the final x̂0 call sits on the shape's last noise level
   instead of at σ_min where it barely moves the sample, and iPNDM counts it as its first-order
   last step), the shape chosen by the dimension and the network's parameterisation:
@@ -19,8 +20,8 @@ gives the measurements behind them):
     through large σ̃ and dense near the data, where a low-dimensional trajectory bends most;
   - **high dimension** (D ≥ 16), a network returning x̂0 or v̂: ``ays_trailing`` (Align Your
     Steps' shape: after one large first jump, more of the calls at intermediate σ̃, where a
-    draw's mixture component — an image's layout — is decided; in high dimension the draws that end in the wrong component
-    carry most of the error), except from 7 NFE in **very high dimension** (D ≥ 128):
+    draw's mixture component — an image's layout — is decided; in high dimension the draws
+    that end in the wrong component carry most of the error), except from 7 NFE in **very high dimension** (D ≥ 128):
     ``karras_trailing`` (ρ = 7), with nearly twice the calls above σ̃ ≈ 10 (7 to 4 at 20
     NFE). Why the dimension decides: for data of unit scale per coordinate, two draws lie
     ≈ √(2D) apart, so components are told apart at σ̃ ≈ √(D/2) — ≈ 6 at D = 64, ≈ 11 at
@@ -42,19 +43,22 @@ gives the measurements behind them):
     better than ``karras_trailing``, so low dimension keeps its rule (docs/benchmarks.md,
     "Trained ε-prediction networks"). Networks and oracles returning x̂0 or v̂ (EDM or
     consistency preconditioning included) keep the rules above.
-  - **iPNDM's order for a noise-predicting network** (any D): 2 up to 8 NFE, 3 above
-    (:func:`noise_order`); other networks keep 4. A step adds Δσ̃·Σ_j c_j ε̂_{i−j}, and the
-    equal-step Adams–Bashforth weights c of order p = 1, 2, 3, 4 amplify an error in ε̂ that
-    changes from one node to the next by (Σ_j c_j²)^{1/2} = 1, 1.6, 2.4, 3.7. An exact ε̂ is
-    nearly constant at large σ̃ (ε ≈ x̃/σ̃); an ε-network's is not. With an exact state and
-    history, each of the first three steps of the 10-NFE ``karras_trailing`` grid has 10–190×
-    the EDM U-Net's local error on the linear-VP ε U-Net, and from σ̃ ≈ 50 to 6 order 3 and
-    4 have 1.3–6× order 2's there (``benchmarks/local_error.py``). An x̂0-returning network's ε̂ = (x̃ − x̂0)/σ̃ carries
-    its error divided by σ̃, and order 4 stays best or level on the EDM U-Net at every budget.
-    Measured on four ε U-Nets of the digits (docs/benchmarks.md, "iPNDM's order on
-    noise-predicting networks"): within 0.7× the best anchor at 19 of their 28 budget cells
-    (order 4: 14), at most 1.26× (order 4: 2.03×). Order 4 loses most where it is unstable:
-    up to 3× order 3's error at 10–15 NFE.
+  - **iPNDM's order for a noise-predicting network** (any D): 2 up to 8 NFE, 3 up to 20,
+    4 above (:func:`noise_order`); other networks keep 4 throughout. A step adds
+    Δσ̃·Σ_j c_j ε̂_{i−j}, and the equal-step Adams–Bashforth weights c of order
+    p = 1, 2, 3, 4 amplify an error in ε̂ that changes from one node to the next by
+    (Σ_j c_j²)^{1/2} = 1, 1.6, 2.4, 3.7. An exact ε̂ is nearly constant at large σ̃
+    (ε ≈ x̃/σ̃); an ε-network's is not. With an exact state and history, the first three
+    steps of the 10-NFE ``karras_trailing`` grid have 10–190× the EDM U-Net's local error on
+    the linear-VP ε U-Net, and on its steps from σ̃ ≈ 50 to 13 order 3 has 2.5× order 2's
+    error and order 4 6× (``benchmarks/local_error.py``). An x̂0-returning network's
+    ε̂ = (x̃ − x̂0)/σ̃ carries its error divided by σ̃, and order 4 stays best or level on
+    the EDM U-Net at every budget. On finer grids the truncation error that a higher order
+    removes takes over: order 4 had 0.78–0.85× order 3's error at 30 NFE on four ε U-Nets.
+    Measured on those four (docs/benchmarks.md, "iPNDM's order on noise-predicting
+    networks"): within 0.7× the best anchor at 19 of their 28 cells at 5–20 NFE (order 4
+    throughout: 14), at most 1.26× (order 4: 2.03×); order 4 loses by up to 3× order 3's
+    error at 10–15 NFE.
 
 * **Above 30 NFE**: iPNDM on the ``logsnr`` grid (every solver is near its asymptotic order
   there; log-SNR steps spread the error evenly).
@@ -71,9 +75,10 @@ digits, checked on a cosine-VP one trained before it was run on it; its first fo
 failed on a 2-D ε MLP. The sixth (ninth session) lowers iPNDM's order for noise-predicting
 networks: chosen on those three ε networks; a sub-VP ε U-Net, trained after its first form
 (⌈nfe/4⌉, order 4 from 13 NFE) was written down, kept the order 2/3 part and rejected order 4
-at 15 NFE (2.2× order 3's error); the form kept was checked on a fourth, a linear-VP ε U-Net
-trained longer from another seed. An exact score oracle (``GaussianMixture.denoiser(prediction="score")``)
-counts as noise-predicting too: the rule cannot tell it from a network.
+at 15 NFE (2.2× order 3's error); the capped form was checked on a fourth, a linear-VP ε
+U-Net trained longer from another seed; order 4 above 20 NFE was then measured on all four.
+An exact score oracle (``GaussianMixture.denoiser(prediction="score")``) counts as
+noise-predicting too: the rule cannot tell it from a network.
 """
 from __future__ import annotations
 
@@ -115,8 +120,8 @@ def auto_config(sde, nfe: int, dim: int, noise_prediction: bool = False) -> dict
 
 def noise_order(nfe: int) -> int:
     """iPNDM's order for a noise-predicting network at a budget of 4–30 calls: 2 up to 8 NFE,
-    3 above (module docstring)."""
-    return 2 if nfe <= 8 else 3
+    3 up to 20, 4 above (module docstring)."""
+    return 2 if nfe <= 8 else 3 if nfe <= 20 else 4
 
 
 def predicts_noise(model) -> bool:
