@@ -46,6 +46,7 @@ def run_benchmark(doc: str, body, markdown, extra_args=None) -> None:
 
 def config_label(st: dict) -> str:
     """``solver(options)/schedule`` of a ``sample(..., return_stats=True)`` run — with
-    ``solver="auto"``, the configuration it chose, options included (e.g. iPNDM's order)."""
-    opts = ", ".join(f"{k}={v}" for k, v in st.get("options", {}).items())
-    return f"{st['solver']}{f'({opts})' if opts else ''}/{st['schedule']}"
+    ``solver="auto"``, the configuration it chose, options included (e.g. iPNDM's order) —
+    named as the tuned pipeline names its candidates."""
+    from sdeflow.tuning import config_label as label
+    return label(st["solver"], st.get("options", {}), st["schedule"])

@@ -3,9 +3,9 @@ why ``auto`` lowers the order for noise-predicting networks (docs/benchmarks.md)
 
 In x̃ = x/s, σ̃ = σ/s the PF-ODE is dx̃/dσ̃ = ε̂(x̃, σ̃), and an iPNDM step of order p is
 x̃_{i+1} = x̃_i + (σ̃_{i+1} − σ̃_i) Σ_j c_j ε̂_{i−j} with the equal-step Adams–Bashforth weights
-c. Along the network's own trajectory (fine Heun steps, geometric in σ̃, between the grid's
-nodes) this prints, for each step of ``auto``'s grid at ``--nfe`` calls (or of
-``--schedule``'s), the RMS of
+c (``AB_WEIGHTS``). Along the network's own trajectory (fine Heun steps of ``sample``,
+geometric in σ̃, between the grid's nodes) this prints, for each step of ``auto``'s grid at
+``--nfe`` calls (or of ``--schedule``'s), the RMS of
 
 .. math:: \Delta\tilde\sigma_i \sum_j c_j\,\hat\varepsilon(\tilde x(\tilde\sigma_{i-j}),
           \tilde\sigma_{i-j}) - \big(\tilde x(\tilde\sigma_{i+1}) - \tilde x(\tilde\sigma_i)\big)
@@ -28,34 +28,26 @@ import torch
 from common import run_benchmark
 
 import sdeflow
+from sdeflow.samplers.exponential import AB_WEIGHTS
 from sdeflow.schedules import get_timesteps
 
-# equal-step Adams–Bashforth weights, newest first (iPNDM's)
-AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12),
-      4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
-
-
-def trajectory(model, x_T, nus, substeps: int):
-    """x̃ and ε̂ at each σ̃ of ``nus`` along the PF-ODE from ``x_T`` (Heun, ``substeps``
-    geometric steps in σ̃ between nodes)."""
+def trajectory(model, x_T, ts, substeps: int):
+    """x̃ = x/s and ε̂ at each time of ``ts`` along the PF-ODE from ``x_T`` (Heun,
+    ``substeps`` steps geometric in σ̃ between two nodes)."""
     sde = model.sde
     ones = torch.ones(x_T.shape[0], dtype=x_T.dtype)
-
-    def eps(xt, nu):
-        t = sde.t_from_noise_level(torch.tensor([float(nu)], dtype=torch.float64))
+    nus = sde.noise_level(ts)
+    x, xs, es = x_T, [], []
+    for i in range(len(ts)):
         with torch.no_grad():
-            return model.eps(sde.s(t).to(xt) * xt, t.to(xt) * ones)
-    s_T = sde.s(sde.t_from_noise_level(nus[:1].to(torch.float64))).to(x_T)
-    xt = x_T / s_T
-    xs, es = [xt], [eps(xt, nus[0])]
-    for a, b in zip(nus[:-1], nus[1:]):
-        sub = torch.exp(torch.linspace(math.log(a), math.log(b), substeps + 1, dtype=torch.float64))
-        for u, v in zip(sub[:-1], sub[1:]):
-            e1 = eps(xt, u)
-            x1 = xt + float(v - u) * e1
-            xt = xt + float(v - u) * 0.5 * (e1 + eps(x1, v))
-        xs.append(xt)
-        es.append(eps(xt, b))
+            es.append(model.eps(x, ts[i].to(x) * ones))
+        xs.append(x / sde.s(ts[i]).to(x))
+        if i + 1 < len(ts):
+            sub = torch.exp(torch.linspace(math.log(nus[i]), math.log(nus[i + 1]), substeps + 1,
+                                           dtype=torch.float64))
+            with torch.no_grad():
+                x = sdeflow.sample(model, x, solver="heun", timesteps=sde.t_from_noise_level(sub),
+                                   denoise=False)
     return xs, es
 
 
@@ -72,16 +64,17 @@ def measure(emit, a, run: str) -> None:
     from sdeflow.samplers.auto import auto_config, predicts_noise
     auto = auto_config(sde, a.nfe, math.prod(cfg.shape), predicts_noise(model))
     schedule = a.schedule or auto["schedule"]
-    ts = get_timesteps(sde, auto["steps"], schedule, allow_free_end=True)
-    nus = sde.noise_level(ts.to(torch.float64))
-    xs, es = trajectory(model, x_T, nus, a.substeps)
+    ts = get_timesteps(sde, auto["steps"], schedule, allow_free_end=True).to(torch.float64)
+    nus = sde.noise_level(ts)
+    xs, es = trajectory(model, x_T, ts, a.substeps)
     for i in range(len(nus) - 1):
         exact = xs[i + 1] - xs[i]
         row = dict(run=run, prediction=getattr(model, "prediction", "x0"), nfe=a.nfe,
                    schedule=schedule, step=i, sigma_from=round(float(nus[i]), 4),
                    sigma_to=round(float(nus[i + 1]), 4))
         for p in range(1, min(4, i + 1) + 1):
-            est = float(nus[i + 1] - nus[i]) * sum(c * es[i - j] for j, c in enumerate(AB[p]))
+            est = float(nus[i + 1] - nus[i]) * sum(c * es[i - j]
+                                                    for j, c in enumerate(AB_WEIGHTS[p]))
             row[f"order{p}"] = (est - exact).pow(2).mean().sqrt().item()
         emit(row)
 

@@ -69,7 +69,7 @@ from .schedules import check_timesteps, ends_early, get_timesteps
 
 __all__ = ["TunedSchedule", "tune_timesteps", "stratified_draws", "pool_losses",
            "choice_instability", "unseen_lead", "blend_grids", "choose_tuned",
-           "timesteps_from_theta", "theta_from_timesteps"]
+           "timesteps_from_theta", "theta_from_timesteps", "config_label"]
 
 
 @dataclass
@@ -545,7 +545,7 @@ def _fall_back(out: TunedSchedule, obj: _Objective, cal, heldout, trim: float) -
         return  # several calls per step: the named one-call solvers would use another NFE
     x, ref, w = heldout
     name, opts, schedule = _rank_named(obj, cal)[0]
-    cands = {_label(name, opts, schedule): (_named_grid(obj, schedule), name, opts)}
+    cands = {config_label(name, opts, schedule): (_named_grid(obj, schedule), name, opts)}
     cands.update(_auto_candidate(obj, x[0].numel()))
     with torch.no_grad():
         ts = torch.tensor(out.timesteps, dtype=torch.float64)
@@ -582,7 +582,7 @@ def _rank_named(obj: _Objective, cal, distinct: bool = False) -> list[tuple[str,
     return [c for _, c in kept]
 
 
-def _label(name: str, opts: dict, schedule: str) -> str:
+def config_label(name: str, opts: dict, schedule: str) -> str:
     """``solver(opts)/schedule``, as ``TunedSchedule.best_named`` / ``fallback`` name it."""
     label = ", ".join(f"{k}={v}" for k, v in opts.items())
     return f"{name}{f'({label})' if label else ''}/{schedule}"
@@ -702,12 +702,13 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
     ``max_p_change`` and the chosen candidate's lead covers ``unseen_draws`` unseen rare draws
     (:func:`unseen_lead`)."""
     start_name, ts0 = start
-    start_label = _label(obj.solver, obj.opts, start_name)
+    start_label = config_label(obj.solver, obj.opts, start_name)
     cands = {"tuned": obj.unpack(params.detach()), start_label: (ts0, obj.solver, obj.opts)}
     if fallback and obj.solver not in MULTI_CALL:
         for name, opts, schedule in _rank_named(obj, cal, distinct=True)[:n_named] if n_named \
                 else []:  # ranking runs every named configuration: skip it when none is wanted
-            cands.setdefault(_label(name, opts, schedule), (_named_grid(obj, schedule), name, opts))
+            cands.setdefault(config_label(name, opts, schedule),
+                             (_named_grid(obj, schedule), name, opts))
         for label, c in _auto_candidate(obj, pool[0].numel()).items():
             cands.setdefault(label, c)
     sizes = [len(pool)] if start_size is None else _doublings(start_size, len(pool))
@@ -911,7 +912,7 @@ def _auto_candidate(obj: _Objective, dim: int) -> dict:
     if not cfg["denoise"] or cfg["steps"] != obj.steps or cfg["solver"] in MULTI_CALL:
         return {}
     grid = get_timesteps(obj.model.sde, obj.steps, cfg["schedule"], allow_free_end=True)
-    return {_label(cfg["solver"], cfg["opts"], cfg["schedule"]):
+    return {config_label(cfg["solver"], cfg["opts"], cfg["schedule"]):
             (grid, cfg["solver"], dict(cfg["opts"]))}
 
 

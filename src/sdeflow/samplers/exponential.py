@@ -34,8 +34,8 @@ from ..sde import bcast
 from .adaptive import AdaptiveState, StepController, Trial, adaptive_loop, rms, select_rows
 from .registry import Context, register_solver
 
-__all__ = ["dpmpp_multistep", "dpm_solver_singlestep", "unipc", "deis", "dpm_adaptive",
-           "step_order", "logsnr_denoiser", "logsnr_state", "logsnr_observe"]
+__all__ = ["AB_WEIGHTS", "dpmpp_multistep", "dpm_solver_singlestep", "unipc", "deis",
+           "dpm_adaptive", "step_order", "logsnr_denoiser", "logsnr_state", "logsnr_observe"]
 
 
 def step_order(order: int, available: int, i: int, steps: int,
@@ -269,9 +269,9 @@ def _lagrange_integrals(nodes: list[Tensor], a: Tensor, b: Tensor) -> list[Tenso
     return out
 
 
-# Adams–Bashforth weights for equal steps (newest value first), used by iPNDM
-_AB_FIXED = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12),
-             4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+# Adams–Bashforth weights for equal steps (newest value first), used by iPNDM and PNDM
+AB_WEIGHTS = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12),
+              4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
 def deis(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 3,
@@ -310,7 +310,7 @@ def deis(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 3,
         p = step_order(order, len(eps_hist), i, steps + (ctx.final_denoise and variant == "ipndm"),
                        lower_order_final)
         if variant == "ipndm":
-            weights = [(nu[i + 1] - nu[i]) * c for c in _AB_FIXED[p]]
+            weights = [(nu[i + 1] - nu[i]) * c for c in AB_WEIGHTS[p]]
         else:
             weights = _lagrange_integrals([nu[i - j] for j in range(p)], nu[i], nu[i + 1])
         xt = xt + sum(w * e for w, e in zip(weights, eps_hist[:p]))

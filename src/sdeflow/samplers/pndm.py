@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from ..sde import bcast
-from .exponential import _AB_FIXED
+from .exponential import AB_WEIGHTS
 from .registry import Context, register_solver
 
 __all__ = ["pndm_transfer", "pndm"]
@@ -118,7 +118,7 @@ def pndm(model, x: Tensor, ts: Tensor, ctx: Context, warm_start: str = "prk") ->
             hist = [e]
         else:
             hist = [model.eps(x, t * ones, **ctx.cond), *hist][:4]
-            e_prime = sum(c * e for c, e in zip(_AB_FIXED[len(hist)], hist))
+            e_prime = sum(c * e for c, e in zip(AB_WEIGHTS[len(hist)], hist))
             x = pndm_transfer(sde, x, e_prime, t, t_next)
         x = ctx.step_done(t_next, x)
     return x
