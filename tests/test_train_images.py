@@ -114,6 +114,44 @@ DDP_CONFIGS = {
                                            lr=1e-3, warmup=1, tensorboard=False)}
 
 
+def _group_worker(rank, world, init_file, out_dir, cfg_dict):
+    """Train twice: inside a group the caller made (train must leave it alive), then from the
+    torchrun-style environment alone (train joins a group and must leave it destroyed)."""
+    import torch.distributed as dist
+    from sdeflow.training import train
+    torch.set_num_threads(1)
+    cfg = get_objective(cfg_dict["kind"]).Config.from_dict(cfg_dict)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    train(cfg, os.path.join(out_dir, "caller"), progress=False)
+    kept = dist.is_initialized()
+    dist.destroy_process_group()
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    st = train(cfg, os.path.join(out_dir, "own"), progress=False)
+    torch.save(dict(kept=kept, left=not dist.is_initialized(), step=st.step),
+               os.path.join(out_dir, f"group{rank}.pt"))
+
+
+def test_train_leaves_the_process_group_it_joined_and_keeps_the_callers(tmp_path, monkeypatch):
+    """A rank that exits with its gloo group alive can abort (SIGABRT) while its peer closes
+    the connection: train() destroys a group it joined itself, after all ranks meet, and
+    leaves alone one its caller set up."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    cfg = DDP_CONFIGS["score"]()
+    cfg.steps = 1
+    mp.spawn(_group_worker, args=(2, str(tmp_path / "pg"), str(tmp_path), cfg.to_dict()),
+             nprocs=2)
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"group{r}.pt", weights_only=True)
+        assert got == dict(kept=True, left=True, step=1)
+
+
 @pytest.mark.parametrize("program", ["score", pytest.param("classifier", marks=pytest.mark.slow)])
 def test_ddp_ranks_stay_identical_and_equal_one_process(tmp_path, program):
     """2 CPU ranks (gloo), 3 steps on a global batch of 16: both ranks hold bit-identical
@@ -174,7 +212,7 @@ def test_torchrun_launch_trains_like_one_process(tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                         "--standalone", "-m", "sdeflow.cli", *args],
                        capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, r.stderr[-6000:]  # the rank's own error precedes the summary
     assert r.stdout.count("trained 3 steps") == 1  # only rank 0 reports (and writes)
     assert main(_train_args(tmp_path / "one", "--steps", "3", "--log-every", "1",
                             "--no-tensorboard", "--warmup", "1")) == 0

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "dist_info", "all_reduce_mean", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "dist_info", "all_reduce_mean", "barrier",
+           "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,14 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def shutdown_distributed(*, sync: bool = True) -> None:
+    """Leave the process group: wait for every rank (``sync``), then destroy it. A rank that
+    exits with its gloo/NCCL group still alive can abort (SIGABRT) while its peer is still
+    closing the connection; torch asks for ``destroy_process_group()`` before exit. Without
+    ``sync`` (an error on this rank) it only destroys, since the peers may never arrive."""
+    if dist.is_available() and dist.is_initialized():
+        if sync:
+            barrier()
+        dist.destroy_process_group()

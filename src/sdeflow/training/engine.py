@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from ..checkpoint import (CheckpointError, load_weights, read_checkpoint, read_weights,
                           save_checkpoint)
-from ..distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from ..distributed import (DistInfo, all_reduce_mean, barrier, init_distributed,
+                           shutdown_distributed)
 from .config import PRECISIONS, EngineConfig
 from .log import RunLog
 from .objective import Objective, get_objective
@@ -240,12 +241,26 @@ def train(cfg: EngineConfig, run_dir, *, resume: bool = False, progress: bool = 
     """Run the program of ``cfg`` to ``cfg.steps``, checkpointing every ``cfg.ckpt_every``
     steps and at the end. With ``resume``, continue from the run directory's latest
     checkpoint. Under ``torchrun`` every rank runs this; rank 0 alone writes checkpoints,
-    logs and previews."""
+    logs and previews. A process group this call joined is left again (all ranks meet, then
+    it is destroyed) before it returns; one the caller set up is left to the caller."""
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     dist = init_distributed()
-    run_dir = Path(run_dir)
-    cfg = copy.deepcopy(cfg).validate()  # the caller's config stays as given
-    st = _resume_or_start(cfg, run_dir, dist, resume, device)
-    cfg, main = st.cfg, dist.is_main
+    finished = False
+    try:
+        run_dir = Path(run_dir)
+        cfg = copy.deepcopy(cfg).validate()  # the caller's config stays as given
+        st = _resume_or_start(cfg, run_dir, dist, resume, device)
+        _run(st, run_dir, progress)
+        finished = True
+    finally:
+        if owns_group:
+            shutdown_distributed(sync=finished)
+    return st
+
+
+def _run(st: Trainer, run_dir: Path, progress: bool) -> None:
+    """The training loop of :func:`train`: step, log, preview and checkpoint to ``cfg.steps``."""
+    cfg, main = st.cfg, st.dist.is_main
     log = bar = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -275,4 +290,3 @@ def train(cfg: EngineConfig, run_dir, *, resume: bool = False, progress: bool = 
             bar.close()
         if log is not None:
             log.close()
-    return st
