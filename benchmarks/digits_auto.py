@@ -14,7 +14,12 @@ near its noise floor cannot separate at 10–20 NFE. ``--sweep``: every one-call
 
 ``--orders``: iPNDM of orders 2, 3 and 4 on the trailing shapes ``auto`` chooses between and
 on ``logsnr_trailing``, and UniPC(2) (the order rule for noise-predicting networks,
-docs/benchmarks.md).
+docs/benchmarks.md). ``--tuned``: the fixed tuned pipeline of benchmarks/solvers.py instead
+(DPM-Solver-v3's grid tuned and validated as ``tune-steps`` does; after ``sdeflow ems RUN``),
+10–30 min per budget on one CPU core for the digits U-Net, e.g.
+
+    python benchmarks/digits_auto.py --run runs/digits_vp_long --metric rmse -n 512 \
+        --budgets 5 6 8 --tuned --out docs/digits_vplong_tuned_results.jsonl
 
 Ours: ``auto`` and the named solvers on the new schedules (iPNDM on gits/ays/karras and on the
 trailing forms ays/karras/logsnr_trailing, UniPC(3) on vp_trailing, PNDM on gits). diffusers
@@ -82,6 +87,9 @@ def body(emit, a):
     if a.anchors_only and (a.no_anchors or a.sweep or a.orders):
         raise SystemExit("--anchors-only runs no rows of ours: not with --no-anchors, --sweep "
                          "or --orders")
+    if a.tuned and (a.sweep or a.orders or a.anchors_only):
+        raise SystemExit("--tuned runs the tuned pipeline's rows only: not with --sweep, "
+                         "--orders or --anchors-only")
     if a.sweep and a.orders:
         raise SystemExit("--sweep and --orders are two different sets of rows: give one")
     model, cfg = sdeflow.load(a.run)
@@ -102,6 +110,8 @@ def body(emit, a):
             return dict(rmse=(x.to(ref) - ref).pow(2).mean().sqrt().item())
     from sdeflow.samplers.ems import with_default_statistics
     v3 = with_default_statistics("dpm_solver_v3", {}, a.run)
+    if a.tuned:
+        return _tuned(emit, a, model, cfg, x_T, score, v3)
     rows = _rows(a, v3)
     for nfe in [] if a.anchors_only else a.budgets:
         for label, solver, opts, extra in rows:
@@ -127,6 +137,23 @@ def body(emit, a):
                          "(pip install --no-deps k-diffusion)")
     if kd is not None and a.anchors_only != "diffusers":
         solvers.run_k_diffusion(anchor, kd, "digits", None, sde, x_T, score, model=model)
+
+
+def _tuned(emit, a, model, cfg, x_T, score, v3: dict) -> None:
+    """The fixed tuned pipeline of benchmarks/solvers.py (``run_tuned``: DPM-Solver-v3 with the
+    run's statistics as its base, calibration and validation stratified from pools of
+    ``--pool`` prior draws as ``tune-steps`` does) on the network, at each budget."""
+    import solvers
+    if a.metric != "rmse":
+        raise SystemExit("--tuned measures the error against the network's own PF-ODE: "
+                         "give --metric rmse")
+    if not v3:
+        raise SystemExit(f"--tuned tunes DPM-Solver-v3's grid: run `sdeflow ems {a.run}` "
+                         "first (it writes the statistics into the checkpoint folder)")
+    solvers.NFES[:] = a.budgets
+    solvers.run_tuned(lambda row: emit({**row, "budget": row["nfe"]}), "digits", model,
+                      model.sde, cfg.shape, x_T, score, pool=a.pool, bases=["dpm_solver_v3"],
+                      bns_bases=[], base_opts={"dpm_solver_v3": v3}, dtype=x_T.dtype)
 
 
 def markdown(rows):
@@ -155,6 +182,12 @@ def extra(ap):
                     help="iPNDM of orders 2–4 on karras/ays/gits/logsnr_trailing, iPNDM(3) "
                          "on vp_trailing and UniPC(2) on vp/ays/karras_trailing (and auto) "
                          "instead of the rows above")
+    ap.add_argument("--tuned", action="store_true",
+                    help="only the tuned pipeline's rows (DPM-Solver-v3 base, as "
+                         "benchmarks/solvers.py --tuned-only --tuned-bases dpm_solver_v3 runs "
+                         "it; needs --metric rmse and `sdeflow ems RUN`)")
+    ap.add_argument("--pool", type=int, default=4096,
+                    help="with --tuned: the calibration pool (the validation pool grows to 4×)")
     ap.add_argument("--no-anchors", action="store_true", help="only our rows")
     ap.add_argument("--anchors-only", choices=["all", "diffusers", "k-diffusion"], default=None,
                     help="only the anchors' rows (all, or one library's)")

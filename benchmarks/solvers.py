@@ -254,7 +254,8 @@ def run_k_diffusion(emit, kd, name, gm, sde, x_T, err, model=None):
 
 def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib_bns: int = 512,
               device: str = "cpu", pool: int = 0, heldout_pool: int | None = None,
-              pool_search: bool = True, bases=TUNED, bns_bases=BNS_BASES, base_opts=None):
+              pool_search: bool = True, bases=TUNED, bns_bases=BNS_BASES, base_opts=None,
+              dtype=torch.float64):
     """The tuned pipeline as ``tune-steps`` runs it: calibration and validation draws of its
     own (seeds 1000, 1001) — with ``pool``, calibration stratified from a pool of that many
     prior draws (``tuning.stratified_draws``) and validation chosen after tuning from a second
@@ -264,15 +265,17 @@ def run_tuned(emit, name, model, sde, dim, x_T, err, n_calib: int = 128, n_calib
     calibration pool (grid rows only: ``tune_timesteps(calibration_pool=...)``), the fall-back
     to the best candidate, then measured on the benchmark's draws. ``bases``: the solvers
     whose grids are tuned, ``bns_bases`` those whose coefficients are; ``base_opts`` their
-    options (DPM-Solver-v3's statistics)."""
+    options (DPM-Solver-v3's statistics). ``dim``: the draws' dimension, or their shape (an
+    image model's (C, H, W)); ``dtype``: the draws' (float32 for a trained network)."""
     from sdeflow.tuning import stratified_draws, tune_timesteps
 
     base_opts = base_opts or {}
 
     def draws(n, solver, steps, coefficients):
         sizes = (max(n, pool), max(n, heldout_pool or 4 * pool))
-        xs = [sde.prior_sample((size, dim), generator=torch.Generator().manual_seed(1000 + k),
-                               dtype=torch.float64).to(device) for k, size in enumerate(sizes)]
+        shape = (dim,) if isinstance(dim, int) else tuple(dim)
+        xs = [sde.prior_sample((size, *shape), generator=torch.Generator().manual_seed(1000 + k),
+                               dtype=dtype).to(device) for k, size in enumerate(sizes)]
         if not pool:
             return xs, {}
         idx, w = stratified_draws(model, xs[0], n, solver=solver, steps=steps,
