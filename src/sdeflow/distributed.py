@@ -5,13 +5,14 @@ the step one process would take on the whole batch. Only rank 0 writes files."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "dist_info", "all_reduce_mean", "barrier",
-           "shutdown_distributed"]
+           "shutdown_distributed", "process_group"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,12 @@ class DistInfo:
         return self.world_size > 1
 
 
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def dist_info() -> DistInfo:
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(),
                         int(os.environ.get("LOCAL_RANK", dist.get_rank())))
     return DistInfo()
@@ -38,7 +43,7 @@ def dist_info() -> DistInfo:
 
 def init_distributed(backend: str | None = None) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (no-op without it)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _initialized():
         if backend is None:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
@@ -46,7 +51,7 @@ def init_distributed(backend: str | None = None) -> DistInfo:
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _initialized() and dist.get_world_size() > 1:
         x = x.detach().clone()
         dist.all_reduce(x)
         x /= dist.get_world_size()
@@ -54,7 +59,7 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
@@ -63,7 +68,24 @@ def shutdown_distributed(*, sync: bool = True) -> None:
     exits with its gloo/NCCL group still alive can abort (SIGABRT) while its peer is still
     closing the connection; torch asks for ``destroy_process_group()`` before exit. Without
     ``sync`` (an error on this rank) it only destroys, since the peers may never arrive."""
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         if sync:
             barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group():
+    """``with process_group() as info:`` join the group ``torchrun`` describes for the block
+    (:func:`init_distributed`; ``info`` its :class:`DistInfo`) and, if the block joined it,
+    leave it after (:func:`shutdown_distributed`, without waiting for the peers when the
+    block raised). A group the caller set up stays the caller's."""
+    joined = not _initialized()
+    info = init_distributed()
+    ok = False
+    try:
+        yield info
+        ok = True
+    finally:
+        if joined:
+            shutdown_distributed(sync=ok)

@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import (CheckpointError, load_weights, read_checkpoint, read_weights,
                           save_checkpoint)
-from ..distributed import (DistInfo, all_reduce_mean, barrier, init_distributed,
-                           shutdown_distributed)
+from ..distributed import DistInfo, all_reduce_mean, barrier, process_group
 from .config import PRECISIONS, EngineConfig
 from .log import RunLog
 from .objective import Objective, get_objective
@@ -243,18 +242,11 @@ def train(cfg: EngineConfig, run_dir, *, resume: bool = False, progress: bool = 
     checkpoint. Under ``torchrun`` every rank runs this; rank 0 alone writes checkpoints,
     logs and previews. A process group this call joined is left again (all ranks meet, then
     it is destroyed) before it returns; one the caller set up is left to the caller."""
-    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    dist = init_distributed()
-    finished = False
-    try:
+    with process_group() as dist:
         run_dir = Path(run_dir)
         cfg = copy.deepcopy(cfg).validate()  # the caller's config stays as given
         st = _resume_or_start(cfg, run_dir, dist, resume, device)
         _run(st, run_dir, progress)
-        finished = True
-    finally:
-        if owns_group:
-            shutdown_distributed(sync=finished)
     return st
 
 
