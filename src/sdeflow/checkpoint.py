@@ -26,9 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["CheckpointError", "save_checkpoint", "resolve_checkpoint", "read_checkpoint",
-           "read_config", "read_weights", "read_state", "load_weights", "write_atomic",
-           "write_text_atomic", "check_safetensors"]
+__all__ = ["CheckpointError", "save_checkpoint", "resolve_checkpoint", "checkpoint_folder",
+           "read_checkpoint", "read_config", "read_weights", "read_state", "load_weights",
+           "write_atomic", "write_text_atomic", "check_safetensors"]
 
 
 class CheckpointError(ValueError):
@@ -112,6 +112,18 @@ def resolve_checkpoint(path) -> Path:
         raise CheckpointError(latest, f"names {name!r}, which is not a checkpoint folder of "
                                       f"{path}")
     return ck
+
+
+def checkpoint_folder(path) -> Path:
+    """The folder where files that belong to ``path``'s weights live (DPM-Solver-v3's
+    statistics, installed tuned schedules): its checkpoint folder (a run directory's ``latest``
+    one), or for a path that holds no checkpoint of ours (a saved diffusers folder) the folder
+    itself, or a file's folder."""
+    try:
+        return resolve_checkpoint(path)
+    except CheckpointError:
+        path = Path(path)
+        return path if path.is_dir() else path.parent
 
 
 def read_config(ck: Path) -> dict:

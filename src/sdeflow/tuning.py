@@ -69,7 +69,8 @@ from .schedules import check_timesteps, ends_early, get_timesteps
 
 __all__ = ["TunedSchedule", "tune_timesteps", "stratified_draws", "pool_losses",
            "choice_instability", "unseen_lead", "blend_grids", "choose_tuned",
-           "timesteps_from_theta", "theta_from_timesteps", "config_label"]
+           "timesteps_from_theta", "theta_from_timesteps", "config_label", "install",
+           "installed", "installed_path", "INSTALLED_DIR"]
 
 
 @dataclass
@@ -144,11 +145,21 @@ class TunedSchedule:
 
     @classmethod
     def load(cls, path) -> "TunedSchedule":
-        d = json.loads(Path(path).read_text())
+        """Read a file written by :meth:`save`; one that is not such a file is a ValueError
+        that names it."""
+        try:
+            d = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a tuned schedule (not JSON: {e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: not a tuned schedule (a JSON object is expected)")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown fields {sorted(unknown)} in a tuned schedule")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ValueError(f"{path}: not a tuned schedule ({e})") from None
 
     def tensor(self, sde=None) -> Tensor:
         """The grid as a float64 tensor (validated against ``sde`` when given)."""
@@ -158,6 +169,44 @@ class TunedSchedule:
                 raise ValueError(f"schedule was tuned for SDE {self.sde}, not {sde.config()}")
             check_timesteps(sde, ts)
         return ts
+
+
+#: the folder inside a checkpoint folder where ``tune-steps --install`` puts tuned schedules
+INSTALLED_DIR = "tuned"
+
+
+def installed_path(checkpoint, nfe: int) -> Path:
+    """Where ``sdeflow tune-steps --install`` puts the tuned schedule of ``nfe`` network calls
+    for ``checkpoint``: ``tuned/nfe<N>.json`` in its checkpoint folder, beside the weights it
+    was tuned on (:func:`~sdeflow.checkpoint.checkpoint_folder`)."""
+    from .checkpoint import checkpoint_folder
+    return checkpoint_folder(checkpoint) / INSTALLED_DIR / f"nfe{int(nfe)}.json"
+
+
+def install(res: TunedSchedule, model, checkpoint, x: Tensor) -> tuple[Path, int]:
+    """Save ``res`` as ``checkpoint``'s installed schedule (:func:`installed_path`) for the
+    network calls it makes, counted by running it once on the prior draw(s) ``x``: (path, NFE).
+    The CLI's default sampler (no ``--solver``) uses it at that budget (:func:`installed`)."""
+    with torch.no_grad():
+        _, st = sample(model, x, solver=res.solver, timesteps=res.tensor(model.sde),
+                       return_stats=True, **res.solver_opts)
+    return res.save(installed_path(checkpoint, st["nfe"])), st["nfe"]
+
+
+def installed(checkpoint, nfe: int, sde) -> TunedSchedule | None:
+    """The schedule ``tune-steps --install`` put in ``checkpoint``'s folder for ``nfe`` network
+    calls, checked against the model's ``sde`` (None: there is none). A damaged file, or one
+    tuned for another SDE, is a ValueError that names it."""
+    path = installed_path(checkpoint, nfe)
+    if not path.is_file():
+        return None
+    tuned = TunedSchedule.load(path)
+    try:
+        tuned.tensor(sde)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}; delete it or install another with `sdeflow tune-steps "
+                         f"--install`") from None
+    return tuned
 
 
 def _lams(sde, t_start: float, t_end: float) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -12,8 +13,9 @@ import torch
 from ..data import SPLIT_DATA
 
 __all__ = ["command_help", "add_command", "device", "json_dict", "add_sampling_args", "grid_args",
-           "load_run", "latest_checkpoint", "held_out", "load_images", "repeat", "write_report",
-           "write_panels", "auto_by_default", "run_condition", "check_condition", "SPLIT_DATA"]
+           "tuned_schedule", "load_run", "latest_checkpoint", "held_out", "load_images", "repeat",
+           "write_report", "write_panels", "auto_by_default", "run_condition", "check_condition",
+           "SPLIT_DATA"]
 
 # Embedded data sets with a held-out ``test`` split.
 
@@ -68,7 +70,8 @@ def add_sampling_args(p, grid: bool = True, default: str | None = None,
     from ..schedules import list_schedules
     asks = "--schedule, --no-denoise or --solver-opts" if grid else "--solver-opts"
     default = default or (f"auto — solver, schedule and final step chosen for the budget --steps "
-                          f"in NFE; heun when {asks} is given")
+                          f"in NFE, or the checkpoint's own tuned schedule for that budget "
+                          f"(`tune-steps --install`); heun when {asks} is given")
     p.add_argument("--solver", default=None,
                    choices=sorted({*list_solvers(), *list_cld_solvers(), "auto"}),
                    help=f"sampler (default: {default}"  # image commands load score models only
@@ -92,26 +95,45 @@ def add_sampling_args(p, grid: bool = True, default: str | None = None,
     p.add_argument("--seed", type=int, default=0)
 
 
-def grid_args(a, model) -> dict:
-    """solver/steps/schedule (or the solver and grid of --timesteps-file), denoise, force and
-    the solver options (--solver-opts over a tuned file's own; DPM-Solver-v3's statistics
-    default to those of `sdeflow ems` in the checkpoint folder) from the arguments, as
-    ``sdeflow.sample`` takes them (None: the model's own default)."""
+def grid_args(a, model, unconditional: bool = False) -> dict:
+    """solver/steps/schedule (or the solver and grid of a tuned schedule: :func:`tuned_schedule`),
+    denoise, force and the solver options (--solver-opts over a tuned file's own;
+    DPM-Solver-v3's statistics default to those of `sdeflow ems` in the checkpoint folder) from
+    the arguments, as ``sdeflow.sample`` takes them (None: the model's own default)."""
     from ..samplers.ems import with_default_statistics
     own = dict(denoise=False if a.no_denoise else None, force=a.force)
-    if not getattr(a, "timesteps_file", None):
+    tuned = tuned_schedule(a, model, unconditional)
+    if tuned is None:
         solver = "auto" if auto_by_default(a, model) else a.solver
         if solver == "auto":
             return dict(solver=solver, steps=a.steps, force=a.force, **a.solver_opts)
         opts = with_default_statistics(solver, a.solver_opts, a.checkpoint)
         return dict(solver=solver, steps=a.steps, schedule=a.schedule, **own, **opts)
-    from ..tuning import TunedSchedule
-    tuned = TunedSchedule.load(a.timesteps_file)
-    if a.steps is not None or a.schedule is not None:
-        raise ValueError("--timesteps-file replaces --steps and --schedule")
     opts = with_default_statistics(tuned.solver, {**tuned.solver_opts, **a.solver_opts},
                                    a.checkpoint)
     return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde), **own, **opts)
+
+
+def tuned_schedule(a, model, unconditional: bool = False):
+    """The tuned schedule to sample with (a :class:`~sdeflow.tuning.TunedSchedule`): the file
+    of --timesteps-file, or — with no --solver, for ``unconditional`` sampling (tuning is
+    unconditional) — the one ``tune-steps --install`` put in the checkpoint folder for the
+    budget --steps (NFE, default 20), said on stderr; None: neither, so ``auto`` or --solver."""
+    from ..samplers.auto import DEFAULT_NFE
+    from ..tuning import TunedSchedule, installed, installed_path
+    if getattr(a, "timesteps_file", None):
+        if a.steps is not None or a.schedule is not None:
+            raise ValueError("--timesteps-file replaces --steps and --schedule")
+        return TunedSchedule.load(a.timesteps_file)
+    if not (unconditional and auto_by_default(a, model)):
+        return None
+    nfe = DEFAULT_NFE if a.steps is None else a.steps
+    tuned = installed(a.checkpoint, nfe, model.sde)
+    if tuned is not None:
+        print(f"sampling with the schedule tuned for this checkpoint at {nfe} NFE "
+              f"({installed_path(a.checkpoint, nfe)}, from `sdeflow tune-steps --install`); "
+              f"--solver auto for auto's own rule", file=sys.stderr)
+    return tuned
 
 
 def auto_by_default(a, model) -> bool:

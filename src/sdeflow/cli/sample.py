@@ -52,7 +52,7 @@ def cmd_sample(a) -> int:
         raise ValueError(f"this model was trained for --task {task}: use `sdeflow "
                          f"{'sr' if task == 'sr' else 'colorize'}`")
     model, cond = guided_model(a, model, cfg, a.num, dev)
-    grid = grid_args(a, model)
+    grid = grid_args(a, model, unconditional=not cond)
     check_condition(grid, run_condition(a))
     with torch.no_grad():
         x, stats = sample(model, shape=(a.num, *cfg.shape), seed=a.seed,
@@ -109,7 +109,7 @@ def cmd_evaluate(a) -> int:
     model, cfg = load_run(a.checkpoint, ("denoiser", "cld"), device=device())
     labels = torch.arange(a.num) % cfg.num_classes if getattr(cfg, "class_cond", False) else None
     cond, text_labels = _test_captions(cfg, a.num, a.seed)
-    grid = grid_args(a, model)
+    grid = grid_args(a, model, unconditional=labels is None and not cond)
     check_condition(grid, None)  # every class in turn, or the test captions: no one condition
     x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
                          cond=cond, progress=True, **grid)
@@ -190,6 +190,10 @@ def add_tune_steps(sub) -> None:
                    help="options of --solver as JSON, e.g. '{\"statistics\": "
                         "\"outputs/ems.safetensors\"}' for dpm_solver_v3 (from `sdeflow ems`)")
     p.add_argument("--out", default="outputs/tuned_schedule.json")
+    p.add_argument("--install", action="store_true",
+                   help="also put the result in the checkpoint folder (tuned/nfe<N>.json, N "
+                        "its network calls), where `sample` and `evaluate` without --solver "
+                        "use it whenever --steps is N (unconditional sampling)")
 
 
 def cmd_tune_steps(a) -> int:
@@ -201,7 +205,9 @@ def cmd_tune_steps(a) -> int:
     solver, or a derivative-free pattern search), validated on as many separate draws; with
     --coefficients the solver's multistep coefficients are tuned too (a bespoke
     non-stationary 'bns' solver). Evaluation noise (sample/evaluate --seed) is a third,
-    separate set. Writes a JSON schedule for `sdeflow sample/evaluate --timesteps-file`.
+    separate set. Writes a JSON schedule for `sdeflow sample/evaluate --timesteps-file`; with
+    --install also into the checkpoint folder, where `sample` and `evaluate` without --solver
+    use it whenever --steps is its NFE.
     """
     from ..tuning import tune_timesteps
     dev = device()
@@ -252,6 +258,10 @@ def cmd_tune_steps(a) -> int:
     print(json.dumps({k: v for k, v in res.__dict__.items() if k not in ("timesteps", "solver_opts")},
                      indent=2))
     print(f"wrote {a.out}")
+    if a.install:
+        from ..tuning import install
+        path, nfe = install(res, model, a.checkpoint, draws[1][:1])
+        print(f"installed {path}: `sdeflow sample {a.checkpoint} --steps {nfe}` samples with it")
     return 0
 
 

@@ -171,7 +171,7 @@ def _start(sde, x_T, shape, generator, dtype, device) -> Tensor:
 def _auto(model, x_T, shape, steps, schedule, denoise, timesteps, opts: dict):
     """solver="auto": (solver, steps, schedule, denoise, options) of :func:`.auto.auto_config`
     for the budget ``steps`` (NFE; default 20)."""
-    from .auto import auto_config, predicts_noise
+    from .auto import DEFAULT_NFE, auto_config, predicts_noise
     if getattr(model, "timesteps", None) is not None:
         raise ValueError("a distilled model samples on its own grid (model.timesteps); omit "
                          "solver='auto'")
@@ -181,7 +181,7 @@ def _auto(model, x_T, shape, steps, schedule, denoise, timesteps, opts: dict):
     if x_T is None and shape is None:
         raise ValueError("give x_T or shape")
     dims = tuple(x_T.shape if x_T is not None else shape)[1:]
-    cfg = auto_config(model.sde, 20 if steps is None else steps, max(1, math.prod(dims)),
+    cfg = auto_config(model.sde, DEFAULT_NFE if steps is None else steps, max(1, math.prod(dims)),
                       predicts_noise(model))
     return cfg["solver"], cfg["steps"], cfg["schedule"], cfg["denoise"], cfg["opts"]
 

@@ -86,6 +86,7 @@ __all__ = ["auto_config", "predicts_noise", "noise_order", "HIGH_DIM", "WIDE_DIM
 
 HIGH_DIM = 16  # data dimension from which the high-dimensional rule applies
 WIDE_DIM = 128  # ... and from which its components are decided above σ̃ ≈ 8 (karras above 6 NFE)
+DEFAULT_NFE = 20  # the budget of solver="auto" when no steps are given
 
 
 def auto_config(sde, nfe: int, dim: int, noise_prediction: bool = False) -> dict:

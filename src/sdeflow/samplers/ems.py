@@ -179,12 +179,8 @@ def statistics_path(checkpoint) -> Path:
     """Where the statistics of ``checkpoint`` (a run directory, a checkpoint folder or a saved
     diffusers folder) live by default: in the checkpoint folder itself (a run directory's
     ``latest`` one), so they go with the weights they were estimated from."""
-    from ..checkpoint import CheckpointError, resolve_checkpoint
-    try:
-        return resolve_checkpoint(checkpoint) / STATISTICS_FILE
-    except CheckpointError:
-        path = Path(checkpoint)
-        return (path if path.is_dir() else path.parent) / STATISTICS_FILE
+    from ..checkpoint import checkpoint_folder
+    return checkpoint_folder(checkpoint) / STATISTICS_FILE
 
 
 def with_default_statistics(solver: str, opts: dict, checkpoint) -> dict:
