@@ -58,6 +58,12 @@ def test_the_installed_schedule_is_the_default_at_its_budget_only(run, tmp_path,
     np.testing.assert_array_equal(x_default, x_file)  # the installed file, exactly
     assert st["solver"] == "dpmpp_2m" and st["nfe"] == nfe
     assert st_auto["solver"] != "dpmpp_2m" and not np.array_equal(x_default, x_auto)
+    ev = tmp_path / "ev"  # evaluate too, and its report records the grid
+    assert main(["evaluate", str(run), "-n", "64", "--steps", str(nfe), "--out", str(ev)]) == 0
+    rep = json.loads((ev / "metrics.json").read_text())
+    assert rep["solver"] == "dpmpp_2m" and rep["timesteps"] == json.loads(path.read_text())[
+        "timesteps"]
+    capsys.readouterr()
     # another budget: auto's own rule, with nothing said
     x_other, _ = _draw(run, tmp_path, "--steps", str(nfe + 1))
     assert "tuned for this checkpoint" not in capsys.readouterr().err

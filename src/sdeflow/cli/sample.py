@@ -116,7 +116,8 @@ def cmd_evaluate(a) -> int:
     labels = text_labels if text_labels is not None else labels
     steps = len(grid["timesteps"]) - 1 if "timesteps" in grid else a.steps
     report = dict(checkpoint=str(a.checkpoint), data=cfg.data, solver=grid["solver"], steps=steps,
-                  timesteps_file=a.timesteps_file,
+                  timesteps_file=a.timesteps_file,  # the grid itself, from it or installed:
+                  timesteps=grid["timesteps"].tolist() if "timesteps" in grid else None,
                   **st, **evaluate_samples(x, cfg, labels=labels,
                                            inception_weights=a.inception_weights, seed=a.seed))
     out = Path(a.out)
