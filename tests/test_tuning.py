@@ -157,6 +157,36 @@ def test_tune_steps_cli_and_sampling_with_the_file(tmp_path):
     assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 5
 
 
+def test_tune_steps_default_base_is_dpm_solver_v3_with_statistics_estimated(tmp_path, capsys):
+    """Without --solver, tune-steps tunes the benchmarks' winning base, DPM-Solver-v3, and
+    estimates its statistics into the checkpoint folder when there are none (then reuses
+    them); --coefficients starts from UniPC and --method pattern (no gradients) from
+    DPM-Solver++(2M); v3 with --method pattern and no statistics is a clear error."""
+    from sdeflow.samplers.ems import ModelStatistics, statistics_path
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "100", "--hidden", "16", "--depth", "1", "--out", str(run),
+                 "--no-tensorboard"]) == 0
+    quick = ["--steps", "3", "--n-calib", "16", "--pool", "0", "--max-evals", "2"]
+    out = tmp_path / "t.json"
+    assert not statistics_path(run).exists()
+    capsys.readouterr()
+    assert main(["tune-steps", str(run), *quick, "--out", str(out)]) == 0
+    assert "estimating them as `sdeflow ems` does" in capsys.readouterr().err
+    rep = json.loads(out.read_text())
+    assert rep["base_solver"] == "dpm_solver_v3"
+    assert rep["solver_opts"]["statistics"] == str(statistics_path(run).resolve())
+    assert ModelStatistics.load(statistics_path(run)).lam.numel() == 200  # ems' defaults
+    assert main(["tune-steps", str(run), *quick, "--out", str(out)]) == 0
+    assert "estimating" not in capsys.readouterr().err  # found in the folder this time
+    for flags, base in ((["--coefficients"], "unipc"), (["--method", "pattern"], "dpmpp_2m")):
+        assert main(["tune-steps", str(run), *quick, *flags, "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["base_solver"] == base
+    statistics_path(run).unlink()
+    assert main(["tune-steps", str(run), *quick, "--solver", "dpm_solver_v3", "--method",
+                 "pattern", "--out", str(out)]) == 2
+    assert "needs the model's statistics" in capsys.readouterr().err
+
+
 def test_tuned_coefficients_beat_a_tuned_grid_on_held_out_noise(tmp_path):
     """BNS (grid + coefficients of DPM-Solver++(2M), window 3) on an 8-D, 3-component mixture
     under EDM, 4 steps: calibration 256 draws (seed 1000), validation 256 (seed 1001),

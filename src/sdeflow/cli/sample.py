@@ -3,6 +3,7 @@ score model with any registered solver, score the draws, or tune a solver's time
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -10,6 +11,9 @@ import torch
 from .common import (add_command, add_sampling_args, check_condition, device, grid_args, json_dict,
                      load_run, run_condition, write_report)
 from .controllable import add_guidance_args, guided_model
+
+# `sdeflow ems`'s defaults (tune-steps estimates DPM-Solver-v3's statistics with them too)
+EMS = dict(n=1024, points=200, batch=256, seed=1000)
 
 __all__ = ["add_sample", "cmd_sample", "add_evaluate", "cmd_evaluate", "add_tune_steps",
            "cmd_tune_steps", "add_choose_steps", "cmd_choose_steps", "add_ems", "cmd_ems"]
@@ -136,11 +140,44 @@ def _tunable_solvers() -> list[str]:
 
 def add_tune_steps(sub) -> None:
     p = add_command(sub, "tune-steps", cmd_tune_steps, checkpoint=True)
-    p.add_argument("--solver", default="dpmpp_2m", choices=_tunable_solvers(),
+    p.add_argument("--solver", default=None, choices=_tunable_solvers(),
                    help="the solver whose grid is tuned (with --coefficients: the starting "
-                        "solver, one network call per step)")
+                        "solver, one network call per step). Default: the base that won the "
+                        "benchmarks (docs/benchmarks.md, issue 20): dpm_solver_v3 — its "
+                        "statistics estimated first as `sdeflow ems` does when the checkpoint "
+                        "folder has none (1024 trajectories, 200 network calls with a backward "
+                        "pass each; written there) —; unipc with --coefficients; dpmpp_2m with "
+                        "--method pattern (no gradients, so no statistics)")
     p.add_argument("--steps", type=int, default=9, help="grid intervals (NFE ≈ steps × NFE/step + 1)")
     p.add_argument("--n-calib", type=int, default=128, help="calibration (and validation) draws")
+    _add_pool_args(p)
+    p.add_argument("--calib-seed", type=int, default=1000,
+                   help="seed of the calibration draws (validation uses calib-seed + 1)")
+    p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",
+                   help="Adam on the grid through solver and network, or pattern search "
+                        "(no gradients; for models that cannot be differentiated)")
+    p.add_argument("--fixed-end", action="store_true",
+                   help="keep the last time at t_min (default: tune where the final denoising "
+                        "happens too)")
+    p.add_argument("--coefficients", action="store_true",
+                   help="tune the solver's linear-multistep coefficients with the grid (gradient "
+                        "method; Shaul et al. 2024); for few steps (≤ 8–10 NFE); give it more "
+                        "calibration draws (--n-calib 512 or more) than a grid")
+    p.add_argument("--max-evals", type=int, default=200,
+                   help="iterations (gradient: one forward + backward pass each) or solver runs "
+                        "(pattern) the search may spend")
+    p.add_argument("--solver-opts", type=json_dict, default={},
+                   help="options of --solver as JSON, e.g. '{\"statistics\": "
+                        "\"outputs/ems.safetensors\"}' for dpm_solver_v3 (from `sdeflow ems`)")
+    p.add_argument("--out", default="outputs/tuned_schedule.json")
+    p.add_argument("--install", action="store_true",
+                   help="also put the result in the checkpoint folder (tuned/nfe<N>.json, N "
+                        "its network calls), where `sample` and `evaluate` without --solver "
+                        "use it whenever --steps is N (unconditional sampling)")
+
+
+def _add_pool_args(p) -> None:
+    """tune-steps' calibration and validation pools: --pool, --heldout-pool, --pool-partners."""
     p.add_argument("--pool", type=int, default=None,
                    help="stratify: choose the --n-calib calibration (and validation) draws from "
                         "a pool of this many prior draws (default: 4096, or --n-calib if more), "
@@ -172,29 +209,6 @@ def add_tune_steps(sub) -> None:
                         "off; not with --coefficients); costs ≈ 31 solver runs on the pool without "
                         "gradients at 3 partners (12 schedules, 18 blends; 25 with --fixed-end) "
                         "and up to 1024 reference solves")
-    p.add_argument("--calib-seed", type=int, default=1000,
-                   help="seed of the calibration draws (validation uses calib-seed + 1)")
-    p.add_argument("--method", choices=["gradient", "pattern"], default="gradient",
-                   help="Adam on the grid through solver and network, or pattern search "
-                        "(no gradients; for models that cannot be differentiated)")
-    p.add_argument("--fixed-end", action="store_true",
-                   help="keep the last time at t_min (default: tune where the final denoising "
-                        "happens too)")
-    p.add_argument("--coefficients", action="store_true",
-                   help="tune the solver's linear-multistep coefficients with the grid (gradient "
-                        "method; Shaul et al. 2024); for few steps (≤ 8–10 NFE); give it more "
-                        "calibration draws (--n-calib 512 or more) than a grid")
-    p.add_argument("--max-evals", type=int, default=200,
-                   help="iterations (gradient: one forward + backward pass each) or solver runs "
-                        "(pattern) the search may spend")
-    p.add_argument("--solver-opts", type=json_dict, default={},
-                   help="options of --solver as JSON, e.g. '{\"statistics\": "
-                        "\"outputs/ems.safetensors\"}' for dpm_solver_v3 (from `sdeflow ems`)")
-    p.add_argument("--out", default="outputs/tuned_schedule.json")
-    p.add_argument("--install", action="store_true",
-                   help="also put the result in the checkpoint folder (tuned/nfe<N>.json, N "
-                        "its network calls), where `sample` and `evaluate` without --solver "
-                        "use it whenever --steps is N (unconditional sampling)")
 
 
 def cmd_tune_steps(a) -> int:
@@ -225,8 +239,7 @@ def cmd_tune_steps(a) -> int:
                          "tuning, and --pool 0 validates on plain draws (drop one of them)")
     if a.heldout_pool is None:
         a.heldout_pool = 4 * a.pool
-    from ..samplers.ems import with_default_statistics
-    a.solver_opts = with_default_statistics(a.solver, a.solver_opts, a.checkpoint)
+    _tuning_base(a, model, cfg, dev)
     if isinstance(a.solver_opts.get("statistics"), str):  # so the file works from anywhere
         a.solver_opts["statistics"] = str(Path(a.solver_opts["statistics"]).resolve())
     check_condition(dict(solver=a.solver, **a.solver_opts), None)  # tuning is unconditional
@@ -264,6 +277,30 @@ def cmd_tune_steps(a) -> int:
         path, nfe = install(res, model, a.checkpoint, draws[1][:1])
         print(f"installed {path}: `sdeflow sample {a.checkpoint} --steps {nfe}` samples with it")
     return 0
+
+
+def _tuning_base(a, model, cfg, dev) -> None:
+    """Set ``a.solver`` (default: :func:`add_tune_steps`' rule) and, for DPM-Solver-v3, its
+    statistics: those of the checkpoint folder, else estimated now with `sdeflow ems`'s
+    defaults (unconditional, as tuning is) and written there, as `sdeflow ems` would."""
+    from ..samplers.ems import estimate_statistics, statistics_path, with_default_statistics
+    if a.solver is None:
+        a.solver = ("unipc" if a.coefficients else "dpmpp_2m" if a.method == "pattern"
+                    else "dpm_solver_v3")
+    a.solver_opts = with_default_statistics(a.solver, a.solver_opts, a.checkpoint)
+    if a.solver != "dpm_solver_v3" or a.solver_opts.get("statistics") is not None:
+        return
+    if a.method == "pattern":
+        raise ValueError("--solver dpm_solver_v3 --method pattern: the solver needs the "
+                         f"model's statistics (`sdeflow ems {a.checkpoint}`, which needs "
+                         "gradients); give --solver-opts '{\"statistics\": FILE}' or another "
+                         "--solver")
+    path = statistics_path(a.checkpoint)
+    print(f"tune-steps: no DPM-Solver-v3 statistics for {a.checkpoint}: estimating them as "
+          f"`sdeflow ems` does ({EMS['n']} trajectories, {EMS['points']} log-SNRs) into "
+          f"{path}", file=sys.stderr)
+    stats = estimate_statistics(model, tuple(cfg.shape), progress=True, device=dev, **EMS)
+    a.solver_opts["statistics"] = str(stats.save(path))
 
 
 def add_choose_steps(sub) -> None:
@@ -308,12 +345,13 @@ def cmd_choose_steps(a) -> int:
 
 def add_ems(sub) -> None:
     p = add_command(sub, "ems", cmd_ems, checkpoint=True)
-    p.add_argument("-n", "--num", type=int, default=1024,
+    p.add_argument("-n", "--num", type=int, default=EMS["n"],
                    help="PF-ODE trajectories the statistics average over")
-    p.add_argument("--points", type=int, default=200,
+    p.add_argument("--points", type=int, default=EMS["points"],
                    help="log-SNRs, equally spaced over the SDE's range, where they are estimated")
-    p.add_argument("--batch", type=int, default=256, help="draws per network call")
-    p.add_argument("--seed", type=int, default=1000, help="seed of the prior draws and probes")
+    p.add_argument("--batch", type=int, default=EMS["batch"], help="draws per network call")
+    p.add_argument("--seed", type=int, default=EMS["seed"],
+                   help="seed of the prior draws and probes")
     add_guidance_args(p)
     p.add_argument("--out", default=None,
                    help="where to write them (default: ems.safetensors in the checkpoint folder, "
