@@ -341,3 +341,31 @@ def test_a_full_queue_answers_429(run_dirs):
         refused(jobs[2], 429, "queue", "full")
         for r in jobs[:2]:
             c.post(f"/api/jobs/{r.json()['id']}/cancel")
+
+
+def test_auto_on_an_unconditional_run_takes_its_installed_schedule(tmp_path):
+    """As `sdeflow sample` does: the page's `auto` on an unconditional run samples with the
+    schedule `tune-steps --install` put in its checkpoint folder for that budget (and says
+    which file), and keeps its own rule at any other budget."""
+    from fastapi.testclient import TestClient
+
+    from sdeflow.sde import get_sde
+    from sdeflow.serve import create_app
+    from sdeflow.train import TrainConfig
+    from sdeflow.training import train
+    from sdeflow.tuning import TunedSchedule, installed_path
+    from tests.conftest import TINY_UNET
+    run = tmp_path / "uncond"
+    train(TrainConfig(data="digits", model="unet", model_kwargs=TINY_UNET, steps=2, batch_size=4,
+                      tensorboard=False), run, progress=False)
+    TunedSchedule(solver="ddim", steps=3, timesteps=[80.0, 5.0, 0.5, 0.002],
+                  sde=get_sde("edm").config(), calibration_loss=0.1, start_loss=0.2,
+                  start_schedule="karras").save(installed_path(run, 4))
+    with TestClient(create_app([run], max_queue=4)) as client:
+        job = run_job(client, "/api/sample", dict(run="uncond", steps=4, n=2))
+        assert job["status"] == "done", job["error"]
+        assert job["result"]["solver"] == "ddim"
+        assert job["result"]["installed"] == str(installed_path(run, 4))
+        job = run_job(client, "/api/sample", dict(run="uncond", steps=6, n=2))
+        assert job["status"] == "done", job["error"]
+        assert job["result"]["solver"] != "ddim" and "installed" not in job["result"]

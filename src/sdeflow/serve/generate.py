@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..samplers.auto import DEFAULT_NFE
+from ..tuning import installed, installed_path
 from .images import grid_png
 from .runs import ApiError, Run
 
@@ -50,10 +52,15 @@ def jsonable(value):
 
 def _grid(run: Run, model, d: Draw) -> dict:
     """The solver and grid of ``d``; DPM-Solver-v3 takes the statistics that `sdeflow ems`
-    wrote into the run's checkpoint folder."""
+    wrote into the run's checkpoint folder. ``auto`` on an unconditional model takes the
+    schedule `tune-steps --install` put there for the budget, as `sdeflow sample` does."""
     from ..samplers.ems import with_default_statistics
+    tuned = None
     if d.schedule and d.schedule.startswith("file:"):
         tuned = run.schedule_files()[d.schedule[5:]]
+    elif d.solver == "auto" and not d.schedule and not run.flag("class_cond", False):
+        tuned = installed(run.path, d.steps or DEFAULT_NFE, model.sde)
+    if tuned is not None:
         return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde),
                     **with_default_statistics(tuned.solver, tuned.solver_opts, run.path))
     return dict(solver=d.solver, steps=d.steps, schedule=d.schedule,
@@ -84,6 +91,8 @@ def draw(run: Run, job, d: Draw):
     with torch.no_grad():
         x, st = sample(model, shape=(d.n, *run.shape), seed=d.seed, cond=cond,
                        callback=job.callback, return_stats=True, **grid)
+    if d.solver == "auto" and "timesteps" in grid:  # the checkpoint's installed schedule
+        st = dict(st, installed=str(installed_path(run.path, d.steps or DEFAULT_NFE)))
     return x, (dict(st, warning=warning) if warning else st)
 
 
