@@ -21,6 +21,10 @@ docs/benchmarks.md). ``--tuned``: the fixed tuned pipeline of benchmarks/solvers
     python benchmarks/digits_auto.py --run runs/digits_vp_long --metric rmse -n 512 \
         --budgets 5 6 8 --tuned --out docs/digits_vplong_tuned_results.jsonl
 
+``--tuned --bns unipc``: BNS instead (UniPC's per-step coefficients tuned as ``tune-steps
+--solver unipc --coefficients --n-calib 512`` does, validated the same way; no statistics
+needed).
+
 Ours: ``auto`` and the named solvers on the new schedules (iPNDM on gits/ays/karras and on the
 trailing forms ays/karras/logsnr_trailing, UniPC(3) on vp_trailing, PNDM on gits). diffusers
 (:func:`solvers.run_diffusers`): EDM-DPM-Solver++ (orders 2, 3) on Karras σ, DPM-Solver++
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import torch
 from common import config_label, run_benchmark
+from solvers import BNS_MAX_NFE as BNS_MAX
 from solvers import run_diffusers
 
 import sdeflow
@@ -87,6 +92,8 @@ def body(emit, a):
     if a.anchors_only and (a.no_anchors or a.sweep or a.orders):
         raise SystemExit("--anchors-only runs no rows of ours: not with --no-anchors, --sweep "
                          "or --orders")
+    if a.bns and not a.tuned:
+        raise SystemExit("--bns chooses the tuned pipeline's base: give it with --tuned")
     if a.tuned and (a.sweep or a.orders or a.anchors_only):
         raise SystemExit("--tuned runs the tuned pipeline's rows only: not with --sweep, "
                          "--orders or --anchors-only")
@@ -147,13 +154,14 @@ def _tuned(emit, a, model, cfg, x_T, score, v3: dict) -> None:
     if a.metric != "rmse":
         raise SystemExit("--tuned measures the error against the network's own PF-ODE: "
                          "give --metric rmse")
-    if not v3:
+    if not v3 and not a.bns:
         raise SystemExit(f"--tuned tunes DPM-Solver-v3's grid: run `sdeflow ems {a.run}` "
                          "first (it writes the statistics into the checkpoint folder)")
     solvers.NFES[:] = a.budgets
+    bases = dict(bases=[], bns_bases=[a.bns]) if a.bns else dict(
+        bases=["dpm_solver_v3"], bns_bases=[], base_opts={"dpm_solver_v3": v3})
     solvers.run_tuned(lambda row: emit({**row, "budget": row["nfe"]}), "digits", model,
-                      model.sde, cfg.shape, x_T, score, pool=a.pool, bases=["dpm_solver_v3"],
-                      bns_bases=[], base_opts={"dpm_solver_v3": v3}, dtype=x_T.dtype)
+                      model.sde, cfg.shape, x_T, score, pool=a.pool, dtype=x_T.dtype, **bases)
 
 
 def markdown(rows):
@@ -186,6 +194,9 @@ def extra(ap):
                     help="only the tuned pipeline's rows (DPM-Solver-v3 base, as "
                          "benchmarks/solvers.py --tuned-only --tuned-bases dpm_solver_v3 runs "
                          "it; needs --metric rmse and `sdeflow ems RUN`)")
+    ap.add_argument("--bns", default=None, metavar="SOLVER",
+                    help="with --tuned: BNS on this solver's coefficients (e.g. unipc; "
+                         f"up to {BNS_MAX} NFE) instead of DPM-Solver-v3's grid")
     ap.add_argument("--pool", type=int, default=4096,
                     help="with --tuned: the calibration pool (the validation pool grows to 4×)")
     ap.add_argument("--no-anchors", action="store_true", help="only our rows")

@@ -186,11 +186,21 @@ def installed_path(checkpoint, nfe: int) -> Path:
 def install(res: TunedSchedule, model, checkpoint, x: Tensor) -> tuple[Path, int]:
     """Save ``res`` as ``checkpoint``'s installed schedule (:func:`installed_path`) for the
     network calls it makes, counted by running it once on the prior draw(s) ``x``: (path, NFE).
-    The CLI's default sampler (no ``--solver``) uses it at that budget (:func:`installed`)."""
+    The CLI's default sampler (no ``--solver``) uses it at that budget (:func:`installed`).
+    Statistics that are the checkpoint folder's own (`sdeflow ems`) are not named in the file:
+    readers take them from the folder, so a moved or copied run keeps working."""
+    from dataclasses import replace
+
+    from .samplers.ems import statistics_path
     with torch.no_grad():
         _, st = sample(model, x, solver=res.solver, timesteps=res.tensor(model.sde),
                        return_stats=True, **res.solver_opts)
-    return res.save(installed_path(checkpoint, st["nfe"])), st["nfe"]
+    opts = dict(res.solver_opts)
+    stats = opts.get("statistics")
+    if isinstance(stats, (str, Path)) and Path(stats).resolve() == \
+            statistics_path(checkpoint).resolve():  # found there wherever the run moves
+        del opts["statistics"]
+    return replace(res, solver_opts=opts).save(installed_path(checkpoint, st["nfe"])), st["nfe"]
 
 
 def installed(checkpoint, nfe: int, sde) -> TunedSchedule | None:

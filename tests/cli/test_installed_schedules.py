@@ -102,9 +102,15 @@ def test_tune_steps_install_writes_the_file_sample_uses(run, tmp_path):
                  "--max-evals", "3", "--pool-partners", "-1", "--install",
                  "--out", str(out)]) == 0
     files = list(run.glob("ckpt-*/tuned/nfe*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text()) == json.loads(out.read_text())
+    rep = json.loads(out.read_text())  # the default base: DPM-Solver-v3, the folder's statistics
+    assert rep["base_solver"] == "dpm_solver_v3" and "statistics" in rep["solver_opts"]
+    rep["solver_opts"].pop("statistics")  # not named in the installed copy: found in the folder
+    assert len(files) == 1 and json.loads(files[0].read_text()) == rep
     nfe = int(files[0].stem[3:])
     x_default, st = _draw(run, tmp_path, "--steps", str(nfe))
     x_file, st_file = _draw(run, tmp_path, "--timesteps-file", str(out))
     np.testing.assert_array_equal(x_default, x_file)
     assert st["nfe"] == st_file["nfe"] == nfe
+    moved = shutil.move(str(run), str(tmp_path / "moved"))  # the installed file still works
+    x_moved, _ = _draw(moved, tmp_path, "--steps", str(nfe))
+    np.testing.assert_array_equal(x_default, x_moved)

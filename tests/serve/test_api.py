@@ -369,3 +369,8 @@ def test_auto_on_an_unconditional_run_takes_its_installed_schedule(tmp_path):
         job = run_job(client, "/api/sample", dict(run="uncond", steps=6, n=2))
         assert job["status"] == "done", job["error"]
         assert job["result"]["solver"] != "ddim" and "installed" not in job["result"]
+        # a file: schedule with the default solver is that file, not the installed one
+        (run / "mine.json").write_text(installed_path(run, 4).read_text())
+        job = run_job(client, "/api/sample", dict(run="uncond", schedule="file:mine.json", n=2))
+        assert job["status"] == "done", job["error"]
+        assert job["result"]["solver"] == "ddim" and "installed" not in job["result"]

@@ -239,12 +239,12 @@ def cmd_tune_steps(a) -> int:
                          "tuning, and --pool 0 validates on plain draws (drop one of them)")
     if a.heldout_pool is None:
         a.heldout_pool = 4 * a.pool
-    _tuning_base(a, model, cfg, dev)
+    if a.pool and a.heldout_pool < a.pool:
+        raise ValueError(f"--heldout-pool ({a.heldout_pool}) must be at least --pool ({a.pool})")
+    _tuning_base(a, model, cfg, dev)  # after the checks: it may estimate statistics first
     if isinstance(a.solver_opts.get("statistics"), str):  # so the file works from anywhere
         a.solver_opts["statistics"] = str(Path(a.solver_opts["statistics"]).resolve())
     check_condition(dict(solver=a.solver, **a.solver_opts), None)  # tuning is unconditional
-    if a.pool and a.heldout_pool < a.pool:
-        raise ValueError(f"--heldout-pool ({a.heldout_pool}) must be at least --pool ({a.pool})")
     sizes = (a.pool or a.n_calib, a.heldout_pool if a.pool > a.n_calib else a.pool or a.n_calib)
     draws = [model.sde.prior_sample((size, *cfg.shape),
                                     generator=torch.Generator().manual_seed(a.calib_seed + k))

@@ -91,7 +91,7 @@ def draw(run: Run, job, d: Draw):
     with torch.no_grad():
         x, st = sample(model, shape=(d.n, *run.shape), seed=d.seed, cond=cond,
                        callback=job.callback, return_stats=True, **grid)
-    if d.solver == "auto" and "timesteps" in grid:  # the checkpoint's installed schedule
+    if d.solver == "auto" and not d.schedule and "timesteps" in grid:  # the installed one
         st = dict(st, installed=str(installed_path(run.path, d.steps or DEFAULT_NFE)))
     return x, (dict(st, warning=warning) if warning else st)
 
