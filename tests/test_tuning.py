@@ -3,6 +3,7 @@ has a much smaller error than the best named schedule on noise it was never tune
 grids save, load and drive `sdeflow sample`; bad requests are refused."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,7 +158,8 @@ def test_tune_steps_cli_and_sampling_with_the_file(tmp_path):
     assert json.loads(s.with_suffix(".json").read_text())["nfe"] == 5
 
 
-def test_tune_steps_default_base_is_dpm_solver_v3_with_statistics_estimated(tmp_path, capsys):
+def test_tune_steps_default_base_is_dpm_solver_v3_with_statistics_estimated(tmp_path, capsys,
+                                                                          monkeypatch):
     """Without --solver, tune-steps tunes the benchmarks' winning base, DPM-Solver-v3, and
     estimates its statistics into the checkpoint folder when there are none (then reuses
     them); --coefficients starts from UniPC and --method pattern (no gradients) from
@@ -185,6 +187,18 @@ def test_tune_steps_default_base_is_dpm_solver_v3_with_statistics_estimated(tmp_
     assert main(["tune-steps", str(run), *quick, "--solver", "dpm_solver_v3", "--method",
                  "pattern", "--out", str(out)]) == 2
     assert "needs the model's statistics" in capsys.readouterr().err
+    with monkeypatch.context() as m:  # a folder that cannot be written: tuned all the same
+        save, folder = ModelStatistics.save, statistics_path(run)
+
+        def refuse(self, path):
+            if Path(path) == folder:
+                raise PermissionError(13, "Permission denied")
+            return save(self, path)
+        m.setattr(ModelStatistics, "save", refuse)
+        assert main(["tune-steps", str(run), *quick, "--out", str(out)]) == 0
+    assert "could not write" in capsys.readouterr().err and not statistics_path(run).exists()
+    assert main(["sample", str(run), "-n", "8", "--timesteps-file", str(out), "--out",
+                 str(tmp_path / "s")]) == 0  # --out's file carries the statistics
 
 
 def test_tuned_coefficients_beat_a_tuned_grid_on_held_out_noise(tmp_path):

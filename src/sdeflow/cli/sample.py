@@ -300,7 +300,12 @@ def _tuning_base(a, model, cfg, dev) -> None:
           f"`sdeflow ems` does ({EMS['n']} trajectories, {EMS['points']} log-SNRs) into "
           f"{path}", file=sys.stderr)
     stats = estimate_statistics(model, tuple(cfg.shape), progress=True, device=dev, **EMS)
-    a.solver_opts["statistics"] = str(stats.save(path))
+    try:
+        a.solver_opts["statistics"] = str(stats.save(path))
+    except OSError as e:  # a read-only folder: tune with them all the same (--out gets a copy)
+        print(f"tune-steps: could not write {path} ({e}); tuning with the statistics unsaved",
+              file=sys.stderr)
+        a.solver_opts["statistics"] = stats
 
 
 def add_choose_steps(sub) -> None:
