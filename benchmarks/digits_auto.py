@@ -33,9 +33,15 @@ model's range, each ending with σ = 0 (its last model output is the answer); k-
 DPM-Solver++(2M), LMS, Heun (Karras σ) and DPM-fast/adaptive when its sampling module imports
 (:func:`solvers.run_k_diffusion`). Named-schedule rows
 of the older solvers are in docs/digits_nfe_results.jsonl. DPM-Solver-v3 rows (on ays,
-ays_trailing, karras, logsnr_trailing) when `sdeflow ems RUN` has written the run's statistics.
+ays_trailing, karras, logsnr_trailing), and ``auto(statistics)`` — ``auto`` given them, as
+``sdeflow sample`` runs it — when `sdeflow ems RUN` has written the run's statistics.
+``--sweep-solvers``/``--sweep-schedules`` narrow ``--sweep`` (e.g. ``dpm_solver_v3`` on
+``gits_trailing,ays_trailing``); ``--tuned --tuned-base ipndm --tuned-opts '{"order": 3}'``
+tunes another solver's grid.
 """
 from __future__ import annotations
+
+import json
 
 import torch
 from common import config_label, run_benchmark
@@ -77,15 +83,18 @@ ORDERS = [(f"ipndm({o})/{g}", "ipndm", dict(order=o, schedule=g), 1)
 
 def _rows(a, v3: dict) -> list:
     """(label, solver, options, calls beyond one per step) of the rows of ours to run."""
+    # `auto` as `sdeflow sample` runs it once `sdeflow ems` has written the statistics
+    auto = [("auto", "auto", {}, 0)] + ([("auto(statistics)", "auto", dict(v3), 0)] if v3 else [])
     if a.orders:
-        return [("auto", "auto", {}, 0)] + ORDERS
+        return auto + ORDERS
     if a.sweep:
-        return [("auto", "auto", {}, 0)] + [
+        return auto + [
             (f"{label}/{g}", label.split("(")[0], {**o, "schedule": g,
                                                    **(v3 if label == "dpm_solver_v3" else {})}, e)
-            for label, o, e in SWEEP_SOLVERS for g in SWEEP_SCHEDULES
-            if label != "dpm_solver_v3" or v3]
-    return OURS + [(lbl, s, {**o, **v3}, e) for lbl, s, o, e in V3] if v3 else OURS
+            for label, o, e in SWEEP_SOLVERS for g in a.sweep_schedules or SWEEP_SCHEDULES
+            if (label != "dpm_solver_v3" or v3)
+            and (not a.sweep_solvers or label in a.sweep_solvers)]
+    return auto + OURS[1:] + [(lbl, s, {**o, **v3}, e) for lbl, s, o, e in V3] if v3 else OURS
 
 
 def body(emit, a):
@@ -99,6 +108,12 @@ def body(emit, a):
                          "--orders or --anchors-only")
     if a.sweep and a.orders:
         raise SystemExit("--sweep and --orders are two different sets of rows: give one")
+    if (a.sweep_solvers or a.sweep_schedules) and not a.sweep:
+        raise SystemExit("--sweep-solvers/--sweep-schedules narrow --sweep: give it too")
+    unknown = set(a.sweep_solvers or []) - {label for label, _, _ in SWEEP_SOLVERS}
+    if unknown:
+        raise SystemExit(f"--sweep-solvers: unknown {sorted(unknown)}; choices: "
+                         f"{[label for label, _, _ in SWEEP_SOLVERS]}")
     model, cfg = sdeflow.load(a.run)
     sde = model.sde
     x_T = sde.prior_sample((a.n, *cfg.shape), generator=torch.Generator().manual_seed(0))
@@ -154,12 +169,13 @@ def _tuned(emit, a, model, cfg, x_T, score, v3: dict) -> None:
     if a.metric != "rmse":
         raise SystemExit("--tuned measures the error against the network's own PF-ODE: "
                          "give --metric rmse")
-    if not v3 and not a.bns:
+    if a.tuned_base == "dpm_solver_v3" and not v3 and not a.bns:
         raise SystemExit(f"--tuned tunes DPM-Solver-v3's grid: run `sdeflow ems {a.run}` "
                          "first (it writes the statistics into the checkpoint folder)")
     solvers.NFES[:] = a.budgets
+    opts = {**json.loads(a.tuned_opts), **(v3 if a.tuned_base == "dpm_solver_v3" else {})}
     bases = dict(bases=[], bns_bases=[a.bns]) if a.bns else dict(
-        bases=["dpm_solver_v3"], bns_bases=[], base_opts={"dpm_solver_v3": v3})
+        bases=[a.tuned_base], bns_bases=[], base_opts={a.tuned_base: opts})
     solvers.run_tuned(lambda row: emit({**row, "budget": row["nfe"]}), "digits", model,
                       model.sde, cfg.shape, x_T, score, pool=a.pool, dtype=x_T.dtype, **bases)
 
@@ -186,6 +202,11 @@ def extra(ap):
     ap.add_argument("-n", type=int, default=1437, help="prior draws")
     ap.add_argument("--sweep", action="store_true",
                     help="every one-call solver of ours × every schedule instead of the rows above")
+    ap.add_argument("--sweep-solvers", type=lambda v: v.split(","), default=None,
+                    metavar="A,B", help="with --sweep: only these solvers' rows (labels as "
+                                        "in SWEEP_SOLVERS, e.g. dpm_solver_v3,ipndm)")
+    ap.add_argument("--sweep-schedules", type=lambda v: v.split(","), default=None,
+                    metavar="A,B", help="with --sweep: only these schedules")
     ap.add_argument("--orders", action="store_true",
                     help="iPNDM of orders 2–4 on karras/ays/gits/logsnr_trailing, iPNDM(3) "
                          "on vp_trailing and UniPC(2) on vp/ays/karras_trailing (and auto) "
@@ -197,6 +218,10 @@ def extra(ap):
     ap.add_argument("--bns", default=None, metavar="SOLVER",
                     help="with --tuned: BNS on this solver's coefficients (e.g. unipc; "
                          f"up to {BNS_MAX} NFE) instead of DPM-Solver-v3's grid")
+    ap.add_argument("--tuned-base", default="dpm_solver_v3", metavar="SOLVER",
+                    help="with --tuned: the solver whose grid is tuned (e.g. ipndm)")
+    ap.add_argument("--tuned-opts", default="{}", metavar="JSON",
+                    help='with --tuned: that solver\'s options, e.g. \'{"order": 3}\'')
     ap.add_argument("--pool", type=int, default=4096,
                     help="with --tuned: the calibration pool (the validation pool grows to 4×)")
     ap.add_argument("--no-anchors", action="store_true", help="only our rows")

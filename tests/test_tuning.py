@@ -588,7 +588,9 @@ def test_pool_validation_always_compares_auto_and_grows_on_a_thin_lead(ring_edm,
 
 def test_auto_candidate_carries_the_order_auto_chose_for_a_noise_predicting_network():
     """The tuned pipeline's ``auto`` candidate runs what ``sample(solver="auto")`` would: for
-    an ε network iPNDM with the lowered order (named with it), for an x̂0 one the default."""
+    an ε network iPNDM with the lowered order (named with it), for an x̂0 one the default; with
+    DPM-Solver-v3's statistics among the tuned solver's options, an ε network's ``auto`` from
+    D = 16 is that solver on ``gits_trailing`` with them."""
     from types import SimpleNamespace
 
     from sdeflow import Denoiser
@@ -599,11 +601,20 @@ def test_auto_candidate_carries_the_order_auto_chose_for_a_noise_predicting_netw
              ("eps", 11, "ipndm(order=3)/gits_trailing", {"order": 3}),
              ("x0", 6, "ipndm/gits_trailing", {})]
     for prediction, steps, label, opts in cases:
-        obj = SimpleNamespace(model=Denoiser(net, sde, prediction=prediction), steps=steps)
+        obj = SimpleNamespace(model=Denoiser(net, sde, prediction=prediction), steps=steps,
+                              opts={})
         cand = _auto_candidate(obj, 2)
         assert list(cand) == [label]
         grid, solver, got = cand[label]
         assert (solver, got, len(grid)) == ("ipndm", opts, steps + 1)
+    stats = object()  # only carried through
+    obj = SimpleNamespace(model=Denoiser(net, sde, prediction="eps"), steps=7,
+                          opts={"statistics": stats})
+    (label, (grid, solver, got)), = _auto_candidate(obj, 64).items()
+    assert (label, solver, got, len(grid)) == ("dpm_solver_v3/gits_trailing", "dpm_solver_v3",
+                                               {"statistics": stats}, 8)
+    obj.model = Denoiser(net, sde, prediction="x0")  # an x̂0 network: the statistics go unused
+    assert list(_auto_candidate(obj, 64)) == ["ipndm/ays_trailing"]
 
 
 def test_blend_grids_interpolates_in_log_snr():

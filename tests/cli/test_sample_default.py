@@ -38,3 +38,31 @@ def test_asking_for_a_grid_keeps_the_library_default(run, tmp_path):
     assert (st["solver"], st["nfe"]) == ("heun", 4 * 2 + 1)  # Heun, 2 calls per step + x̂0
     st = _stats(run, tmp_path, "--solver", "euler", "--steps", "4")
     assert (st["solver"], st["nfe"]) == ("euler", 5)
+
+
+def test_default_auto_uses_the_checkpoints_statistics_for_a_noise_predicting_network(tmp_path):
+    """An ε-predicting image model: `sample` without --solver runs ``auto``'s iPNDM until
+    `sdeflow ems` has written the statistics into the checkpoint folder, then DPM-Solver-v3 on
+    ``gits_trailing`` at 5–20 NFE (its rule with statistics) — and not with statistics
+    estimated for a class."""
+    from sdeflow.samplers.ems import ModelStatistics, auto_statistics, statistics_path
+
+    from ..conftest import TINY_UNET
+    run = tmp_path / "eps"
+    assert main(["train", "--data", "digits", "--steps", "2", "--out", str(run), "--sde", "vp",
+                 "--prediction", "eps", "--loss", "eps", "--precondition", "none",
+                 "--model-kwargs", json.dumps(TINY_UNET), "--batch-size", "8",
+                 "--no-tensorboard"]) == 0
+    assert _stats(run, tmp_path, "--steps", "8")["solver"] == "ipndm"
+    assert auto_statistics(run) == {}
+    assert main(["ems", str(run), "--num", "8", "--points", "5"]) == 0
+    assert auto_statistics(run) == {"statistics": str(statistics_path(run).resolve())}
+    st = _stats(run, tmp_path, "--steps", "8")
+    assert (st["solver"], st["schedule"], st["nfe"]) == ("dpm_solver_v3", "gits_trailing", 8)
+    assert st["options"]["statistics"].endswith("ems.safetensors")
+    assert _stats(run, tmp_path, "--steps", "25")["solver"] == "ipndm"  # above 20 NFE
+    stats = ModelStatistics.load(statistics_path(run))
+    stats.condition = "class=3"
+    stats.save(statistics_path(run))
+    assert auto_statistics(run) == {} and auto_statistics(run, "class=3") != {}
+    assert _stats(run, tmp_path, "--steps", "8")["solver"] == "ipndm"

@@ -174,3 +174,46 @@ def test_auto_refuses_a_distilled_model(ring):
     distilled.timesteps = [80.0, 1.0, 0.002]
     with pytest.raises(ValueError, match="distilled model samples on its own grid.*omit"):
         sdeflow.sample(distilled, shape=(2, 2), solver="auto", steps=4)
+
+
+def test_auto_runs_dpm_solver_v3_on_gits_for_a_noise_predicting_network_with_statistics(ring):
+    """Given DPM-Solver-v3's statistics (``sdeflow ems``), ``auto`` runs that solver on
+    ``gits_trailing`` for a noise-predicting network from D = 16 at 5–20 NFE (``STATS_NFE``:
+    0.38–0.67× its error without them on two ε U-Nets of the digits, docs/benchmarks.md); every
+    other case — fewer or more calls, low dimension, an x̂0 network — keeps its rule, and the
+    statistics then go unused."""
+    from sdeflow import Denoiser
+    from sdeflow.samplers.auto import STATS_NFE
+    from sdeflow.samplers.ems import estimate_statistics
+    sde = sdeflow.VPSDE()
+    for dim in (2, HIGH_DIM - 1, HIGH_DIM, WIDE_DIM, 3 * 32 * 32):
+        for nfe in range(1, 41):
+            for eps in (True, False):
+                cfg = auto_config(sde, nfe, dim, eps, statistics=True)
+                if eps and dim >= HIGH_DIM and nfe in STATS_NFE:
+                    assert cfg == dict(solver="dpm_solver_v3", steps=nfe - 1,
+                                       schedule="gits_trailing", opts={}, denoise=True)
+                else:
+                    assert cfg == auto_config(sde, nfe, dim, eps), (dim, nfe, eps)
+    assert (STATS_NFE.start, STATS_NFE.stop) == (5, 21)  # the budgets measured
+    gm = sdeflow.oracle.GaussianMixture.random(HIGH_DIM, k=2, seed=0)
+    eps_model = Denoiser(lambda x, t: gm.denoiser(sde).predict(x, t).eps, sde, prediction="eps")
+    stats = estimate_statistics(eps_model, (HIGH_DIM,), n=32, points=12, seed=1)
+    x_T = sde.prior_sample((3, HIGH_DIM), generator=torch.Generator().manual_seed(0))
+    got, st = sdeflow.sample(eps_model, x_T, solver="auto", steps=8, statistics=stats,
+                             return_stats=True)
+    assert (st["solver"], st["schedule"], st["nfe"]) == ("dpm_solver_v3", "gits_trailing", 8)
+    assert st["options"] == {"statistics": "ModelStatistics"}  # named, not dumped
+    ref = sdeflow.sample(eps_model, x_T, solver="dpm_solver_v3", steps=7,
+                         schedule="gits_trailing", statistics=stats)
+    assert torch.equal(got, ref)
+    _, st = sdeflow.sample(eps_model, x_T, solver="auto", steps=8, return_stats=True)
+    assert st["solver"] == "ipndm"  # no statistics: the rule without them
+    _, st = sdeflow.sample(eps_model, x_T, solver="auto", steps=25, statistics=stats,
+                           return_stats=True)
+    assert (st["solver"], st["options"]) == ("ipndm", {"order": 4})  # above 20 NFE: unused
+    _, st = sdeflow.sample(gm.denoiser(sde), x_T, solver="auto", steps=8, statistics=stats,
+                           return_stats=True)
+    assert (st["solver"], st["schedule"]) == ("ipndm", "ays_trailing")  # an x̂0 model
+    with pytest.raises(ValueError, match="statistics="):
+        sdeflow.sample(eps_model, x_T, solver="auto", steps=8, statistics=stats, order=2)

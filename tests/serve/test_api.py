@@ -374,3 +374,29 @@ def test_auto_on_an_unconditional_run_takes_its_installed_schedule(tmp_path):
         job = run_job(client, "/api/sample", dict(run="uncond", schedule="file:mine.json", n=2))
         assert job["status"] == "done", job["error"]
         assert job["result"]["solver"] == "ddim" and "installed" not in job["result"]
+
+
+def test_auto_on_an_eps_run_takes_its_statistics(tmp_path):
+    """As `sdeflow sample` does: once `sdeflow ems` wrote an ε-predicting run's statistics,
+    the page's `auto` runs DPM-Solver-v3 on ``gits_trailing`` at 5–20 NFE, and its own iPNDM
+    above."""
+    from fastapi.testclient import TestClient
+
+    from sdeflow.cli import main
+    from sdeflow.serve import create_app
+    from sdeflow.train import TrainConfig
+    from sdeflow.training import train
+    from tests.conftest import TINY_UNET
+    run = tmp_path / "eps"
+    train(TrainConfig(data="digits", model="unet", model_kwargs=TINY_UNET, steps=2, batch_size=4,
+                      sde="vp", prediction="eps", loss="eps", precondition=None,
+                      tensorboard=False), run, progress=False)
+    assert main(["ems", str(run), "--num", "8", "--points", "5"]) == 0
+    with TestClient(create_app([run], max_queue=4)) as client:
+        job = run_job(client, "/api/sample", dict(run="eps", steps=6, n=2))
+        assert job["status"] == "done", job["error"]
+        assert (job["result"]["solver"], job["result"]["schedule"]) == ("dpm_solver_v3",
+                                                                        "gits_trailing")
+        job = run_job(client, "/api/sample", dict(run="eps", steps=24, n=2))
+        assert job["status"] == "done", job["error"]
+        assert job["result"]["solver"] == "ipndm"

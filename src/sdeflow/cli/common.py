@@ -70,8 +70,10 @@ def add_sampling_args(p, grid: bool = True, default: str | None = None,
     from ..schedules import list_schedules
     asks = "--schedule, --no-denoise or --solver-opts" if grid else "--solver-opts"
     default = default or (f"auto — solver, schedule and final step chosen for the budget --steps "
-                          f"in NFE, or the checkpoint's own tuned schedule for that budget "
-                          f"(`tune-steps --install`); heun when {asks} is given")
+                          f"in NFE (for an ε network with `sdeflow ems`' statistics in the "
+                          f"checkpoint folder: DPM-Solver-v3 at 5–20 NFE), or the checkpoint's "
+                          f"own tuned schedule for that budget (`tune-steps --install`); heun "
+                          f"when {asks} is given")
     p.add_argument("--solver", default=None,
                    choices=sorted({*list_solvers(), *list_cld_solvers(), "auto"}),
                    help=f"sampler (default: {default}"  # image commands load score models only
@@ -98,15 +100,17 @@ def add_sampling_args(p, grid: bool = True, default: str | None = None,
 def grid_args(a, model, unconditional: bool = False) -> dict:
     """solver/steps/schedule (or the solver and grid of a tuned schedule: :func:`tuned_schedule`),
     denoise, force and the solver options (--solver-opts over a tuned file's own;
-    DPM-Solver-v3's statistics default to those of `sdeflow ems` in the checkpoint folder) from
-    the arguments, as ``sdeflow.sample`` takes them (None: the model's own default)."""
-    from ..samplers.ems import with_default_statistics
+    DPM-Solver-v3's statistics default to those of `sdeflow ems` in the checkpoint folder, and
+    ``auto`` gets them for ``unconditional`` sampling when they were estimated so) from the
+    arguments, as ``sdeflow.sample`` takes them (None: the model's own default)."""
+    from ..samplers.ems import auto_statistics, with_default_statistics
     own = dict(denoise=False if a.no_denoise else None, force=a.force)
     tuned = tuned_schedule(a, model, unconditional)
     if tuned is None:
         solver = "auto" if auto_by_default(a, model) else a.solver
-        if solver == "auto":
-            return dict(solver=solver, steps=a.steps, force=a.force, **a.solver_opts)
+        if solver == "auto":  # `sdeflow ems`' statistics, for unconditional sampling
+            found = auto_statistics(a.checkpoint) if unconditional and not a.solver_opts else {}
+            return dict(solver=solver, steps=a.steps, force=a.force, **a.solver_opts, **found)
         opts = with_default_statistics(solver, a.solver_opts, a.checkpoint)
         return dict(solver=solver, steps=a.steps, schedule=a.schedule, **own, **opts)
     opts = with_default_statistics(tuned.solver, {**tuned.solver_opts, **a.solver_opts},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -34,7 +35,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         x_T: starting point at ``t_start``; if None, drawn from the SDE's prior with ``shape``.
         solver: a name from :func:`sdeflow.list_solvers` (``kind="ode"`` or ``"sde"``); default
             ``"heun"``, or ``"ddim"`` for a distilled model; ``"auto"``: solver, schedule and
-            final step chosen for the budget ``steps`` in NFE (:mod:`sdeflow.samplers.auto`).
+            final step chosen for the budget ``steps`` in NFE (:mod:`sdeflow.samplers.auto`;
+            its one option: ``statistics``, DPM-Solver-v3's, used where its rule wants them).
         steps: number of grid intervals (default: the solver's own; unused by adaptive solvers).
         schedule: a name from :func:`sdeflow.list_schedules` (default: the SDE's); refused for
             adaptive solvers (they choose their own times). A free-end schedule
@@ -77,9 +79,8 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
         shape = latent.sample_shape(shape)
     chosen = {}
     if solver == "auto":
-        solver, steps, schedule, denoise, solver_opts = _auto(model, x_T, shape, steps, schedule,
-                                                              denoise, timesteps, solver_opts)
-        chosen = dict(options=dict(solver_opts))
+        solver, steps, schedule, denoise, solver_opts, chosen = _auto(
+            model, x_T, shape, steps, schedule, denoise, timesteps, solver_opts)
     solver, denoise, timesteps, own_grid = _distilled_defaults(
         model, solver, denoise, timesteps, force, solver_opts,
         asked=any(a is not None for a in (steps, schedule, t_start, t_end)))
@@ -170,20 +171,28 @@ def _start(sde, x_T, shape, generator, dtype, device) -> Tensor:
 
 def _auto(model, x_T, shape, steps, schedule, denoise, timesteps, opts: dict):
     """solver="auto": (solver, steps, schedule, denoise, options) of :func:`.auto.auto_config`
-    for the budget ``steps`` (NFE; default 20)."""
+    for the budget ``steps`` (NFE; default 20), and the stats' record of the options chosen
+    (statistics by their path or type, not their tensors)."""
     from .auto import DEFAULT_NFE, auto_config, predicts_noise
     if getattr(model, "timesteps", None) is not None:
         raise ValueError("a distilled model samples on its own grid (model.timesteps); omit "
                          "solver='auto'")
-    if schedule is not None or timesteps is not None or denoise is not None or opts:
+    statistics = opts.get("statistics")
+    if schedule is not None or timesteps is not None or denoise is not None \
+            or set(opts) - {"statistics"}:
         raise ValueError("solver='auto' chooses the solver, its options, the schedule and the "
-                         "final step itself: give only steps (the NFE budget)")
+                         "final step itself: give only steps (the NFE budget) and, if you "
+                         "have them, DPM-Solver-v3's statistics (statistics=)")
     if x_T is None and shape is None:
         raise ValueError("give x_T or shape")
     dims = tuple(x_T.shape if x_T is not None else shape)[1:]
     cfg = auto_config(model.sde, DEFAULT_NFE if steps is None else steps, max(1, math.prod(dims)),
-                      predicts_noise(model))
-    return cfg["solver"], cfg["steps"], cfg["schedule"], cfg["denoise"], cfg["opts"]
+                      predicts_noise(model), statistics=statistics is not None)
+    opts = {"statistics": statistics} if cfg["solver"] == "dpm_solver_v3" else cfg["opts"]
+    shown = {k: v if isinstance(v, (int, float, str)) else str(v) if isinstance(v, Path)
+             else type(v).__name__ for k, v in opts.items()}
+    return cfg["solver"], cfg["steps"], cfg["schedule"], cfg["denoise"], opts, \
+        dict(options=shown)
 
 
 _CLD_ARGS = ("shape", "steps", "schedule", "t_end", "timesteps", "generator", "seed", "dtype",

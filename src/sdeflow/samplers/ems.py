@@ -36,7 +36,7 @@ from ..sde import bcast
 
 __all__ = ["ModelStatistics", "estimate_statistics", "weights_fingerprint", "same_weights",
            "tensor_versions", "statistics_path", "with_default_statistics", "STATISTICS_FILE",
-           "describe_condition", "condition_mismatch"]
+           "describe_condition", "condition_mismatch", "auto_statistics"]
 
 _RIDGE = 1e-4
 
@@ -191,6 +191,17 @@ def with_default_statistics(solver: str, opts: dict, checkpoint) -> dict:
         return opts
     path = statistics_path(checkpoint)
     return {**opts, "statistics": str(path.resolve())} if path.is_file() else opts
+
+
+def auto_statistics(checkpoint, condition: str | None = None) -> dict:
+    """``{"statistics": path}`` for ``solver="auto"``: the statistics file of ``checkpoint``
+    (:func:`statistics_path`) when it exists and was estimated under ``condition``
+    (:func:`describe_condition`; None: unconditional sampling), else ``{}`` — ``auto`` then
+    keeps its rule without statistics rather than run DPM-Solver-v3 on another condition's."""
+    path = statistics_path(checkpoint)
+    if not path.is_file() or ModelStatistics.read_about(path)["condition"] != condition:
+        return {}
+    return {"statistics": str(path.resolve())}
 
 
 def describe_condition(class_label=None, prompt=None, guidance=None, classifier=None) -> str | None:

@@ -53,8 +53,9 @@ def jsonable(value):
 def _grid(run: Run, model, d: Draw) -> dict:
     """The solver and grid of ``d``; DPM-Solver-v3 takes the statistics that `sdeflow ems`
     wrote into the run's checkpoint folder. ``auto`` on an unconditional model takes the
-    schedule `tune-steps --install` put there for the budget, as `sdeflow sample` does."""
-    from ..samplers.ems import with_default_statistics
+    schedule `tune-steps --install` put there for the budget, as `sdeflow sample` does, and
+    else those statistics where its rule uses them."""
+    from ..samplers.ems import auto_statistics, with_default_statistics
     tuned = None
     if d.schedule and d.schedule.startswith("file:"):
         tuned = run.schedule_files()[d.schedule[5:]]
@@ -63,8 +64,10 @@ def _grid(run: Run, model, d: Draw) -> dict:
     if tuned is not None:
         return dict(solver=tuned.solver, timesteps=tuned.tensor(model.sde),
                     **with_default_statistics(tuned.solver, tuned.solver_opts, run.path))
+    found = auto_statistics(run.path) if d.solver == "auto" and not d.schedule \
+        and not run.flag("class_cond", False) else {}
     return dict(solver=d.solver, steps=d.steps, schedule=d.schedule,
-                **with_default_statistics(d.solver, {}, run.path))
+                **with_default_statistics(d.solver, {}, run.path), **found)
 
 
 def _conditioned(run: Run, model, d: Draw):
