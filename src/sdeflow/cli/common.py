@@ -71,7 +71,7 @@ def add_sampling_args(p, grid: bool = True, default: str | None = None,
     asks = "--schedule, --no-denoise or --solver-opts" if grid else "--solver-opts"
     default = default or (f"auto — solver, schedule and final step chosen for the budget --steps "
                           f"in NFE (for an ε network with `sdeflow ems`' statistics in the "
-                          f"checkpoint folder: DPM-Solver-v3 at 5–20 NFE), or the checkpoint's "
+                          f"checkpoint folder: DPM-Solver-v3 at 4–30 NFE), or the checkpoint's "
                           f"own tuned schedule for that budget (`tune-steps --install`); heun "
                           f"when {asks} is given")
     p.add_argument("--solver", default=None,
