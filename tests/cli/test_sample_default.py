@@ -40,7 +40,8 @@ def test_asking_for_a_grid_keeps_the_library_default(run, tmp_path):
     assert (st["solver"], st["nfe"]) == ("euler", 5)
 
 
-def test_default_auto_uses_the_checkpoints_statistics_for_a_noise_predicting_network(tmp_path):
+def test_default_auto_uses_the_checkpoints_statistics_for_a_noise_predicting_network(tmp_path,
+                                                                                   capsys):
     """An ε-predicting image model: `sample` without --solver runs ``auto``'s iPNDM until
     `sdeflow ems` has written the statistics into the checkpoint folder, then DPM-Solver-v3 on
     ``gits_trailing`` at 4–30 NFE (its rule with statistics) — and not with statistics
@@ -53,12 +54,18 @@ def test_default_auto_uses_the_checkpoints_statistics_for_a_noise_predicting_net
                  "--prediction", "eps", "--loss", "eps", "--precondition", "none",
                  "--model-kwargs", json.dumps(TINY_UNET), "--batch-size", "8",
                  "--no-tensorboard"]) == 0
+    capsys.readouterr()
     assert _stats(run, tmp_path, "--steps", "8")["solver"] == "ipndm"
+    assert f"sdeflow ems {run}" in capsys.readouterr().err  # says how to get them
+    assert _stats(run, tmp_path, "--steps", "31")["solver"] == "ipndm"
+    assert "sdeflow ems" not in capsys.readouterr().err  # not where the rule has no use
     assert auto_statistics(run) == {}
     assert main(["ems", str(run), "--num", "8", "--points", "5"]) == 0
     assert auto_statistics(run) == {"statistics": str(statistics_path(run).resolve())}
+    capsys.readouterr()
     st = _stats(run, tmp_path, "--steps", "8")
     assert (st["solver"], st["schedule"], st["nfe"]) == ("dpm_solver_v3", "gits_trailing", 8)
+    assert "sdeflow ems" not in capsys.readouterr().err
     assert st["options"]["statistics"].endswith("ems.safetensors")
     assert _stats(run, tmp_path, "--steps", "31")["solver"] == "ipndm"  # above 30 NFE
     stats = ModelStatistics.load(statistics_path(run))

@@ -3,6 +3,7 @@ score model with any registered solver, score the draws, or tune a solver's time
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def cmd_sample(a) -> int:
         raise ValueError(f"this model was trained for --task {task}: use `sdeflow "
                          f"{'sr' if task == 'sr' else 'colorize'}`")
     model, cond = guided_model(a, model, cfg, a.num, dev)
-    grid = grid_args(a, model, unconditional=not cond)
+    grid = grid_args(a, model, unconditional=not cond, dim=math.prod(cfg.shape))
     check_condition(grid, run_condition(a))
     with torch.no_grad():
         x, stats = sample(model, shape=(a.num, *cfg.shape), seed=a.seed,
@@ -113,7 +114,8 @@ def cmd_evaluate(a) -> int:
     model, cfg = load_run(a.checkpoint, ("denoiser", "cld"), device=device())
     labels = torch.arange(a.num) % cfg.num_classes if getattr(cfg, "class_cond", False) else None
     cond, text_labels = _test_captions(cfg, a.num, a.seed)
-    grid = grid_args(a, model, unconditional=labels is None and not cond)
+    grid = grid_args(a, model, unconditional=labels is None and not cond,
+                     dim=math.prod(cfg.shape))
     check_condition(grid, None)  # every class in turn, or the test captions: no one condition
     x, st = draw_samples(model, cfg, a.num, batch=a.batch, seed=a.seed, labels=labels,
                          cond=cond, progress=True, **grid)
