@@ -73,3 +73,12 @@ def test_default_auto_uses_the_checkpoints_statistics_for_a_noise_predicting_net
     stats.save(statistics_path(run))
     assert auto_statistics(run) == {} and auto_statistics(run, "class=3") != {}
     assert _stats(run, tmp_path, "--steps", "8")["solver"] == "ipndm"
+    # a run sampled under that one condition takes them (`sample --class 3` passes it)
+    from types import SimpleNamespace
+
+    from sdeflow.cli.common import grid_args, load_run
+    model, _ = load_run(run, "denoiser")
+    a = SimpleNamespace(checkpoint=str(run), steps=8, solver=None, solver_opts={}, schedule=None,
+                        no_denoise=False, force=False, timesteps_file=None)
+    assert "statistics" in grid_args(a, model, unconditional=False, condition="class=3")
+    assert "statistics" not in grid_args(a, model, unconditional=False)  # several conditions

@@ -57,7 +57,8 @@ def cmd_sample(a) -> int:
         raise ValueError(f"this model was trained for --task {task}: use `sdeflow "
                          f"{'sr' if task == 'sr' else 'colorize'}`")
     model, cond = guided_model(a, model, cfg, a.num, dev)
-    grid = grid_args(a, model, unconditional=not cond, dim=math.prod(cfg.shape))
+    grid = grid_args(a, model, unconditional=not cond, dim=math.prod(cfg.shape),
+                     condition=run_condition(a))
     check_condition(grid, run_condition(a))
     with torch.no_grad():
         x, stats = sample(model, shape=(a.num, *cfg.shape), seed=a.seed,

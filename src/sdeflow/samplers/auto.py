@@ -62,8 +62,8 @@ gives the measurements behind them):
 
   - **a noise-predicting network with its statistics** (D ≥ 16, 4–30 NFE, :data:`STATS_NFE`;
     DPM-Solver-v3's statistics given, ``sample(solver="auto", statistics=…)`` — `sdeflow
-    sample`/`evaluate` and `serve` pass those `sdeflow ems` wrote into the checkpoint folder,
-    for unconditional sampling): DPM-Solver-v3 on ``gits_trailing``. The statistics — the
+    sample`/`evaluate` and `serve` pass those `sdeflow ems` wrote into the checkpoint folder
+    when they sample under the condition they were estimated for): DPM-Solver-v3 on ``gits_trailing``. The statistics — the
     network's own mean ∂x̂0/∂x and the linear trend of its x̂0 along its trajectories —
     take up the roughness at large σ̃ that ``karras_trailing`` spends its calls on, so GITS's
     one large first jump costs little. On four ε U-Nets of the digits (two trained after the
