@@ -63,13 +63,15 @@ gives the measurements behind them):
   - **a noise-predicting network with its statistics** (D ≥ 16, 4–30 NFE, :data:`STATS_NFE`;
     DPM-Solver-v3's statistics given, ``sample(solver="auto", statistics=…)`` — `sdeflow
     sample`/`evaluate` and `serve` pass those `sdeflow ems` wrote into the checkpoint folder
-    when they sample under the condition they were estimated for): DPM-Solver-v3 on ``gits_trailing``. The statistics — the
-    network's own mean ∂x̂0/∂x and the linear trend of its x̂0 along its trajectories —
-    take up the roughness at large σ̃ that ``karras_trailing`` spends its calls on, so GITS's
-    one large first jump costs little. On four ε U-Nets of the digits (two trained after the
-    rule was written down) 0.36–0.75× the error of the rule without statistics at 5–20 NFE
-    (1.01× at one cell), 0.25–0.46× at 4 NFE and 0.22–1.10× at 25–30, ≤ 0.7× the best anchor at 25 of 28 cells (18 without). Not for x̂0 networks or
-    oracles: the same rule for every model lost by up to 1.57× on a held-out 48-D mixture.
+    when they sample under the condition they were estimated for): DPM-Solver-v3 on
+    ``gits_trailing``. The statistics — the network's own mean ∂x̂0/∂x and the linear trend
+    of its x̂0 along its trajectories — take up the roughness at large σ̃ that
+    ``karras_trailing`` spends its calls on, so GITS's one large first jump costs little. On
+    four ε U-Nets of the digits (two trained after the rule was written down) 0.36–0.75× the
+    error of the rule without statistics at 5–20 NFE (1.01× at one cell), 0.25–0.46× at 4 NFE
+    and 0.22–1.10× at 25–30; ≤ 0.7× the best anchor at 25 of 28 cells at 5–20 NFE (18
+    without). Not for x̂0 networks or oracles: the same rule for every model lost by up to
+    1.57× on a held-out 48-D mixture.
 
 * **Above 30 NFE**: iPNDM on the ``logsnr`` grid (every solver is near its asymptotic order
   there; log-SNR steps spread the error evenly).
@@ -102,7 +104,7 @@ __all__ = ["auto_config", "predicts_noise", "noise_order", "HIGH_DIM", "WIDE_DIM
 HIGH_DIM = 16  # data dimension from which the high-dimensional rule applies
 WIDE_DIM = 128  # ... and from which its components are decided above σ̃ ≈ 8 (karras above 6 NFE)
 DEFAULT_NFE = 20  # the budget of solver="auto" when no steps are given
-STATS_NFE = range(4, 31)  # budgets (NFE) at which a noise-predicting network's statistics are used
+STATS_NFE = range(4, 31)  # budgets (NFE) where an ε network's statistics are used
 
 
 def auto_config(sde, nfe: int, dim: int, noise_prediction: bool = False,
