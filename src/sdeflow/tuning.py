@@ -967,15 +967,15 @@ def _auto_candidate(obj: _Objective, dim: int) -> dict:
     whatever ``obj.free_end`` — when it spends one call per step on ``steps`` steps (every
     budget of 4–30 NFE); else empty. With DPM-Solver-v3's statistics among the tuned
     solver's options, ``auto`` as it runs with them (``sample(solver="auto", statistics=…)``)."""
-    from .samplers.auto import auto_config, predicts_noise
+    from .samplers.auto import auto_config, predicts_noise, solver_options
     stats = obj.opts.get("statistics")
     cfg = auto_config(obj.model.sde, obj.steps + 1, dim, predicts_noise(obj.model),
                       statistics=stats is not None)
     if not cfg["denoise"] or cfg["steps"] != obj.steps or cfg["solver"] in MULTI_CALL:
         return {}
     grid = get_timesteps(obj.model.sde, obj.steps, cfg["schedule"], allow_free_end=True)
-    opts = {"statistics": stats} if cfg["solver"] == "dpm_solver_v3" else dict(cfg["opts"])
-    return {config_label(cfg["solver"], cfg["opts"], cfg["schedule"]): (grid, cfg["solver"], opts)}
+    return {config_label(cfg["solver"], cfg["opts"], cfg["schedule"]):
+            (grid, cfg["solver"], solver_options(cfg, stats))}
 
 
 def _choice(errors: dict, w: Tensor):

@@ -173,7 +173,7 @@ def _auto(model, x_T, shape, steps, schedule, denoise, timesteps, opts: dict):
     """solver="auto": (solver, steps, schedule, denoise, options) of :func:`.auto.auto_config`
     for the budget ``steps`` (NFE; default 20), and the stats' record of the options chosen
     (statistics by their path or type, not their tensors)."""
-    from .auto import DEFAULT_NFE, auto_config, predicts_noise
+    from .auto import DEFAULT_NFE, auto_config, predicts_noise, solver_options
     if getattr(model, "timesteps", None) is not None:
         raise ValueError("a distilled model samples on its own grid (model.timesteps); omit "
                          "solver='auto'")
@@ -188,7 +188,7 @@ def _auto(model, x_T, shape, steps, schedule, denoise, timesteps, opts: dict):
     dims = tuple(x_T.shape if x_T is not None else shape)[1:]
     cfg = auto_config(model.sde, DEFAULT_NFE if steps is None else steps, max(1, math.prod(dims)),
                       predicts_noise(model), statistics=statistics is not None)
-    opts = {"statistics": statistics} if cfg["solver"] == "dpm_solver_v3" else cfg["opts"]
+    opts = solver_options(cfg, statistics)
     shown = {k: v if isinstance(v, (int, float, str)) else str(v) if isinstance(v, Path)
              else type(v).__name__ for k, v in opts.items()}
     return cfg["solver"], cfg["steps"], cfg["schedule"], cfg["denoise"], opts, \

@@ -99,7 +99,8 @@ noise-predicting too: the rule cannot tell it from a network.
 """
 from __future__ import annotations
 
-__all__ = ["auto_config", "predicts_noise", "noise_order", "HIGH_DIM", "WIDE_DIM", "STATS_NFE"]
+__all__ = ["auto_config", "solver_options", "predicts_noise", "noise_order", "HIGH_DIM", "WIDE_DIM",
+           "STATS_NFE"]
 
 HIGH_DIM = 16  # data dimension from which the high-dimensional rule applies
 WIDE_DIM = 128  # ... and from which its components are decided above σ̃ ≈ 8 (karras above 6 NFE)
@@ -142,6 +143,12 @@ def auto_config(sde, nfe: int, dim: int, noise_prediction: bool = False,
         shape = "ays"
     opts = {"order": noise_order(nfe)} if noise_prediction else {}
     return dict(solver="ipndm", steps=steps, schedule=f"{shape}_trailing", opts=opts, denoise=True)
+
+
+def solver_options(cfg: dict, statistics=None) -> dict:
+    """The options to run ``auto_config``'s choice ``cfg`` with: its own, and DPM-Solver-v3's
+    ``statistics`` when that is the solver chosen (``cfg["opts"]`` never holds them)."""
+    return {"statistics": statistics} if cfg["solver"] == "dpm_solver_v3" else dict(cfg["opts"])
 
 
 def noise_order(nfe: int) -> int:
