@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from .sde import SDE, bcast
 
-__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "PRECONDITIONS", "check_batch", "edm_scalings",
+__all__ = ["Denoiser", "Prediction", "Targets", "prediction_from_x0", "PREDICTIONS", "PRECONDITIONS", "check_batch", "edm_scalings",
            "learned_log_variance"]
 
 PREDICTIONS = ("x0", "eps", "v", "score")
@@ -97,7 +97,41 @@ class Prediction(NamedTuple):
     score: Tensor
 
 
-class Denoiser(nn.Module):
+def _complete(s: Tensor, sig: Tensor, x0: Tensor, eps: Tensor, v: Tensor | None = None) -> Prediction:
+    """The four targets from x̂0 and ε̂ (v̂ = (s ε̂ − σ x̂0)/√(s² + σ²) unless given)."""
+    if v is None:
+        v = (s * eps - sig * x0) / (s**2 + sig**2).sqrt()
+    return Prediction(x0, eps, v, -eps / sig)
+
+
+def prediction_from_x0(sde: SDE, x: Tensor, t: Tensor, x0: Tensor) -> Prediction:
+    """All four targets at (x, t) for a given x̂0: ε̂ = (x − s x̂0)/σ."""
+    s, sig = bcast(sde.s(t), x), bcast(sde.sigma(t), x)
+    return _complete(s, sig, x0, (x - s * x0) / sig)
+
+
+class Targets:
+    """``x0``, ``eps``, ``v`` and ``score`` of anything with ``predict(x, t, **cond)`` returning
+    a :class:`Prediction` (a :class:`Denoiser`, or a view of one that a sampler sees)."""
+
+    def x0(self, x: Tensor, t, **cond) -> Tensor:
+        """Denoised estimate x̂0(x, t)."""
+        return self.predict(x, t, **cond).x0
+
+    def eps(self, x: Tensor, t, **cond) -> Tensor:
+        """Noise estimate ε̂(x, t)."""
+        return self.predict(x, t, **cond).eps
+
+    def v(self, x: Tensor, t, **cond) -> Tensor:
+        """Velocity estimate v̂(x, t)."""
+        return self.predict(x, t, **cond).v
+
+    def score(self, x: Tensor, t, **cond) -> Tensor:
+        """Score estimate ∇ log p_t(x)."""
+        return self.predict(x, t, **cond).score
+
+
+class Denoiser(Targets, nn.Module):
     """Wrap ``net(x, t, **cond)`` predicting ``prediction`` under ``sde``.
 
     Args:
@@ -209,25 +243,7 @@ class Denoiser(nn.Module):
         else:  # v
             x0 = (s * x - sig * r * out) / r**2
             eps = (sig * x + s * r * out) / r**2
-        v = out if self.prediction == "v" else (s * eps - sig * x0) / r
-        score = -eps / sig
-        return Prediction(x0, eps, v, score)
-
-    def x0(self, x: Tensor, t, **cond) -> Tensor:
-        """Denoised estimate x̂0(x, t)."""
-        return self.predict(x, t, **cond).x0
-
-    def eps(self, x: Tensor, t, **cond) -> Tensor:
-        """Noise estimate ε̂(x, t)."""
-        return self.predict(x, t, **cond).eps
-
-    def v(self, x: Tensor, t, **cond) -> Tensor:
-        """Velocity estimate v̂(x, t)."""
-        return self.predict(x, t, **cond).v
-
-    def score(self, x: Tensor, t, **cond) -> Tensor:
-        """Score estimate ∇ log p_t(x)."""
-        return self.predict(x, t, **cond).score
+        return _complete(s, sig, x0, eps, out if self.prediction == "v" else None)
 
     def forward(self, x: Tensor, t, **cond) -> Tensor:
         return self.x0(x, t, **cond)

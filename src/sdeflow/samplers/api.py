@@ -64,7 +64,10 @@ def sample(model: Denoiser, x_T: Tensor | None = None, *, shape=None, solver: st
             ``schedule``, with ``solver="auto"`` the ``options`` it chose (e.g. iPNDM's
             ``order``), and solver-specific entries (accepted/rejected steps of adaptive ones).
         **solver_opts: solver options, e.g. ``rtol``, ``atol``, ``eta``, ``snr``, ``gamma``,
-            ``predictor``, ``corrector``, ``n_corrector_steps``.
+            ``predictor``, ``corrector``, ``n_corrector_steps``; ``first_step="lookahead"``
+            for iPNDM, DEIS, DPM-Solver++(2M/3M) and UniPC: one call serves the first two
+            grid times, so ``steps`` steps cost ``steps`` calls with the final x̂0
+            (:mod:`sdeflow.samplers.first_step`).
 
     Returns:
         The samples (same dtype/device as ``x_T``), or ``(samples, stats)``.

@@ -102,7 +102,7 @@ def dpmpp_multistep(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2,
 
 def _register(name: str, order: int, kind: str, description: str, **fixed):
     @register_solver(name, kind=kind, order=order, default_steps=20 if kind == "ode" else 50,
-                     description=description)
+                     description=description, first_step=kind == "ode")
     def solve(model, x, ts, ctx: Context, **opts):
         return dpmpp_multistep(model, x, ts, ctx, order=order, **fixed, **opts)
     solve.__doc__ = f"{description} (see :func:`dpmpp_multistep`)."
@@ -248,7 +248,7 @@ def unipc(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 2, variant: s
 
 @register_solver("unipc", kind="ode", order=3, default_steps=20,
                  description="UniPC (bh2): multistep predictor order 2 + corrector, 1 NFE/step; "
-                             "order=, variant='bh1'|'bh2', corrector=")
+                             "order=, variant='bh1'|'bh2', corrector=", first_step=True)
 def sample_unipc(model, x, ts, ctx: Context, **opts):
     return unipc(model, x, ts, ctx, **opts)
 
@@ -320,14 +320,14 @@ def deis(model, x: Tensor, ts: Tensor, ctx: Context, order: int = 3,
 
 @register_solver("deis", kind="ode", order=3, default_steps=20,
                  description="DEIS ρAB: variable-step Adams–Bashforth on dx̃/dσ̃ = ε̂ (order=3), "
-                             "1 NFE/step")
+                             "1 NFE/step", first_step=True)
 def sample_deis(model, x, ts, ctx: Context, **opts):
     return deis(model, x, ts, ctx, **opts)
 
 
 @register_solver("ipndm", kind="ode", order=4, default_steps=20,
                  description="iPNDM: fixed-coefficient Adams–Bashforth (order=4) on dx̃/dσ̃ = ε̂, "
-                             "1 NFE/step")
+                             "1 NFE/step", first_step=True)
 def sample_ipndm(model, x, ts, ctx: Context, order: int = 4, **opts):
     return deis(model, x, ts, ctx, order=order, variant="ipndm", **opts)
 

@@ -58,6 +58,7 @@ class SolverInfo:
     default_steps: int | None  # None: adaptive, steps are not used
     description: str
     returns_data: bool = False  # the solver's answer is already x̂0 (no final denoising call)
+    first_step: bool = False  # takes first_step="lookahead" (samplers/first_step.py)
 
     @property
     def adaptive(self) -> bool:
@@ -68,16 +69,19 @@ _SOLVERS: dict[str, SolverInfo] = {}
 
 
 def register_solver(name: str, *, kind: str, order: float | None, default_steps: int | None,
-                    description: str, returns_data: bool = False):
-    """Decorator registering ``fn(model, x, ts, ctx, **opts)`` under ``name``."""
+                    description: str, returns_data: bool = False, first_step: bool = False):
+    """Decorator registering ``fn(model, x, ts, ctx, **opts)`` under ``name``. ``first_step``:
+    a one-call-per-step multistep solver whose first step is DDIM's, which then also takes
+    ``first_step="lookahead"`` (:mod:`.first_step`: its first two grid times from one call)."""
     if kind not in ("ode", "sde"):
         raise ValueError(f"kind must be 'ode' or 'sde', got {kind!r}")
 
     def wrap(fn):
         if name in _SOLVERS:
             raise ValueError(f"solver {name!r} is already registered")
-        _SOLVERS[name] = SolverInfo(name, fn, kind, order, default_steps, description,
-                                    returns_data)
+        from .first_step import with_first_step
+        _SOLVERS[name] = SolverInfo(name, with_first_step(fn) if first_step else fn, kind, order,
+                                    default_steps, description, returns_data, first_step)
         return fn
     return wrap
 
