@@ -83,7 +83,7 @@ def problems():
     ring = GaussianMixture.ring()
     dev = [(f"{g}-{s}", gm, sde) for g, gm in (("ring2d", ring), ("gmm64", hi))
            for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
-    return dev + held_out_problems() + fresh_problems() + third_problems()
+    return dev + held_out_problems() + fresh_problems() + third_problems() + fourth_problems()
 
 
 def held_out_problems():
@@ -122,6 +122,22 @@ def third_problems():
     return [("gmm48m-edm", many, sdeflow.EDMSDE()),
             ("gmm192-vpcos", big, sdeflow.VPSDE(schedule="cosine")),
             ("gmm8-vp", small, sdeflow.VPSDE())]
+
+
+def fourth_problems():
+    """A fourth held-out set, designed (2026-12-05) before any run on it, to check the
+    lookahead first step of solver="auto" (docs/solver_notes.md): a 24-D mixture of 7
+    components under linear VP, a 128-D one of 5 narrow components under EDM, a 4-D one under
+    the cosine VP SDE, and a 64-D one whose means all sit 2 per coordinate away from 0 (data
+    far from the origin, where an analytic first step errs most) under sub-VP."""
+    mid = GaussianMixture.random(24, k=7, seed=41, std_range=(0.1, 0.5))
+    narrow = GaussianMixture.random(128, k=5, seed=42, std_range=(0.03, 0.15))
+    small = GaussianMixture.random(4, k=5, seed=43, scale=2.0, std_range=(0.1, 0.4))
+    far = GaussianMixture.random(64, k=4, seed=44)
+    far = GaussianMixture(far.weights, far.means + 2.0, covs=far.covs)
+    return [("gmm24-vp", mid, sdeflow.VPSDE()), ("gmm128n-edm", narrow, sdeflow.EDMSDE()),
+            ("gmm4-vpcos", small, sdeflow.VPSDE(schedule="cosine")),
+            ("gmm64c-subvp", far, sdeflow.SubVPSDE())]
 
 
 def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,

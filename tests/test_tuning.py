@@ -108,10 +108,14 @@ def test_tune_steps_cli_and_sampling_with_the_file(tmp_path):
     assert main(["tune-steps", str(run), "--solver", "dpmpp_2m", "--steps", "4",
                  "--n-calib", "64", "--max-evals", "20", "--out", str(out)]) == 0
     rep = json.loads(out.read_text())
-    assert len(rep["timesteps"]) == 5 and rep["base_solver"] == "dpmpp_2m"
+    assert rep["base_solver"] == "dpmpp_2m" and rep["steps"] == len(rep["timesteps"]) - 1
+    # 4 steps + the final x̂0 call; auto's configuration at those 5 calls, when it wins, runs 5
+    # steps with its lookahead first step
+    lookahead = rep["solver_opts"].get("first_step") == "lookahead"
+    assert len(rep["timesteps"]) == 5 + lookahead and (not lookahead or rep["fallback"])
     # the tuned grid, or the candidate that beat it on the validation pool
     assert rep["solver"] == "dpmpp_2m" if rep["fallback"] is None else \
-        rep["fallback"].startswith(rep["solver"] + "/")
+        rep["fallback"].split("/")[0].split("(")[0] == rep["solver"]
     assert rep["heldout_loss"] == min(rep["heldout_losses"].values())
     assert rep["calibration_seed"] == 1000
     # the gradient search never ends worse than its start; the pool search may trade that away
@@ -376,16 +380,17 @@ def test_pool_losses_see_rare_crossings_that_plain_validation_misses():
 
 def test_tuning_validates_on_a_pool_and_returns_the_best_candidate_over_it(ring_edm):
     """``heldout_draws``: tuning DDIM's 4-step grid for 2 iterations (a weak tuned result) with
-    a validation pool of 1024 draws, 64 of them with references. The candidates' estimated
+    a validation pool of 1024 draws, 128 of them with references. The candidates' estimated
     losses are recorded; the returned configuration is the one with the least, and over the
     whole pool (1024 references) its RMS error is within 5 % of the best candidate's."""
     model, sde = ring_edm
     draw = lambda n, s: sde.prior_sample((n, 2), generator=gen(s), dtype=torch.float64)  # noqa: E731
     pool = draw(1024, 1001)
-    res = tune_timesteps(model, draw(32, 1000), x_heldout=pool, heldout_draws=64,
+    res = tune_timesteps(model, draw(32, 1000), x_heldout=pool, heldout_draws=128,
                          solver="ddim", steps=4, max_evals=2)
     assert res.heldout_pool == 1024 and "tuned" in res.heldout_losses
-    assert "ddim/" + res.start_schedule in res.heldout_losses and len(res.heldout_losses) == 5
+    # the tuned grid, its start, 3 named configurations and auto's (iPNDM with its lookahead)
+    assert "ddim/" + res.start_schedule in res.heldout_losses and len(res.heldout_losses) == 6
     assert res.heldout_loss == min(res.heldout_losses.values())
     assert res.heldout_best_named_loss == res.heldout_losses[res.best_named]
     assert res.fallback is not None and res.solver != "ddim"  # a named configuration won
@@ -394,11 +399,15 @@ def test_tuning_validates_on_a_pool_and_returns_the_best_candidate_over_it(ring_
     def over_pool(solver, ts, opts):
         x = sdeflow.sample(model, pool, solver=solver, timesteps=ts, **opts)
         return (x - ref).pow(2).mean().sqrt().item()
-    from sdeflow.tuning import _named_grid, _Objective
+    from sdeflow.tuning import _auto_candidate, _named_grid, _Objective
     obj = _Objective(model, "ddim", 4, {}, {}, True, False, 3, 0.2)
-    truth = {}
+    truth, auto = {}, _auto_candidate(obj, 2)
     for label in res.heldout_losses:
         if label == "tuned":
+            continue
+        if label in auto:
+            grid, name, opts = auto[label]
+            truth[label] = over_pool(name, grid, opts)
             continue
         name, schedule = label.split("/")
         opts = dict(order=3) if name.endswith("(order=3)") else {}
@@ -565,9 +574,9 @@ def test_pool_validation_always_compares_auto_and_grows_on_a_thin_lead(ring_edm,
     pool, cal = draw(1024, 1001), draw(32, 1000)
     kw = dict(x_heldout=pool, heldout_draws=32, solver="dpmpp_2m", steps=6, max_evals=2,
               heldout_start=256, max_p_change=1.0, named_candidates=1)
-    cfg = auto_config(sde, 7, 2)
-    label = f"{cfg['solver']}/{cfg['schedule']}"
     import sdeflow.tuning as tuning
+    cfg = auto_config(sde, 7, 2)
+    label = tuning.config_label(cfg["solver"], cfg["opts"], cfg["schedule"])
     # the calibration ranking's best named configuration is another one
     monkeypatch.setattr(tuning, "_rank_named", lambda *a, **k: [("dpmpp_2m", {}, "karras")])
     never = tune_timesteps(model, cal, unseen_draws=0.0, **kw)
@@ -597,16 +606,18 @@ def test_auto_candidate_carries_the_order_auto_chose_for_a_noise_predicting_netw
     from sdeflow.tuning import _auto_candidate
     sde = sdeflow.VPSDE()
     net = lambda x, t: torch.zeros_like(x)  # noqa: E731
-    cases = [("eps", 6, "ipndm(order=2)/gits_trailing", {"order": 2}),
-             ("eps", 11, "ipndm(order=3)/gits_trailing", {"order": 3}),
-             ("x0", 6, "ipndm/gits_trailing", {})]
-    for prediction, steps, label, opts in cases:
+    look = {"first_step": "lookahead"}  # one more step on the same calls (up to 8 for ε)
+    cases = [("eps", 6, "ipndm(order=2, first_step=lookahead)/gits_trailing",
+              {"order": 2, **look}, 8),
+             ("eps", 11, "ipndm(order=3)/gits_trailing", {"order": 3}, 12),
+             ("x0", 6, "ipndm(first_step=lookahead)/gits_trailing", look, 8)]
+    for prediction, steps, label, opts, points in cases:
         obj = SimpleNamespace(model=Denoiser(net, sde, prediction=prediction), steps=steps,
                               opts={})
         cand = _auto_candidate(obj, 2)
         assert list(cand) == [label]
         grid, solver, got = cand[label]
-        assert (solver, got, len(grid)) == ("ipndm", opts, steps + 1)
+        assert (solver, got, len(grid)) == ("ipndm", opts, points)
     stats = object()  # only carried through
     obj = SimpleNamespace(model=Denoiser(net, sde, prediction="eps"), steps=7,
                           opts={"statistics": stats})
@@ -614,7 +625,7 @@ def test_auto_candidate_carries_the_order_auto_chose_for_a_noise_predicting_netw
     assert (label, solver, got, len(grid)) == ("dpm_solver_v3/gits_trailing", "dpm_solver_v3",
                                                {"statistics": stats}, 8)
     obj.model = Denoiser(net, sde, prediction="x0")  # an x̂0 network: the statistics go unused
-    assert list(_auto_candidate(obj, 64)) == ["ipndm/ays_trailing"]
+    assert list(_auto_candidate(obj, 64)) == ["ipndm(first_step=lookahead)/ays_trailing"]
 
 
 def test_blend_grids_interpolates_in_log_snr():

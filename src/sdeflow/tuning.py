@@ -617,6 +617,7 @@ def _fall_back(out: TunedSchedule, obj: _Objective, cal, heldout, trim: float) -
     if _rms(errors[best], w, trim) < _rms(tuned, w, trim):
         grid, out.solver, named_opts = cands[best]
         out.solver_opts, out.timesteps = dict(named_opts), grid.tolist()
+        out.steps = len(grid) - 1  # auto's lookahead runs one more step on the same calls
         out.heldout_loss = out.heldout_best_named_loss
         out.fallback = best
 
@@ -799,7 +800,7 @@ def _select_on_pool(out: TunedSchedule, obj: _Objective, params: Tensor, start, 
     if best == "tuned":
         return
     ts, name, opts = cands[best]
-    out.timesteps, out.solver = ts.tolist(), name
+    out.timesteps, out.solver, out.steps = ts.tolist(), name, len(ts) - 1
     out.solver_opts = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in opts.items()}
     if best == start_label:
         out.kept_start = True
@@ -967,13 +968,13 @@ def _auto_candidate(obj: _Objective, dim: int) -> dict:
     whatever ``obj.free_end`` — when it spends one call per step on ``steps`` steps (every
     budget of 4–30 NFE); else empty. With DPM-Solver-v3's statistics among the tuned
     solver's options, ``auto`` as it runs with them (``sample(solver="auto", statistics=…)``)."""
-    from .samplers.auto import auto_config, predicts_noise, solver_options
+    from .samplers.auto import auto_config, nfe_of, predicts_noise, solver_options
     stats = obj.opts.get("statistics")
     cfg = auto_config(obj.model.sde, obj.steps + 1, dim, predicts_noise(obj.model),
                       statistics=stats is not None)
-    if not cfg["denoise"] or cfg["steps"] != obj.steps or cfg["solver"] in MULTI_CALL:
+    if not cfg["denoise"] or nfe_of(cfg) != obj.steps + 1 or cfg["solver"] in MULTI_CALL:
         return {}
-    grid = get_timesteps(obj.model.sde, obj.steps, cfg["schedule"], allow_free_end=True)
+    grid = get_timesteps(obj.model.sde, cfg["steps"], cfg["schedule"], allow_free_end=True)
     return {config_label(cfg["solver"], cfg["opts"], cfg["schedule"]):
             (grid, cfg["solver"], solver_options(cfg, stats))}
 

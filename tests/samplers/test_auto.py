@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import sdeflow
-from sdeflow.samplers.auto import HIGH_DIM, WIDE_DIM, auto_config
+from sdeflow.samplers.auto import (HIGH_DIM, LOOKAHEAD_NFE, LOOKAHEAD_NOISE_NFE, WIDE_DIM,
+                                   auto_config, nfe_of)
 from sdeflow.schedules import FREE_END, get_timesteps
 from tests.conftest import SDES
 
@@ -46,8 +47,11 @@ def test_auto_config_is_valid_for_every_budget_1_to_1000(name):
             cfg = auto_config(sde, nfe, dim)
             info = get_solver(cfg["solver"])
             assert info.kind == "ode" and not info.adaptive and cfg["solver"] in ONE_CALL
-            assert cfg["steps"] + cfg["denoise"] == nfe, (name, dim, nfe, cfg)
-            assert cfg["opts"] in ({}, {"order": 3}) and cfg["denoise"] in (True, False)
+            assert nfe_of(cfg) == nfe, (name, dim, nfe, cfg)
+            look = cfg["opts"].get("first_step") == "lookahead"
+            assert cfg["steps"] + cfg["denoise"] == nfe + look and (look <= info.first_step)
+            assert cfg["opts"] in ({}, {"first_step": "lookahead"}) and cfg["denoise"] in (True, False)
+            assert look == (4 <= nfe <= LOOKAHEAD_NFE), (name, dim, nfe, cfg)  # an x̂0 model's
             assert cfg["denoise"] or cfg["schedule"] not in FREE_END
             if nfe <= 100 or nfe % 100 == 0:  # above 30 NFE one rule (iPNDM on logsnr)
                 grids.add((cfg["steps"], cfg["schedule"], cfg["denoise"]))
@@ -81,7 +85,8 @@ def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
     is σ̃ times its error in ε̂: more calls at large σ̃); below, and for x̂0-, v- and
     EDM-preconditioned networks, the dimension's shape; 1–3 and > 30 NFE are the same. At any
     D its iPNDM order is 2 up to 8 NFE, 3 up to 20 and 4 above (the network's error in ε̂ is amplified
-    by the Adams–Bashforth weights); x̂0 networks keep order 4."""
+    by the Adams–Bashforth weights); x̂0 networks keep order 4. The lookahead first step (one
+    more step on the same calls) up to 8 NFE for ε networks, up to 12 for x̂0 ones."""
     from sdeflow import Denoiser
     from sdeflow.samplers.auto import predicts_noise
     sde = sdeflow.VPSDE()
@@ -91,8 +96,11 @@ def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
             want = "karras_trailing" if dim >= HIGH_DIM else "gits_trailing"
             assert (cfg["solver"], cfg["schedule"]) == ("ipndm", want), (dim, nfe)
             order = 2 if nfe <= 8 else 3 if nfe <= 20 else 4
-            assert cfg["opts"] == {"order": order}, (dim, nfe)
-            assert auto_config(sde, nfe, dim)["opts"] == {}, (dim, nfe)
+            look = {"first_step": "lookahead"} if nfe <= LOOKAHEAD_NOISE_NFE else {}
+            assert cfg["opts"] == {"order": order, **look}, (dim, nfe)
+            assert cfg["steps"] == nfe - 1 + bool(look) and nfe_of(cfg) == nfe
+            x0_look = {"first_step": "lookahead"} if nfe <= LOOKAHEAD_NFE else {}
+            assert auto_config(sde, nfe, dim)["opts"] == x0_look, (dim, nfe)
         for nfe in (1, 2, 3, 31, 100):
             assert auto_config(sde, nfe, dim, True) == auto_config(sde, nfe, dim)
     assert auto_config(sde, 5, 64)["schedule"] == "ays_trailing"  # the x̂0 network's rule
@@ -108,13 +116,15 @@ def test_auto_gives_noise_predicting_networks_the_karras_shape(ring):
     eps_model = Denoiser(lambda x, t: gm.denoiser(sde).predict(x, t).eps, sde, prediction="eps")
     _, st = sdeflow.sample(eps_model, shape=(3, HIGH_DIM), solver="auto", steps=8,
                            return_stats=True)
-    assert (st["schedule"], st["options"], st["nfe"]) == ("karras_trailing", {"order": 2}, 8)
+    assert (st["schedule"], st["options"], st["nfe"]) == \
+        ("karras_trailing", {"order": 2, "first_step": "lookahead"}, 8)
     x_T = sde.prior_sample((3, HIGH_DIM), generator=torch.Generator().manual_seed(0))
     got = sdeflow.sample(eps_model, x_T, solver="auto", steps=8)
-    for order, same in ((2, True), (4, False)):
-        ref = sdeflow.sample(eps_model, x_T, solver="ipndm", order=order, steps=7,
-                             schedule="karras_trailing")
-        assert torch.equal(got, ref) is same, order
+    for order, first, same in ((2, "lookahead", True), (4, "lookahead", False),
+                               (2, "network", False)):
+        ref = sdeflow.sample(eps_model, x_T, solver="ipndm", order=order, steps=8,
+                             schedule="karras_trailing", first_step=first)
+        assert torch.equal(got, ref) is same, (order, first)
     _, st = sdeflow.sample(gm.denoiser(sde), shape=(3, HIGH_DIM), solver="auto", steps=8,
                            return_stats=True)
     assert st["schedule"] == "ays_trailing"

@@ -73,6 +73,17 @@ gives the measurements behind them):
     without). Not for x̂0 networks or oracles: the same rule for every model lost by up to
     1.57× on a held-out 48-D mixture.
 
+  - **the lookahead first step** (``first_step="lookahead"``, :mod:`.first_step`) at 4–12
+    NFE (:data:`LOOKAHEAD_NFE`), and at 4–8 NFE for a noise-predicting network
+    (:data:`LOOKAHEAD_NOISE_NFE`): one network call at the second grid time serves the first
+    two, so the budget runs ``nfe`` steps on the same shape instead of ``nfe − 1``. Measured
+    against the plain start at the same NFE (docs/benchmarks.md, "The lookahead first step"):
+    on 16 mixture problems and six U-Nets at those budgets, less error at most cells and
+    ≤ 0.7× the best anchor at more of them; above 12 NFE one more step is worth least while
+    approximating the first two nodes costs the same, and on a 256-D mixture with narrow
+    components it sent 3 draws of 4096 into another component at 15–20 NFE (5–10× the
+    error); on three weakly trained ε U-Nets it lost above 8 NFE (up to 1.9×).
+
 * **Above 30 NFE**: iPNDM on the ``logsnr`` grid (every solver is near its asymptotic order
   there; log-SNR steps spread the error evenly).
 
@@ -94,18 +105,24 @@ The seventh (twelfth session) gives a noise-predicting network DPM-Solver-v3 on
 ``gits_trailing`` at 4–30 NFE when its statistics are at hand: chosen on the better-trained
 linear-VP ε U-Net; a form for every model was rejected on the held-out third mixture set, and
 the ε form was checked on a sub-VP and a cosine-VP ε U-Net trained after it was written down.
+The eighth (thirteenth session) adds the lookahead first step: its first form (every budget
+4–30, every model) was rejected on held-out ε U-Nets, its second (ε networks only to 8 NFE)
+on a held-out 256-D mixture at 15–20 NFE; the third, to 12 NFE, was checked on a fourth
+mixture set and a v-prediction U-Net designed after it was written down.
 An exact score oracle (``GaussianMixture.denoiser(prediction="score")``) counts as
 noise-predicting too: the rule cannot tell it from a network.
 """
 from __future__ import annotations
 
-__all__ = ["auto_config", "solver_options", "predicts_noise", "noise_order", "HIGH_DIM", "WIDE_DIM",
-           "STATS_NFE"]
+__all__ = ["auto_config", "solver_options", "predicts_noise", "noise_order", "nfe_of", "HIGH_DIM",
+           "WIDE_DIM", "STATS_NFE", "LOOKAHEAD_NFE", "LOOKAHEAD_NOISE_NFE"]
 
 HIGH_DIM = 16  # data dimension from which the high-dimensional rule applies
 WIDE_DIM = 128  # ... and from which its components are decided above σ̃ ≈ 8 (karras above 6 NFE)
 DEFAULT_NFE = 20  # the budget of solver="auto" when no steps are given
 STATS_NFE = range(4, 31)  # budgets (NFE) where an ε network's statistics are used
+LOOKAHEAD_NFE = 12  # the lookahead first step up to this budget (x̂0/v̂ models) ...
+LOOKAHEAD_NOISE_NFE = 8  # ... and up to this one for a noise-predicting network
 
 
 def auto_config(sde, nfe: int, dim: int, noise_prediction: bool = False,
@@ -142,7 +159,15 @@ def auto_config(sde, nfe: int, dim: int, noise_prediction: bool = False,
     else:
         shape = "ays"
     opts = {"order": noise_order(nfe)} if noise_prediction else {}
+    if nfe <= (LOOKAHEAD_NOISE_NFE if noise_prediction else LOOKAHEAD_NFE):  # 1 call: t_0, t_1
+        steps, opts = nfe, {**opts, "first_step": "lookahead"}
     return dict(solver="ipndm", steps=steps, schedule=f"{shape}_trailing", opts=opts, denoise=True)
+
+
+def nfe_of(cfg: dict) -> int:
+    """Network calls of a configuration (``auto_config``'s): one per step, the final x̂0 call,
+    one fewer with the lookahead first step."""
+    return cfg["steps"] + cfg["denoise"] - (cfg["opts"].get("first_step") == "lookahead")
 
 
 def solver_options(cfg: dict, statistics=None) -> dict:
