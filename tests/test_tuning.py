@@ -747,3 +747,20 @@ def test_choose_tuned_compares_tuned_files_on_one_common_pool(ring_edm, capsys):
                           timesteps=get_timesteps(sde, 9, "karras").tolist())
     with pytest.raises(ValueError, match="different numbers of network calls"):
         choose_tuned(model, {**files, "10 NFE": other}, pool, 256)
+
+
+def test_config_label_keeps_one_slash_the_schedules():
+    """Candidate labels name a file option (DPM-Solver-v3's statistics) by its file name and an
+    object by its type, so the label's only "/" separates the schedule (labels are parsed as
+    ``solver(opts)/schedule``)."""
+    from pathlib import Path
+
+    from sdeflow.tuning import config_label
+    for stats in ("/runs/a/ckpt-1/ems.safetensors", Path("/runs/a/ems.safetensors")):
+        label = config_label("dpm_solver_v3", {"statistics": stats}, "quadratic")
+        assert label == "dpm_solver_v3(statistics=ems.safetensors)/quadratic"
+    assert config_label("ipndm", {"order": 2, "first_step": "lookahead"}, "gits_trailing") == \
+        "ipndm(order=2, first_step=lookahead)/gits_trailing"
+    assert config_label("dpm_solver_v3", {"statistics": object()}, "ays") == \
+        "dpm_solver_v3(statistics=object)/ays"
+    assert config_label("ddim", {}, "logsnr") == "ddim/logsnr"

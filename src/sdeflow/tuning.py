@@ -643,8 +643,14 @@ def _rank_named(obj: _Objective, cal, distinct: bool = False) -> list[tuple[str,
 
 
 def config_label(name: str, opts: dict, schedule: str) -> str:
-    """``solver(opts)/schedule``, as ``TunedSchedule.best_named`` / ``fallback`` name it."""
-    label = ", ".join(f"{k}={v}" for k, v in opts.items())
+    """``solver(opts)/schedule``, as ``TunedSchedule.best_named`` / ``fallback`` name it; a file
+    option (DPM-Solver-v3's statistics) by its file name, an object by its type — the one "/"
+    of a label is the schedule's."""
+    def text(v) -> str:
+        if isinstance(v, (str, Path)) and ("/" in str(v) or "\\" in str(v)):
+            return Path(v).name
+        return str(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
+    label = ", ".join(f"{k}={text(v)}" for k, v in opts.items())
     return f"{name}{f'({label})' if label else ''}/{schedule}"
 
 
