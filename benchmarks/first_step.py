@@ -20,13 +20,13 @@ from common import run_benchmark
 from solvers import problems
 
 import sdeflow
-from sdeflow.denoiser import prediction_from_x0
+from sdeflow.denoiser import Targets, prediction_from_x0
 from sdeflow.samplers.auto import auto_config, predicts_noise
 
 NFES = [5, 6, 8, 10, 12, 15, 20]
 
 
-class AnalyticFirst:
+class AnalyticFirst(Targets):
     """``model`` whose first call (at the grid's first time) answers x̂0 = 0 without a call."""
 
     def __init__(self, model, t0):
@@ -43,12 +43,6 @@ class AnalyticFirst:
             self.used = True
             return prediction_from_x0(self.model.sde, x, t, torch.zeros_like(x))
         return self.model.predict(x, t, **cond)
-
-    def x0(self, x, t, **cond):
-        return self.predict(x, t, **cond).x0
-
-    def eps(self, x, t, **cond):
-        return self.predict(x, t, **cond).eps
 
 
 def variants(model, x_T, nfe: int, afs: bool):

@@ -49,8 +49,8 @@ from torch import Tensor, nn
 
 from .sde import SDE, bcast
 
-__all__ = ["Denoiser", "Prediction", "Targets", "prediction_from_x0", "PREDICTIONS", "PRECONDITIONS", "check_batch", "edm_scalings",
-           "learned_log_variance"]
+__all__ = ["Denoiser", "Prediction", "Targets", "prediction_from_x0", "PREDICTIONS",
+           "PRECONDITIONS", "check_batch", "edm_scalings", "learned_log_variance"]
 
 PREDICTIONS = ("x0", "eps", "v", "score")
 PRECONDITIONS = (None, "edm", "consistency")

@@ -68,6 +68,8 @@ def test_the_second_time_reuses_the_call_with_the_solvers_own_state(ring):
     assert len(spy.calls) == 1 and model.nfe == 1
     torch.testing.assert_close(second.x0, first.x0)
     torch.testing.assert_close(second.eps, (x1 - second.x0) / 20.0)
+    # power: the prediction at x₁' = (20/80)·x₀ reused verbatim (a stale ε̂) fails that check
+    assert not torch.allclose((0.25 * x0 - first.x0) / 20.0, second.eps)
     torch.testing.assert_close(first.eps, (x0 - first.x0) / 80.0)
     torch.testing.assert_close(second.score, -second.eps / 20.0)
     look.predict(x1, ts[2])  # later calls go to the network
@@ -103,8 +105,11 @@ def test_lookahead_beats_the_plain_start_at_the_same_budget(sde, ring):
 def test_first_step_refuses_what_it_cannot_do(ring):
     model = ring.denoiser(sdeflow.EDMSDE())
     x_T = torch.randn(4, 2, generator=gen(0), dtype=torch.float64) * 80
-    with pytest.raises(ValueError, match="unknown first_step"):
+    with pytest.raises(ValueError, match="first_step='analytic'.*choices"):
         sdeflow.sample(model, x_T, solver="ipndm", steps=4, first_step="analytic")
+    with pytest.raises(ValueError, match="solver 'heun'.*'lookahead' for the one-call"):
+        sdeflow.sample(model, x_T, solver="heun", steps=4, first_step="lookahead")
+    sdeflow.sample(model, x_T, solver="heun", steps=2, first_step="network")  # the default
     with pytest.raises(ValueError, match="at least 2 steps"):
         sdeflow.sample(model, x_T, solver="ipndm", steps=1, first_step="lookahead")
     assert not get_solver("heun").first_step and get_solver("ipndm").first_step

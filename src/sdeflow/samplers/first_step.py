@@ -30,6 +30,8 @@ known: for data of mean μ and covariance Σ, :math:`\hat x_0 \approx \mu + \Sig
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -84,14 +86,19 @@ class LookaheadFirst(Targets):
         return self.x0(x, t, **cond)
 
 
-def with_first_step(fn):
+def with_first_step(fn, name: str, takes_it: bool):
     """``fn(model, x, ts, ctx, **opts)`` taking ``first_step="network"`` (the default: the
-    solver as it is) or ``"lookahead"`` (:class:`LookaheadFirst` around the model)."""
+    solver as it is) and, where the solver ``takes_it``, ``"lookahead"`` (:class:`LookaheadFirst`
+    around the model); anything else is a ValueError naming the choices."""
+    @functools.wraps(fn)
     def solve(model, x, ts, ctx, first_step: str = "network", **opts):
-        if first_step not in FIRST_STEPS:
-            raise ValueError(f"unknown first_step {first_step!r}; choices: {list(FIRST_STEPS)}")
-        if first_step == "lookahead":
+        if first_step == "lookahead" and takes_it:
             model = LookaheadFirst(model, ts)
+        elif first_step != "network":
+            from .registry import get_solver, list_solvers
+            takers = [n for n in list_solvers() if get_solver(n).first_step]
+            raise ValueError(f"first_step={first_step!r} for solver {name!r}: choices "
+                             f"{list(FIRST_STEPS)}, 'lookahead' for the one-call-per-step "
+                             f"multistep solvers {takers}")
         return fn(model, x, ts, ctx, **opts)
-    solve.__doc__, solve.__name__, solve.__wrapped__ = fn.__doc__, fn.__name__, fn
     return solve

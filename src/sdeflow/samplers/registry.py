@@ -80,7 +80,7 @@ def register_solver(name: str, *, kind: str, order: float | None, default_steps:
         if name in _SOLVERS:
             raise ValueError(f"solver {name!r} is already registered")
         from .first_step import with_first_step
-        _SOLVERS[name] = SolverInfo(name, with_first_step(fn) if first_step else fn, kind, order,
+        _SOLVERS[name] = SolverInfo(name, with_first_step(fn, name, first_step), kind, order,
                                     default_steps, description, returns_data, first_step)
         return fn
     return wrap
