@@ -46,11 +46,13 @@ Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jso
        [--nfes 5 6 ...] [--n-eval 4096] [--eval-seed 0] [--ref-steps 1024] [--pool 4096]
        [--heldout-pool 16384] [--no-pool-search] [--choose-from runs.jsonl [--choice-pool N]]
        [--tuned-bases dpmpp_2m,unipc,ipndm,dpm_solver_v3] [--bns-bases unipc] [--ems-dir DIR]
+       [--ref-cache DIR]
        [--auto-only | --tuned-only | --ours-only [--solvers ipndm,...] [--schedules ...]]
 """
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -83,7 +85,8 @@ def problems():
     ring = GaussianMixture.ring()
     dev = [(f"{g}-{s}", gm, sde) for g, gm in (("ring2d", ring), ("gmm64", hi))
            for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
-    return dev + held_out_problems() + fresh_problems() + third_problems() + fourth_problems()
+    return (dev + held_out_problems() + fresh_problems() + third_problems() + fourth_problems()
+            + fifth_problems())
 
 
 def held_out_problems():
@@ -140,13 +143,29 @@ def fourth_problems():
             ("gmm64c-subvp", far, sdeflow.SubVPSDE())]
 
 
+def fifth_problems():
+    """A fifth held-out set, designed (2026-12-05, fourteenth session) before any run on it,
+    to check the grid shape of solver="auto" at 4–6 NFE in very high dimension (D ≥ 128;
+    docs/solver_notes.md): a 160-D mixture of 6 components under linear VP, a 320-D one of 4
+    narrow components under EDM, a 128-D one of 5 spread-out components under sub-VP and a
+    224-D one with strongly unequal weights under the cosine VP SDE."""
+    mid = GaussianMixture.random(160, k=6, seed=51)
+    narrow = GaussianMixture.random(320, k=4, seed=52, std_range=(0.05, 0.3))
+    spread = GaussianMixture.random(128, k=5, seed=53, scale=1.5)
+    wide = GaussianMixture.random(224, k=5, seed=54)
+    wide = GaussianMixture(torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05]), wide.means, covs=wide.covs)
+    return [("gmm160-vp", mid, sdeflow.VPSDE()), ("gmm320n-edm", narrow, sdeflow.EDMSDE()),
+            ("gmm128-subvp", spread, sdeflow.SubVPSDE()),
+            ("gmm224w-vpcos", wide, sdeflow.VPSDE(schedule="cosine"))]
+
+
 def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,
         tune_device: str = "cpu", only=None, eval_seed: int = 0, ref_steps: int = 1024,
         auto_only: bool = False, tuned_only: bool = False, pool: int = 4096,
         heldout_pool: int | None = None,
         ours_only: bool = False, solvers=None, schedules=None, k_diffusion_only: bool = False,
         pool_search: bool = True, choose_from=None, choice_pool: int = 16384,
-        tuned_bases=None, bns_bases=None, ems_dir: str = "outputs/ems"):
+        tuned_bases=None, bns_bases=None, ems_dir: str = "outputs/ems", ref_cache=None):
     kd = k_diffusion_sampling()
     emit(dict(meta=True, k_diffusion=kd is not None))
     if k_diffusion_only and kd is None:
@@ -158,12 +177,9 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
         model = gm.denoiser(sde)
         x_T = sde.prior_sample((n, gm.dim), generator=torch.Generator().manual_seed(eval_seed),
                                dtype=torch.float64)
-        x_end = sdeflow.sample(model, x_T, solver="rk4", steps=ref_steps, denoise=False)
-        ref = model.x0(x_end, sde.t_min)
+        ref, half = reference(model, x_T, ref_steps, ref_cache and Path(ref_cache)
+                              / f"{name}-n{n}-seed{eval_seed}-rk{ref_steps}.safetensors")
         ref_mode = gm.responsibilities(ref).argmax(1)
-        # the reference's own error: half the steps on the first 256 draws
-        half = model.x0(sdeflow.sample(model, x_T[:256], solver="rk4", steps=ref_steps // 2,
-                                       denoise=False), sde.t_min)
         emit(dict(problem=name, meta=True, ref_steps=ref_steps, n_eval=n,
                   ref_vs_half_steps_rms=(half - ref[:256]).pow(2).mean().sqrt().item(),
                   ref_vs_half_steps_other_mode=int(
@@ -225,6 +241,33 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
                       BNS_BASES if bns_bases is None else bns_bases,
                       {"dpm_solver_v3": dict(statistics=statistics())}
                       if "dpm_solver_v3" in bases else {})
+
+
+def reference(model, x_T, ref_steps: int, cache: Path | None = None):
+    """The answer for the draws ``x_T``: x̂0 at t_min of the PF-ODE solution (RK4,
+    ``ref_steps`` steps), and, for the reference's own error, the same with half the steps on
+    the first 256 draws. ``cache``: a file that keeps both between runs (for 128–320-D problems
+    the reference takes 5–15 minutes on one core). It stores the draws with the answer and is
+    used only if they are these very draws; an unreadable file is solved again and replaced."""
+    from safetensors.torch import load_file, save_file
+    if cache is not None and cache.exists():
+        try:
+            got = load_file(cache)
+            if got["x_T"].shape == x_T.shape and torch.equal(got["x_T"], x_T):
+                return got["ref"], got["half"]
+        except Exception as e:  # a truncated or foreign file: say so, then solve again
+            print(f"reference cache {cache} unreadable ({e}); solving again", file=sys.stderr)
+    sde = model.sde
+    ref = model.x0(sdeflow.sample(model, x_T, solver="rk4", steps=ref_steps, denoise=False),
+                   sde.t_min)
+    half = model.x0(sdeflow.sample(model, x_T[:256], solver="rk4", steps=ref_steps // 2,
+                                   denoise=False), sde.t_min)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        save_file(dict(ref=ref.contiguous(), half=half.contiguous(), x_T=x_T.contiguous()), tmp)
+        tmp.replace(cache)
+    return ref, half
 
 
 def run_k_diffusion(emit, kd, name, gm, sde, x_T, err, model=None):
@@ -507,6 +550,8 @@ def main():
                         help="where DPM-Solver-v3's statistics of each problem are cached")
         ap.add_argument("--eval-seed", type=int, default=0,
                         help="seed of the evaluation draws (tuning uses 1000 and 1001)")
+        ap.add_argument("--ref-cache", help="folder that keeps each problem's reference "
+                        "solution between runs (checked against the draws it was made for)")
 
     def body(emit, a):
         NFES[:] = a.nfes
@@ -521,7 +566,7 @@ def main():
             schedules=a.schedules and a.schedules.split(","),
             tuned_bases=a.tuned_bases and a.tuned_bases.split(","),
             bns_bases=None if a.bns_bases is None else [b for b in a.bns_bases.split(",") if b],
-            ems_dir=a.ems_dir)
+            ems_dir=a.ems_dir, ref_cache=a.ref_cache)
     run_benchmark(__doc__, body, markdown, add)
 
 

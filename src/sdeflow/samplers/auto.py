@@ -109,6 +109,8 @@ The eighth (thirteenth session) adds the lookahead first step: its first form (e
 4–30, every model) was rejected on held-out ε U-Nets, its second (ε networks only to 8 NFE)
 on a held-out 256-D mixture at 15–20 NFE; the third, to 12 NFE, was checked on a fourth
 mixture set and a v-prediction U-Net designed after it was written down.
+A ninth form, ``karras_trailing`` also at 4–6 NFE from D = 128, was rejected on a fifth
+held-out set (fourteenth session: 1.24–1.39× the error on a 160-D mixture at 4–6 NFE).
 An exact score oracle (``GaussianMixture.denoiser(prediction="score")``) counts as
 noise-predicting too: the rule cannot tell it from a network.
 """
