@@ -177,8 +177,9 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
         model = gm.denoiser(sde)
         x_T = sde.prior_sample((n, gm.dim), generator=torch.Generator().manual_seed(eval_seed),
                                dtype=torch.float64)
-        ref, half = reference(model, x_T, ref_steps, ref_cache and Path(ref_cache)
-                              / f"{name}-n{n}-seed{eval_seed}-rk{ref_steps}.safetensors")
+        cache = (Path(ref_cache) / f"{name}-n{n}-seed{eval_seed}-rk{ref_steps}.safetensors"
+                 if ref_cache else None)
+        ref, half = reference(model, x_T, ref_steps, cache)
         ref_mode = gm.responsibilities(ref).argmax(1)
         emit(dict(problem=name, meta=True, ref_steps=ref_steps, n_eval=n,
                   ref_vs_half_steps_rms=(half - ref[:256]).pow(2).mean().sqrt().item(),
