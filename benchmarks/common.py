@@ -50,3 +50,44 @@ def config_label(st: dict) -> str:
     named as the tuned pipeline names its candidates."""
     from sdeflow.tuning import config_label as label
     return label(st["solver"], st.get("options", {}), st["schedule"])
+
+
+class PerDrawErrors:
+    """Keeps, for every row a benchmark emits, the per-draw squared errors behind its RMS and
+    which draws ended in another mixture component, so that ratios between rows can be given
+    paired bootstrap intervals afterwards (``benchmarks/ratio_intervals.py``,
+    :func:`sdeflow.metrics.rmse_ratio`). The benchmark's error function calls :meth:`note`
+    for the output it scores; the row emitted next through :meth:`wrap`'s ``emit`` takes
+    those errors (a row with no fresh note takes none). :meth:`save` writes them to one
+    safetensors file (keys ``impl|solver|nfe`` and ``…|other``), atomically."""
+
+    def __init__(self, path, **metadata):
+        self.path, self.rows, self.last = path, {}, None
+        self.metadata = {k: str(v) for k, v in metadata.items()}  # e.g. the reference used
+
+    def note(self, sq, other) -> None:
+        self.last = (sq.detach().to("cpu", torch.float32), other.detach().to("cpu", torch.uint8))
+
+    def wrap(self, emit):
+        def emit_keeping(row):
+            if "rmse" in row and self.last is not None:
+                key = f'{row.get("impl", "sdeflow")}|{row.get("solver")}|{row.get("nfe")}'
+                while key in self.rows:  # the same label twice at one budget: keep both
+                    key += "+"
+                self.rows[key] = self.last
+            self.last = None
+            emit(row)
+        return emit_keeping
+
+    def save(self) -> None:
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for key, (sq, other) in self.rows.items():
+            tensors[key], tensors[key + "|other"] = sq.contiguous(), other.contiguous()
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, tmp, metadata=self.metadata)
+        tmp.replace(path)

@@ -41,12 +41,17 @@ the tuned rows (minutes instead of tens of minutes); ``--tune-device cuda`` runs
 a GPU (everything else stays on the CPU). DPM-Solver-v3 (``dpm_solver_v3``) runs only when
 named (``--solvers dpm_solver_v3``, ``--tuned-bases dpm_solver_v3``), with statistics estimated
 from 1024 of the problem's PF-ODE trajectories (seed 1000) and cached in ``--ems-dir``.
+``--errors-dir DIR`` keeps every row's per-draw squared errors (and which draws crossed) in
+one file per problem; ``benchmarks/ratio_intervals.py`` then gives each ratio to the best
+anchor a paired bootstrap interval — at 15–20 NFE in high dimension, where 0–3 crossed draws
+of 4096 decide a cell, it shows whether the draws resolve it (``--n-eval 65536 --ref-steps 64
+--ref-schedule karras`` for cells that need more draws).
 Usage: python benchmarks/solvers.py [--markdown] [--out docs/solvers_results.jsonl] [--no-tune]
        [--n-calib 128] [--n-calib-bns 512] [--tune-device cpu] [--problems gmm64-edm,...]
        [--nfes 5 6 ...] [--n-eval 4096] [--eval-seed 0] [--ref-steps 1024] [--pool 4096]
        [--heldout-pool 16384] [--no-pool-search] [--choose-from runs.jsonl [--choice-pool N]]
        [--tuned-bases dpmpp_2m,unipc,ipndm,dpm_solver_v3] [--bns-bases unipc] [--ems-dir DIR]
-       [--ref-cache DIR]
+       [--ref-cache DIR] [--ref-schedule karras] [--errors-dir DIR]
        [--auto-only | --tuned-only | --ours-only [--solvers ipndm,...] [--schedules ...]]
 """
 from __future__ import annotations
@@ -58,7 +63,7 @@ from pathlib import Path
 
 import torch
 from anchors import k_diffusion_sampling
-from common import config_label, run_benchmark
+from common import PerDrawErrors, config_label, run_benchmark
 
 import sdeflow
 from sdeflow.oracle import GaussianMixture
@@ -165,89 +170,111 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
         heldout_pool: int | None = None,
         ours_only: bool = False, solvers=None, schedules=None, k_diffusion_only: bool = False,
         pool_search: bool = True, choose_from=None, choice_pool: int = 16384,
-        tuned_bases=None, bns_bases=None, ems_dir: str = "outputs/ems", ref_cache=None):
+        tuned_bases=None, bns_bases=None, ems_dir: str = "outputs/ems", ref_cache=None,
+        ref_schedule=None, errors_dir=None):
+    unknown = set(solvers or ()) - {label for label, *_ in OURS} - {"none"}
+    if unknown:
+        raise SystemExit(f"--solvers: unknown {sorted(unknown)}; choose from "
+                         f"{[label for label, *_ in OURS]} or 'none' (no named rows)")
     kd = k_diffusion_sampling()
+    outer_emit = emit
     emit(dict(meta=True, k_diffusion=kd is not None))
     if k_diffusion_only and kd is None:
         raise SystemExit("--k-diffusion-only: k-diffusion's sampling module is not importable "
                          "(pip install --no-deps k-diffusion)")
-    for name, gm, sde in problems():
-        if only and name not in only:
-            continue
-        model = gm.denoiser(sde)
-        x_T = sde.prior_sample((n, gm.dim), generator=torch.Generator().manual_seed(eval_seed),
-                               dtype=torch.float64)
-        cache = (Path(ref_cache) / f"{name}-n{n}-seed{eval_seed}-rk{ref_steps}.safetensors"
-                 if ref_cache else None)
-        ref, half = reference(model, x_T, ref_steps, cache)
-        ref_mode = gm.responsibilities(ref).argmax(1)
-        emit(dict(problem=name, meta=True, ref_steps=ref_steps, n_eval=n,
-                  ref_vs_half_steps_rms=(half - ref[:256]).pow(2).mean().sqrt().item(),
-                  ref_vs_half_steps_other_mode=int(
-                      (gm.responsibilities(half).argmax(1) != ref_mode[:256]).sum())))
+    keeps = []  # per-draw errors of each problem, written even if a later problem fails
+    try:
+        for name, gm, sde in problems():
+            if only and name not in only:
+                continue
+            model = gm.denoiser(sde)
+            x_T = sde.prior_sample((n, gm.dim), generator=torch.Generator().manual_seed(eval_seed),
+                                   dtype=torch.float64)
+            tag = f"{name}-n{n}-seed{eval_seed}"
+            rk = f"rk{ref_steps}" + (f"-{ref_schedule}" if ref_schedule else "")
+            cache = Path(ref_cache) / f"{tag}-{rk}.safetensors" if ref_cache else None
+            ref, half = reference(model, x_T, ref_steps, cache, ref_schedule)
+            keep = PerDrawErrors(Path(errors_dir) / f"{tag}.safetensors", ref_steps=ref_steps,
+                                 ref_schedule=ref_schedule or "default") if errors_dir else None
+            emit = keep.wrap(outer_emit) if keep else outer_emit
+            keeps += [keep] if keep else []
+            ref_mode = gm.responsibilities(ref).argmax(1)
+            emit(dict(problem=name, meta=True, ref_steps=ref_steps, n_eval=n,
+                      ref_schedule=ref_schedule or "default",
+                      ref_vs_half_steps_rms=(half - ref[:256]).pow(2).mean().sqrt().item(),
+                      ref_vs_half_steps_other_mode=int(
+                          (gm.responsibilities(half).argmax(1) != ref_mode[:256]).sum())))
 
-        def err(x):
-            """RMS error, the number of draws that ended in another component and the RMS
-            error over the others."""
-            other = gm.responsibilities(x).argmax(1) != ref_mode
-            sq = (x - ref).pow(2).mean(1)
-            return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()),
-                        rmse_same_mode=sq[~other].mean().sqrt().item())
-        if choose_from:
-            run_choice(emit, name, model, sde, gm.dim, x_T, err, choose_from, choice_pool)
-            continue
-        if k_diffusion_only:
-            if kd is not None:
-                run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
-            continue
-        def statistics():
-            """DPM-Solver-v3's statistics of the problem's model, from 1024 trajectories of
-            the calibration seed (1000), cached as a file the tuned rows can name."""
-            path = Path(ems_dir) / f"{name}.safetensors"
-            if not path.exists():
-                start = time.perf_counter()
-                estimate_statistics(model, (gm.dim,), n=1024, points=200, seed=1000,
-                                    dtype=torch.float64).save(path)
-                emit(dict(problem=name, meta=True, ems=str(path), ems_trajectories=1024,
-                          ems_points=200, ems_seconds=round(time.perf_counter() - start, 1)))
-            return str(path.resolve())
-        for label, solver, opts, per_step, extra in [] if auto_only or tuned_only else OURS:
-            if solvers and label not in solvers or not solvers and solver == "dpm_solver_v3":
-                continue  # v3 (statistics of its own) only when asked for by name
-            if "statistics" in opts:
-                opts = dict(opts, statistics=statistics())
-            for schedule in schedules or SCHEDULES:
-                for nfe in NFES:
-                    steps = (nfe - 1 - extra) // per_step
-                    if steps < 1:
-                        continue
-                    x, st = sdeflow.sample(model, x_T, solver=solver, steps=steps,
-                                           schedule=schedule, return_stats=True, **opts)
-                    emit(dict(problem=name, impl="sdeflow", solver=f"{label}/{schedule}",
-                              nfe=st["nfe"], **err(x)))
-        for nfe in [] if tuned_only else NFES:
-            x, st = sdeflow.sample(model, x_T, solver="auto", steps=nfe, return_stats=True)
-            emit(dict(problem=name, impl="sdeflow", solver="auto", config=config_label(st),
-                      nfe=st["nfe"], **err(x)))
-        if auto_only or ours_only:
-            continue
-        if not tuned_only:
-            run_diffusers(emit, name, gm, sde, x_T, err)
-            if kd is not None:
-                run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
-        if tune:
-            bases = TUNED if tuned_bases is None else tuned_bases
-            run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns, tune_device,
-                      pool, heldout_pool, pool_search, bases,
-                      BNS_BASES if bns_bases is None else bns_bases,
-                      {"dpm_solver_v3": dict(statistics=statistics())}
-                      if "dpm_solver_v3" in bases else {})
+            def err(x):
+                """RMS error, the number of draws that ended in another component and the RMS
+                error over the others."""
+                other = gm.responsibilities(x).argmax(1) != ref_mode
+                sq = (x - ref).pow(2).mean(1)
+                if keep:
+                    keep.note(sq, other)
+                return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()),
+                            rmse_same_mode=sq[~other].mean().sqrt().item())
+            if choose_from:
+                run_choice(emit, name, model, sde, gm.dim, x_T, err, choose_from, choice_pool)
+                continue
+            if k_diffusion_only:
+                if kd is not None:
+                    run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
+                continue
+            def statistics():
+                """DPM-Solver-v3's statistics of the problem's model, from 1024 trajectories of
+                the calibration seed (1000), cached as a file the tuned rows can name."""
+                path = Path(ems_dir) / f"{name}.safetensors"
+                if not path.exists():
+                    start = time.perf_counter()
+                    estimate_statistics(model, (gm.dim,), n=1024, points=200, seed=1000,
+                                        dtype=torch.float64).save(path)
+                    emit(dict(problem=name, meta=True, ems=str(path), ems_trajectories=1024,
+                              ems_points=200, ems_seconds=round(time.perf_counter() - start, 1)))
+                return str(path.resolve())
+            for label, solver, opts, per_step, extra in [] if auto_only or tuned_only else OURS:
+                if solvers and label not in solvers or not solvers and solver == "dpm_solver_v3":
+                    continue  # v3 (statistics of its own) only when asked for by name
+                if "statistics" in opts:
+                    opts = dict(opts, statistics=statistics())
+                for schedule in schedules or SCHEDULES:
+                    for nfe in NFES:
+                        steps = (nfe - 1 - extra) // per_step
+                        if steps < 1:
+                            continue
+                        x, st = sdeflow.sample(model, x_T, solver=solver, steps=steps,
+                                               schedule=schedule, return_stats=True, **opts)
+                        emit(dict(problem=name, impl="sdeflow", solver=f"{label}/{schedule}",
+                                  nfe=st["nfe"], **err(x)))
+            for nfe in [] if tuned_only else NFES:
+                x, st = sdeflow.sample(model, x_T, solver="auto", steps=nfe, return_stats=True)
+                emit(dict(problem=name, impl="sdeflow", solver="auto", config=config_label(st),
+                          nfe=st["nfe"], **err(x)))
+            if auto_only or ours_only:
+                continue
+            if not tuned_only:
+                run_diffusers(emit, name, gm, sde, x_T, err)
+                if kd is not None:
+                    run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
+            if tune:
+                bases = TUNED if tuned_bases is None else tuned_bases
+                run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns, tune_device,
+                          pool, heldout_pool, pool_search, bases,
+                          BNS_BASES if bns_bases is None else bns_bases,
+                          {"dpm_solver_v3": dict(statistics=statistics())}
+                          if "dpm_solver_v3" in bases else {})
+    finally:
+        for keep in keeps:
+            try:
+                keep.save()
+            except OSError as e:  # say so, without hiding an error of the run itself
+                print(f"could not write {keep.path}: {e}", file=sys.stderr)
 
 
-def reference(model, x_T, ref_steps: int, cache: Path | None = None):
+def reference(model, x_T, ref_steps: int, cache: Path | None = None, schedule=None):
     """The answer for the draws ``x_T``: x̂0 at t_min of the PF-ODE solution (RK4,
     ``ref_steps`` steps), and, for the reference's own error, the same with half the steps on
-    the first 256 draws. ``cache``: a file that keeps both between runs (for 128–320-D problems
+    the first 256 draws; ``schedule``: RK4's time grid (default: the sampler's). ``cache``: a file that keeps both between runs (for 128–320-D problems
     the reference takes 5–15 minutes on one core). It stores the draws with the answer and is
     used only if they are these very draws; an unreadable file is solved again and replaced."""
     from safetensors.torch import load_file, save_file
@@ -258,11 +285,11 @@ def reference(model, x_T, ref_steps: int, cache: Path | None = None):
                 return got["ref"], got["half"]
         except Exception as e:  # a truncated or foreign file: say so, then solve again
             print(f"reference cache {cache} unreadable ({e}); solving again", file=sys.stderr)
-    sde = model.sde
-    ref = model.x0(sdeflow.sample(model, x_T, solver="rk4", steps=ref_steps, denoise=False),
-                   sde.t_min)
+    sde, grid = model.sde, {"schedule": schedule} if schedule else {}
+    ref = model.x0(sdeflow.sample(model, x_T, solver="rk4", steps=ref_steps, denoise=False,
+                                  **grid), sde.t_min)
     half = model.x0(sdeflow.sample(model, x_T[:256], solver="rk4", steps=ref_steps // 2,
-                                   denoise=False), sde.t_min)
+                                   denoise=False, **grid), sde.t_min)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
@@ -494,9 +521,10 @@ def markdown(rows):
             if not ours or not theirs:
                 continue
             o, t = min(ours, key=lambda r: r["rmse"]), min(theirs, key=lambda r: r["rmse"])
-            n = min(named, key=lambda r: r["rmse"])
+            n = min(named, key=lambda r: r["rmse"]) if named else None  # --solvers none
             out.append(f"| {problem} | ≤{nfe} | {o['solver']} ({o['nfe']}): {o['rmse']:.2e} | "
-                       f"{n['solver']}: {n['rmse']:.2e} | {t['impl']} {t['solver']} ({t['nfe']}): "
+                       + (f"{n['solver']}: {n['rmse']:.2e} | " if n else "– | ")
+                       + f"{t['impl']} {t['solver']} ({t['nfe']}): "
                        f"{t['rmse']:.2e} | **{o['rmse'] / t['rmse']:.2f}** | "
                        + (f"{auto[0]['config']}: **{auto[0]['rmse'] / t['rmse']:.2f}** | "
                           if auto else "– | ") +
@@ -523,7 +551,8 @@ def main():
                         help="only the solver='auto' rows (merge them with an earlier run)")
         ap.add_argument("--ours-only", action="store_true",
                         help="only our named and auto rows (no anchors, no tuning)")
-        ap.add_argument("--solvers", help="named rows: comma-separated labels of OURS (e.g. ipndm)")
+        ap.add_argument("--solvers", help="named rows: comma-separated labels of OURS (e.g. ipndm; "
+                        "'none': only auto and the anchors)")
         ap.add_argument("--schedules", help="named rows: comma-separated schedules")
         ap.add_argument("--k-diffusion-only", action="store_true",
                         help="only k-diffusion's anchor rows (merge them with a run made "
@@ -551,6 +580,12 @@ def main():
                         help="where DPM-Solver-v3's statistics of each problem are cached")
         ap.add_argument("--eval-seed", type=int, default=0,
                         help="seed of the evaluation draws (tuning uses 1000 and 1001)")
+        ap.add_argument("--ref-schedule", help="RK4's grid for the reference (default: the "
+                        "sampler's; karras with --ref-steps 64 is within 5e-5 RMS of 1024 steps "
+                        "on the 128-320-D mixtures, 16x cheaper)")
+        ap.add_argument("--errors-dir", help="keep every row's per-draw squared errors in "
+                        "DIR/<problem>-n<N>-seed<S>.safetensors, for paired intervals "
+                        "(benchmarks/ratio_intervals.py)")
         ap.add_argument("--ref-cache", help="folder that keeps each problem's reference "
                         "solution between runs (checked against the draws it was made for)")
 
@@ -567,7 +602,8 @@ def main():
             schedules=a.schedules and a.schedules.split(","),
             tuned_bases=a.tuned_bases and a.tuned_bases.split(","),
             bns_bases=None if a.bns_bases is None else [b for b in a.bns_bases.split(",") if b],
-            ems_dir=a.ems_dir, ref_cache=a.ref_cache)
+            ems_dir=a.ems_dir, ref_cache=a.ref_cache, ref_schedule=a.ref_schedule,
+            errors_dir=a.errors_dir)
     run_benchmark(__doc__, body, markdown, add)
 
 
