@@ -258,8 +258,8 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
                     run_k_diffusion(emit, kd, name, gm, sde, x_T, err)
             if tune:
                 bases = TUNED if tuned_bases is None else tuned_bases
-                run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns, tune_device,
-                          pool, heldout_pool, pool_search, bases,
+                run_tuned(emit, name, model, sde, gm.dim, x_T, err, n_calib, n_calib_bns,
+                          tune_device, pool, heldout_pool, pool_search, bases,
                           BNS_BASES if bns_bases is None else bns_bases,
                           {"dpm_solver_v3": dict(statistics=statistics())}
                           if "dpm_solver_v3" in bases else {})
@@ -274,8 +274,9 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
 def reference(model, x_T, ref_steps: int, cache: Path | None = None, schedule=None):
     """The answer for the draws ``x_T``: x̂0 at t_min of the PF-ODE solution (RK4,
     ``ref_steps`` steps), and, for the reference's own error, the same with half the steps on
-    the first 256 draws; ``schedule``: RK4's time grid (default: the sampler's). ``cache``: a file that keeps both between runs (for 128–320-D problems
-    the reference takes 5–15 minutes on one core). It stores the draws with the answer and is
+    the first 256 draws; ``schedule``: RK4's time grid (default: the sampler's). ``cache``: a
+    file that keeps both between runs (for 128–320-D problems the reference takes 5–15
+    minutes on one core at 1024 steps). It stores the draws with the answer and is
     used only if they are these very draws; an unreadable file is solved again and replaced."""
     from safetensors.torch import load_file, save_file
     if cache is not None and cache.exists():
