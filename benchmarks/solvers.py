@@ -91,7 +91,7 @@ def problems():
     dev = [(f"{g}-{s}", gm, sde) for g, gm in (("ring2d", ring), ("gmm64", hi))
            for s, sde in (("edm", sdeflow.EDMSDE()), ("vp", sdeflow.VPSDE()))]
     return (dev + held_out_problems() + fresh_problems() + third_problems() + fourth_problems()
-            + fifth_problems())
+            + fifth_problems() + sixth_problems())
 
 
 def held_out_problems():
@@ -162,6 +162,17 @@ def fifth_problems():
     return [("gmm160-vp", mid, sdeflow.VPSDE()), ("gmm320n-edm", narrow, sdeflow.EDMSDE()),
             ("gmm128-subvp", spread, sdeflow.SubVPSDE()),
             ("gmm224w-vpcos", wide, sdeflow.VPSDE(schedule="cosine"))]
+
+
+def sixth_problems():
+    """A sixth held-out set, designed (2026-12-05, sixteenth session) before any run on it, to
+    check a floor under solver="auto"'s noise range (σ̃ ≥ 0.002, rule F; rejected,
+    docs/benchmarks.md), which changes only SDEs whose σ̃(t_min) lies below it — of ours,
+    sub-VP (1.1e-4): a 48-D mixture of 5 components and a 12-D one of 4 narrow components
+    (below D = 16, the low-dimensional shape), both under sub-VP."""
+    mid = GaussianMixture.random(48, k=5, seed=61)
+    small = GaussianMixture.random(12, k=4, seed=62, std_range=(0.1, 0.5))
+    return [("gmm48-subvp", mid, sdeflow.SubVPSDE()), ("gmm12n-subvp", small, sdeflow.SubVPSDE())]
 
 
 def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns: int = 512,

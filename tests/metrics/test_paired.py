@@ -79,6 +79,47 @@ def test_best_competitor_is_chosen_again_in_every_replicate():
     assert chosen.high >= fixed.high and chosen.low >= fixed.low * 1.1
 
 
+def test_best_of_several_tested_rows_is_chosen_again_too():
+    """The tested side as a set: the best of K over the best competitor. One row given as
+    (1, N) is the single-method figure; with several, the ratio is the best row's, and with
+    interchangeable rows whose errors sit on a few rare draws, re-choosing on our side lowers
+    the upper end (every replicate ≤ the fixed row's): optimistic for us, as it should be for
+    "could any of these reach the goal?"."""
+    g = torch.Generator().manual_seed(6)
+    n = 4096
+    theirs = torch.full((n,), 1e-3, dtype=torch.float64)
+    ours = 1e-3 * (0.8 + 0.4 * torch.rand(10, n, generator=g, dtype=torch.float64))
+    ours += 2.0 * (torch.rand(10, n, generator=g, dtype=torch.float64) < 4 / n)
+    one = rmse_ratio(ours[:1], theirs, seed=2, below=1.0)
+    assert one == rmse_ratio(ours[0], theirs, seed=2, below=1.0)
+    best = rmse_ratio(ours, theirs, seed=2)
+    fixed = rmse_ratio(ours[best.chosen], theirs, seed=2)
+    assert best.chosen == int(ours.mean(1).argmin())
+    assert best.ratio == pytest.approx(fixed.ratio, rel=1e-12)
+    assert best.low <= fixed.low and best.high * 1.1 <= fixed.high
+
+
+def test_best_of_several_resolves_no_reach_and_finds_the_one_that_reaches():
+    """Power of "no row of ours reaches 0.7×": ten rows at a true ratio of 1.0 (about 400
+    crossed draws each, as many as the competitor's) are resolved above 0.7; the same ten with
+    one row at a true ratio of ≈ 0.6 are resolved below it, and that row is the one chosen."""
+    g = torch.Generator().manual_seed(7)
+    n = 4096
+    u = torch.rand(n, generator=g, dtype=torch.float64)
+    theirs = 1e-3 + 2.0 * (u < 0.1)
+    rows = []
+    for _ in range(10):  # the same hard draws cross, each row its own share of them
+        v = torch.rand(n, generator=g, dtype=torch.float64)
+        rows.append(1e-3 + 2.0 * ((u < 0.2) & (v < 0.5)))
+    ours = torch.stack(rows)
+    none = rmse_ratio(ours, theirs, below=0.7, seed=1)
+    assert none.low > 0.85 and none.p_below == 0.0
+    good = ours.clone()
+    good[4] = 1e-3 + 2.0 * ((u < 0.2) & (torch.rand(n, generator=g, dtype=torch.float64) < 0.18))
+    some = rmse_ratio(good, theirs, below=0.7, seed=1)
+    assert some.chosen == 4 and some.high < 0.7 and some.p_below == 1.0
+
+
 def test_sparse_competitor_widens_the_interval_instead_of_nan():
     ours = torch.full((50,), 1.0, dtype=torch.float64)
     sparse = torch.zeros(50, dtype=torch.float64)
@@ -89,7 +130,7 @@ def test_sparse_competitor_widens_the_interval_instead_of_nan():
 
 @pytest.mark.parametrize("ours, others, match", [
     (torch.ones(10), torch.ones(2, 9), "same draws"),
-    (torch.ones(2, 10), torch.ones(10), "one method"),
+    (torch.ones(2, 10), torch.ones(9), "same draws"),
     (torch.tensor([1.0, float("nan")]), torch.ones(2), "finite"),
     (torch.ones(10), -torch.ones(10), "≥ 0"),
     (torch.ones(10), torch.zeros(10), "zero error"),
