@@ -44,6 +44,11 @@ def run_benchmark(doc: str, body, markdown, extra_args=None) -> None:
         print(markdown([r for r in rows if not r.get("meta")]))
 
 
+def interval(value: float, low: float, high: float) -> str:
+    """``0.71 [0.62, 0.80]``: a ratio and its interval, as the markdown tables print them."""
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def config_label(st: dict) -> str:
     """``solver(options)/schedule`` of a ``sample(..., return_stats=True)`` run — with
     ``solver="auto"``, the configuration it chose, options included (e.g. iPNDM's order) —

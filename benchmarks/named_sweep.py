@@ -21,20 +21,17 @@ Usage: python benchmarks/named_sweep.py --problems gmm8-vp,gmm24-vp --nfes 5 6
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
+import math
 
+import solvers as bench  # the problems, their draws and answer, the anchors
 import torch
-from common import run_benchmark
+from common import interval, run_benchmark
 
 import sdeflow
 from sdeflow.metrics import rmse_ratio
 from sdeflow.samplers.registry import get_solver
 from sdeflow.schedules import list_schedules
 from sdeflow.tuning import config_label
-
-sys.path.insert(0, str(Path(__file__).parent))
-import solvers as bench  # noqa: E402  (the problems, the reference and the anchors)
 
 #: (solver, options): one network call per step, then the multi-call ones
 SOLVERS = [("ipndm", {}), ("ipndm", dict(order=3)), ("ipndm", dict(order=2)),
@@ -84,7 +81,7 @@ def sweep(emit, name, gm, sde, x_T, ref, nfe, below):
     anchors = {}
 
     def keep_anchor(r):
-        if "rmse" in r and r["nfe"] <= nfe and r["rmse"] == r["rmse"]:
+        if "rmse" in r and r["nfe"] <= nfe and math.isfinite(r["rmse"]):
             anchors[f'{r["impl"]}|{r["solver"]}|{r["nfe"]}'] = rows["last"]
     bench.NFES[:] = [nfe]
     bench.run_diffusers(keep_anchor, name, gm, sde, x_T, err)
@@ -97,14 +94,13 @@ def sweep(emit, name, gm, sde, x_T, ref, nfe, below):
             steps = steps_within(model, x_T[:2], solver, opts, schedule, denoise, nfe)
             if steps is None:
                 continue
-            x, st = sdeflow.sample(model, x_T, solver=solver, steps=steps, schedule=schedule,
-                                   denoise=denoise, return_stats=True, **opts)
+            x = sdeflow.sample(model, x_T, solver=solver, steps=steps, schedule=schedule,
+                               denoise=denoise, **opts)
             label = f"{config_label(solver, opts, schedule)}/{steps}{'+x0' if denoise else ''}"
             err(x)
             if torch.isfinite(rows["last"][0]).all():
                 ours[label] = rows["last"]
-        x, st = sdeflow.sample(model, x_T, solver="auto", steps=nfe, return_stats=True)
-        err(x)
+        err(sdeflow.sample(model, x_T, solver="auto", steps=nfe))
         auto = rows["last"]
     emit(cell_row(name, nfe, ours, anchors, auto, below))
 
@@ -129,16 +125,17 @@ def cell_row(name, nfe, ours, anchors, auto, below):
 
 
 def body(emit, a):
-    only = set(a.problems.split(",")) if a.problems else None
-    for name, gm, sde in bench.problems():
-        if only and name not in only:
-            continue
-        x_T = sde.prior_sample((a.n_eval, gm.dim), generator=torch.Generator().manual_seed(0),
-                               dtype=torch.float64)
-        rk = f"rk{a.ref_steps}" + (f"-{a.ref_schedule}" if a.ref_schedule else "")
-        cache = (Path(a.ref_cache) / f"{name}-n{a.n_eval}-seed0-{rk}.safetensors"
-                 if a.ref_cache else None)
-        ref, _ = bench.reference(gm.denoiser(sde), x_T, a.ref_steps, cache, a.ref_schedule)
+    problems = {name: (gm, sde) for name, gm, sde in bench.problems()}
+    only = a.problems.split(",") if a.problems else list(problems)
+    unknown = [p for p in only if p not in problems]
+    if unknown:
+        raise SystemExit(f"--problems: unknown {unknown}; choose from {list(problems)}")
+    if any(nfe < 1 for nfe in a.nfes):
+        raise SystemExit(f"--nfes: budgets must be ≥ 1 network call, got {a.nfes}")
+    for name in only:
+        gm, sde = problems[name]
+        x_T, ref, _ = bench.evaluation_set(name, gm.denoiser(sde), gm.dim, a.n_eval, 0,
+                                           a.ref_steps, a.ref_cache, a.ref_schedule)
         for nfe in a.nfes:
             sweep(emit, name, gm, sde, x_T, ref, nfe, a.below)
 
@@ -147,9 +144,9 @@ def markdown(rows):
     out = ["| problem | NFE | best of ours [90 %] (crossed) | its configuration | `auto` "
            "[90 %] (crossed) | best anchor (crossed) |", "|---|---:|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['problem']} | {r['nfe']} | {r['best_of_ours']:.2f} [{r['low']:.2f}, "
-                   f"{r['high']:.2f}] ({r['other_mode']}) | {r['best_config']} | "
-                   f"{r['auto']:.2f} [{r['auto_low']:.2f}, {r['auto_high']:.2f}] "
+        out.append(f"| {r['problem']} | {r['nfe']} | "
+                   f"{interval(r['best_of_ours'], r['low'], r['high'])} ({r['other_mode']}) | "
+                   f"{r['best_config']} | {interval(r['auto'], r['auto_low'], r['auto_high'])} "
                    f"({r['auto_other_mode']}) | {r['best_anchor']} ({r['anchor_other_mode']}) |")
     return "\n".join(out)
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import run_benchmark
+from common import interval, run_benchmark
 
 from sdeflow.metrics import rmse_ratio
 
@@ -57,8 +57,8 @@ def markdown(rows):
     out = ["| problem | solver | NFE | draws | ratio [90 % interval] | P(≤ goal) | crossed: "
            "ours; anchor's | best anchor |", "|---|---|---:|---:|---|---:|---|---|"]
     for r in rows:
-        out.append(f"| {r['problem']} | {r['solver']} | {r['nfe']} | {r['n']} | {r['ratio']:.2f} "
-                   f"[{r['low']:.2f}, {r['high']:.2f}] | {r['p_below']:.2f} | "
+        out.append(f"| {r['problem']} | {r['solver']} | {r['nfe']} | {r['n']} | "
+                   f"{interval(r['ratio'], r['low'], r['high'])} | {r['p_below']:.2f} | "
                    f"{r['other_mode']}; {r['anchor_other_mode']} | "
                    f"{r['best_anchor'].rsplit('|', 1)[0].replace('|', ' ')} |")
     return "\n".join(out)

@@ -199,12 +199,9 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             if only and name not in only:
                 continue
             model = gm.denoiser(sde)
-            x_T = sde.prior_sample((n, gm.dim), generator=torch.Generator().manual_seed(eval_seed),
-                                   dtype=torch.float64)
             tag = f"{name}-n{n}-seed{eval_seed}"
-            rk = f"rk{ref_steps}" + (f"-{ref_schedule}" if ref_schedule else "")
-            cache = Path(ref_cache) / f"{tag}-{rk}.safetensors" if ref_cache else None
-            ref, half = reference(model, x_T, ref_steps, cache, ref_schedule)
+            x_T, ref, half = evaluation_set(name, model, gm.dim, n, eval_seed, ref_steps,
+                                            ref_cache, ref_schedule)
             keep = PerDrawErrors(Path(errors_dir) / f"{tag}.safetensors", ref_steps=ref_steps,
                                  ref_schedule=ref_schedule or "default") if errors_dir else None
             emit = keep.wrap(outer_emit) if keep else outer_emit
@@ -280,6 +277,18 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
                 keep.save()
             except OSError as e:  # say so, without hiding an error of the run itself
                 print(f"could not write {keep.path}: {e}", file=sys.stderr)
+
+
+def evaluation_set(name, model, dim: int, n: int, seed: int, ref_steps: int, ref_cache=None,
+                   ref_schedule=None):
+    """(the problem's ``n`` evaluation draws of ``seed`` in float64, their :func:`reference`
+    answer, its half-step check), the answer cached in the folder ``ref_cache`` as
+    ``<name>-n<n>-seed<seed>-rk<steps>[-<schedule>].safetensors``."""
+    x_T = model.sde.prior_sample((n, dim), generator=torch.Generator().manual_seed(seed),
+                                 dtype=torch.float64)
+    rk = f"rk{ref_steps}" + (f"-{ref_schedule}" if ref_schedule else "")
+    cache = Path(ref_cache) / f"{name}-n{n}-seed{seed}-{rk}.safetensors" if ref_cache else None
+    return (x_T, *reference(model, x_T, ref_steps, cache, ref_schedule))
 
 
 def reference(model, x_T, ref_steps: int, cache: Path | None = None, schedule=None):
