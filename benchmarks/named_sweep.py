@@ -21,7 +21,6 @@ Usage: python benchmarks/named_sweep.py --problems gmm8-vp,gmm24-vp --nfes 5 6
 from __future__ import annotations
 
 import itertools
-import math
 
 import solvers as bench  # the problems, their draws and answer, the anchors
 import torch
@@ -78,16 +77,7 @@ def sweep(emit, name, gm, sde, x_T, ref, nfe, below):
         sq, other = (x - ref).pow(2).mean(1), gm.responsibilities(x).argmax(1) != ref_mode
         rows["last"] = (sq, other)
         return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()))
-    anchors = {}
-
-    def keep_anchor(r):
-        if "rmse" in r and r["nfe"] <= nfe and math.isfinite(r["rmse"]):
-            anchors[f'{r["impl"]}|{r["solver"]}|{r["nfe"]}'] = rows["last"]
-    bench.NFES[:] = [nfe]
-    bench.run_diffusers(keep_anchor, name, gm, sde, x_T, err)
-    kd = bench.k_diffusion_sampling()
-    if kd is not None:
-        bench.run_k_diffusion(keep_anchor, kd, name, gm, sde, x_T, err)
+    anchors = bench.anchor_errors(name, gm, sde, x_T, ref, nfe)
     ours = {}
     with torch.no_grad():
         for solver, opts, schedule, denoise in configurations():
@@ -125,15 +115,10 @@ def cell_row(name, nfe, ours, anchors, auto, below):
 
 
 def body(emit, a):
-    problems = {name: (gm, sde) for name, gm, sde in bench.problems()}
-    only = a.problems.split(",") if a.problems else list(problems)
-    unknown = [p for p in only if p not in problems]
-    if unknown:
-        raise SystemExit(f"--problems: unknown {unknown}; choose from {list(problems)}")
+    chosen = bench.select_problems(a.problems)
     if any(nfe < 1 for nfe in a.nfes):
         raise SystemExit(f"--nfes: budgets must be ≥ 1 network call, got {a.nfes}")
-    for name in only:
-        gm, sde = problems[name]
+    for name, gm, sde in chosen:
         x_T, ref, _ = bench.evaluation_set(name, gm.denoiser(sde), gm.dim, a.n_eval, 0,
                                            a.ref_steps, a.ref_cache, a.ref_schedule)
         for nfe in a.nfes:

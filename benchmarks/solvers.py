@@ -319,6 +319,43 @@ def reference(model, x_T, ref_steps: int, cache: Path | None = None, schedule=No
     return ref, half
 
 
+def select_problems(spec: str | None) -> list:
+    """``(name, mixture, sde)`` of the comma-separated problem names ``spec`` (None: all); an
+    unknown name stops the script with the list to choose from."""
+    known = {name: (gm, sde) for name, gm, sde in problems()}
+    only = spec.split(",") if spec else list(known)
+    unknown = [p for p in only if p not in known]
+    if unknown:
+        raise SystemExit(f"--problems: unknown {unknown}; choose from {list(known)}")
+    return [(name, *known[name]) for name in only]
+
+
+def anchor_errors(name, gm, sde, x_T, ref, nfe: int) -> dict:
+    """``{"impl|solver|nfe": (per-draw squared error, whether the draw ended in another
+    component than the answer's)}`` of every anchor (diffusers, and k-diffusion where it is
+    installed) within a budget of ``nfe`` network calls, on the draws ``x_T`` with answer
+    ``ref`` — what benchmarks/named_sweep.py and probe_named.py set their rows against."""
+    ref_mode, last, out = gm.responsibilities(ref).argmax(1), {}, {}
+
+    def err(x):
+        sq, other = (x - ref).pow(2).mean(1), gm.responsibilities(x).argmax(1) != ref_mode
+        last["row"] = (sq, other)
+        return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()))
+
+    def keep(r):
+        if "rmse" in r and r["nfe"] <= nfe and math.isfinite(r["rmse"]):
+            out[f'{r["impl"]}|{r["solver"]}|{r["nfe"]}'] = last["row"]
+    saved, NFES[:] = list(NFES), [nfe]
+    try:
+        run_diffusers(keep, name, gm, sde, x_T, err)
+        kd = k_diffusion_sampling()
+        if kd is not None:
+            run_k_diffusion(keep, kd, name, gm, sde, x_T, err)
+    finally:
+        NFES[:] = saved
+    return out
+
+
 def run_k_diffusion(emit, kd, name, gm, sde, x_T, err, model=None):
     """k-diffusion's samplers driven by the exact denoiser of ``gm`` — or by ``model`` (any
     Denoiser, e.g. a trained U-Net) when given — on the problem's own noise range."""
