@@ -74,8 +74,7 @@ def sweep(emit, name, gm, sde, x_T, ref, nfe, below):
     rows = {}
 
     def err(x):
-        sq, other = (x - ref).pow(2).mean(1), gm.responsibilities(x).argmax(1) != ref_mode
-        rows["last"] = (sq, other)
+        sq, other = rows["last"] = bench.draw_errors(gm, x, ref, ref_mode)
         return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()))
     anchors = bench.anchor_errors(name, gm, sde, x_T, ref, nfe)
     ours = {}
@@ -137,13 +136,7 @@ def markdown(rows):
 
 
 def extra(ap):
-    ap.add_argument("--problems", help="comma-separated problem names (default: all)")
-    ap.add_argument("--nfes", type=int, nargs="+", default=[5, 6])
-    ap.add_argument("--n-eval", type=int, default=4096)
-    ap.add_argument("--ref-steps", type=int, default=1024)
-    ap.add_argument("--ref-schedule", help="RK4's grid for the reference (default: the "
-                    "sampler's; karras with --ref-steps 64 for 128–320-D problems)")
-    ap.add_argument("--ref-cache", help="folder of cached references (benchmarks/solvers.py's)")
+    bench.add_evaluation_args(ap, nfes=[5, 6])
     ap.add_argument("--below", type=float, default=0.7, help="the goal (issue 20: 0.7)")
 
 

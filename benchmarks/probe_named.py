@@ -55,9 +55,8 @@ def cell(emit, name, gm, sde, probe, evaluation, nfe):
                       for c in CANDIDATES]
         ours = []
         for c in CANDIDATES:
-            x = run(model, x_e, c, nfe)
-            ours.append(((x - ref_e).pow(2).mean(1).double(),
-                         int((gm.responsibilities(x).argmax(1) != mode).sum())))
+            sq, other = bench.draw_errors(gm, run(model, x_e, c, nfe), ref_e, mode)
+            ours.append((sq.double(), int(other.sum())))
     pick = min(range(len(CANDIDATES)), key=probe_rmse.__getitem__)
     keys = list(anchors)
     comp = torch.stack([anchors[k][0] for k in keys])
@@ -96,16 +95,10 @@ def markdown(rows):
 
 
 def extra(ap):
-    ap.add_argument("--problems", help="comma-separated problem names (default: all)")
-    ap.add_argument("--nfes", type=int, nargs="+", default=[5, 6])
-    ap.add_argument("--n-eval", type=int, default=4096)
+    bench.add_evaluation_args(ap, nfes=[5, 6])
     ap.add_argument("--n-probe", type=int, default=1024, help="the probe's prior draws")
     ap.add_argument("--probe-seed", type=int, default=7,
                     help="their seed (the evaluation draws use 0, tune-steps 1000 and 1001)")
-    ap.add_argument("--ref-steps", type=int, default=1024)
-    ap.add_argument("--ref-schedule", help="RK4's grid for the evaluation answer (default: "
-                    "the sampler's; karras with --ref-steps 64 for 128–320-D problems)")
-    ap.add_argument("--ref-cache", help="folder of cached references (benchmarks/solvers.py's)")
 
 
 if __name__ == "__main__":

@@ -216,8 +216,7 @@ def run(emit, n: int = 4096, tune: bool = True, n_calib: int = 128, n_calib_bns:
             def err(x):
                 """RMS error, the number of draws that ended in another component and the RMS
                 error over the others."""
-                other = gm.responsibilities(x).argmax(1) != ref_mode
-                sq = (x - ref).pow(2).mean(1)
+                sq, other = draw_errors(gm, x, ref, ref_mode)
                 if keep:
                     keep.note(sq, other)
                 return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()),
@@ -319,6 +318,27 @@ def reference(model, x_T, ref_steps: int, cache: Path | None = None, schedule=No
     return ref, half
 
 
+def draw_errors(gm, x, ref, ref_mode):
+    """(per-draw mean squared error of ``x`` against the answer ``ref``, whether each draw
+    ended in another component of ``gm`` than the answer's ``ref_mode``)."""
+    return (x - ref).pow(2).mean(1), gm.responsibilities(x).argmax(1) != ref_mode
+
+
+def add_evaluation_args(ap, nfes=None) -> None:
+    """The options naming the problems, budgets and evaluation draws with their reference,
+    shared by this script, named_sweep.py and probe_named.py."""
+    ap.add_argument("--problems", help="comma-separated subset of "
+                                       + ",".join(p[0] for p in problems()))
+    ap.add_argument("--nfes", type=int, nargs="+", default=nfes or NFES, help="NFE budgets")
+    ap.add_argument("--n-eval", type=int, default=4096, help="evaluation draws")
+    ap.add_argument("--ref-steps", type=int, default=1024, help="RK4 steps of the reference")
+    ap.add_argument("--ref-schedule", help="RK4's grid for the reference (default: the "
+                    "sampler's; karras with --ref-steps 64 is within 5e-5 RMS of 1024 steps "
+                    "on the 128-320-D mixtures, 16x cheaper)")
+    ap.add_argument("--ref-cache", help="folder that keeps each problem's reference "
+                    "solution between runs (checked against the draws it was made for)")
+
+
 def select_problems(spec: str | None) -> list:
     """``(name, mixture, sde)`` of the comma-separated problem names ``spec`` (None: all); an
     unknown name stops the script with the list to choose from."""
@@ -338,8 +358,7 @@ def anchor_errors(name, gm, sde, x_T, ref, nfe: int) -> dict:
     ref_mode, last, out = gm.responsibilities(ref).argmax(1), {}, {}
 
     def err(x):
-        sq, other = (x - ref).pow(2).mean(1), gm.responsibilities(x).argmax(1) != ref_mode
-        last["row"] = (sq, other)
+        sq, other = last["row"] = draw_errors(gm, x, ref, ref_mode)
         return dict(rmse=sq.mean().sqrt().item(), other_mode=int(other.sum()))
 
     def keep(r):
@@ -594,17 +613,13 @@ def markdown(rows):
 
 def main():
     def add(ap):
+        add_evaluation_args(ap)
         ap.add_argument("--no-tune", action="store_true", help="skip the tuned-grid rows")
         ap.add_argument("--n-calib", type=int, default=128,
                         help="calibration (and validation) draws per tuned grid")
         ap.add_argument("--n-calib-bns", type=int, default=512,
                         help="calibration (and validation) draws per BNS solver")
         ap.add_argument("--tune-device", default="cpu", help="where the tuning runs (cpu, cuda)")
-        ap.add_argument("--problems", help="comma-separated subset of "
-                                           + ",".join(p[0] for p in problems()))
-        ap.add_argument("--nfes", type=int, nargs="+", default=NFES, help="NFE budgets")
-        ap.add_argument("--n-eval", type=int, default=4096, help="evaluation draws")
-        ap.add_argument("--ref-steps", type=int, default=1024, help="RK4 steps of the reference")
         ap.add_argument("--auto-only", action="store_true",
                         help="only the solver='auto' rows (merge them with an earlier run)")
         ap.add_argument("--ours-only", action="store_true",
@@ -638,14 +653,9 @@ def main():
                         help="where DPM-Solver-v3's statistics of each problem are cached")
         ap.add_argument("--eval-seed", type=int, default=0,
                         help="seed of the evaluation draws (tuning uses 1000 and 1001)")
-        ap.add_argument("--ref-schedule", help="RK4's grid for the reference (default: the "
-                        "sampler's; karras with --ref-steps 64 is within 5e-5 RMS of 1024 steps "
-                        "on the 128-320-D mixtures, 16x cheaper)")
         ap.add_argument("--errors-dir", help="keep every row's per-draw squared errors in "
                         "DIR/<problem>-n<N>-seed<S>.safetensors, for paired intervals "
                         "(benchmarks/ratio_intervals.py)")
-        ap.add_argument("--ref-cache", help="folder that keeps each problem's reference "
-                        "solution between runs (checked against the draws it was made for)")
 
     def body(emit, a):
         NFES[:] = a.nfes
